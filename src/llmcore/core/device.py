@@ -1,0 +1,33 @@
+"""Device selection: ``"auto"`` picks CUDA when present, else CPU."""
+
+from __future__ import annotations
+
+import torch
+
+from llmcore.core.errors import LLMCoreError
+
+VALID_DEVICES = ("auto", "cpu", "cuda")
+
+
+def pick_device(device: str = "auto") -> torch.device:
+    """Resolve ``"auto" | "cpu" | "cuda" | "cuda:N"`` to a ``torch.device``.
+
+    Asking for CUDA on a machine without a GPU is a clear :class:`LLMCoreError`,
+    not a silent fall-back to the CPU.
+    """
+    name = str(device).strip().lower()
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cpu":
+        return torch.device("cpu")
+    if name == "cuda" or name.startswith("cuda:"):
+        if not torch.cuda.is_available():
+            raise LLMCoreError(
+                f"device={device!r} was requested but no CUDA GPU is available here; "
+                "use device='cpu' or device='auto'"
+            )
+        dev = torch.device(name)
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise LLMCoreError(f"device={device!r}: only {torch.cuda.device_count()} CUDA device(s) present")
+        return dev
+    raise LLMCoreError(f"unknown device {device!r}; valid: {', '.join(VALID_DEVICES)} (or cuda:N)")

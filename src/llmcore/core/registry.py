@@ -1,0 +1,226 @@
+"""The module registry: the one list of the book's modules (knowledge-map rows).
+
+Everything that needs "all the modules" reads :data:`MODULES`: the chapters, ``run.py``,
+the ``llmcore`` console script, ``tools/smoke_test.py``, the intro page's status table
+and the tests. A module is *written* when it has a closed loop (``run`` is set).
+"""
+
+from __future__ import annotations
+
+import importlib
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from llmcore.core.errors import LLMCoreError
+from llmcore.core.report import Report
+
+#: The book's parts: folder name under chapters/ and src/llmcore/, English and Chinese titles.
+PARTS: dict[str, tuple[str, str, str]] = {
+    "foundation_rl": ("01_foundation_rl", "Theory & Optimization", "理论根基：算法与优化"),
+    "architecture": ("02_architecture", "Architecture & Scaling", "架构核心：Transformer、多模态与 MoE"),
+    "alignment": ("03_alignment", "Post-Training & Alignment", "能力塑形：微调、对齐与仿真"),
+    "engineering": ("04_engineering", "Engineering & Scaling", "系统性能：并发、并行与 PD 分离"),
+    "agents": ("05_agents", "Agents & Mesh", "应用闭环：自主智能体与多机协作"),
+    "offline_rl": ("06_offline_rl", "Advanced Topics: Offline RL", "进阶课题：离线强化学习"),
+}
+
+
+@dataclass(frozen=True)
+class Module:
+    """One registered module.
+
+    ``run`` is ``"package.module:function"`` with signature
+    ``run(toy: bool, device: str, seed: int) -> Report``, or ``None`` while unwritten.
+    """
+
+    name: str
+    part: str
+    stem: str  # chapter file stem, e.g. "01_mdp"
+    title_en: str
+    title_zh: str
+    area: str  # knowledge-map "Area" column (bilingual)
+    key_points: str
+    run: str | None = None
+    prerequisites: tuple[str, ...] = ()
+    criteria: tuple[str, ...] = ()
+
+    @property
+    def title(self) -> str:
+        return f"{self.title_en} / {self.title_zh}"
+
+    @property
+    def chapter(self) -> str:
+        """Chapter path relative to the repository root (jupytext percent ``.py``)."""
+        return f"chapters/{PARTS[self.part][0]}/{self.stem}.py"
+
+    @property
+    def source(self) -> str:
+        """Reference implementation path relative to the repository root."""
+        return f"src/llmcore/{self.part}/{self.stem.split('_', 1)[1]}.py"
+
+    @property
+    def written(self) -> bool:
+        return self.run is not None
+
+    def load(self) -> Callable[..., Report]:
+        """Import and return the closed-loop function."""
+        if self.run is None:
+            raise LLMCoreError(f"module {self.name!r} is on the knowledge map but not written yet")
+        mod_name, func = self.run.split(":")
+        return getattr(importlib.import_module(mod_name), func)
+
+
+_P1 = "foundation_rl"
+_P2 = "architecture"
+_P3 = "alignment"
+_P4 = "engineering"
+_P5 = "agents"
+_P6 = "offline_rl"
+
+MODULES: tuple[Module, ...] = (
+    # ---- Part 1 -----------------------------------------------------------------------------
+    Module("overview", _P1, "00_overview", "RL Foundations", "强化学习基础", "理论概览 Overview",
+           "强化学习基础概念、算法分类与学习路径 — concepts, taxonomy, learning path",
+           run="llmcore.foundation_rl.overview:run",
+           criteria=("trained tabular agent beats the random agent on FrozenLake",
+                     "taxonomy map built from the registry")),
+    Module("mdp", _P1, "01_mdp", "MDP & Bellman Equations", "MDP 与 Bellman 方程", "决策建模 Decision modelling",
+           "MDP 五元组与 Bellman 备份方程 — the 5-tuple, Bellman backups",
+           run="llmcore.foundation_rl.mdp:run", prerequisites=("overview",),
+           criteria=("VI and PI give the same policy", "V* equals the LP solution to 1e-6",
+                     "Bellman residual < 1e-8", "greedy success rate matches V*(s0) within sampling error")),
+    Module("td", _P1, "02_td_learning", "TD Learning", "时序差分学习", "价值学习 Value learning",
+           "Q-Learning (off-policy) 与 SARSA (on-policy) 的差异", prerequisites=("mdp",)),
+    Module("gae", _P1, "03_gae", "GAE & Advantage", "GAE 与优势估计", "优势估计 Advantage estimation",
+           "GAE、多步回报与训练稳定性的方差权衡 — n-step returns, bias/variance", prerequisites=("td",)),
+    # ---- Part 2 -----------------------------------------------------------------------------
+    Module("transformer", _P2, "01_transformer", "Transformer Core", "Transformer 核心", "基础架构 Core architecture",
+           "MHA、Pre-LN 稳定性、文本/多模态 Embedding 对齐"),
+    Module("attention", _P2, "02_attention", "Attention Mechanisms", "注意力机制", "注意力内核 Attention kernels",
+           "MHA / GQA / MQA 变体与 Flash Attention 工程实现", prerequisites=("transformer",)),
+    Module("moe", _P2, "03_moe", "Mixture of Experts", "混合专家模型 (MoE)", "扩展架构 Scaling architecture",
+           "Expert Parallelism、Load Balancing 与稀疏计算优化", prerequisites=("transformer",)),
+    Module("vlm", _P2, "04_vlm", "VLM (LLaVA, Flamingo, BLIP-2)", "视觉语言模型", "模态融合 Modality fusion",
+           "MLP Projector、Cross-Attention 与多模态对齐策略", prerequisites=("transformer",)),
+    Module("diffusion", _P2, "05_diffusion", "Diffusion / DiT", "扩散模型与 DiT", "多媒体生成 Generation",
+           "Diffusion Transformer (DiT)、Stable Diffusion 与生成控制", prerequisites=("transformer",)),
+    Module("decoding", _P2, "06_decoding", "Decoding Strategy", "解码策略", "生成推理 Inference-time generation",
+           "Flash Attention、KV Cache 与定点量化 (INT8/FP8)", prerequisites=("attention",)),
+    # ---- Part 3 -----------------------------------------------------------------------------
+    Module("sft", _P3, "01_sft", "Supervised Fine-Tuning", "监督微调 (SFT)", "监督学习 Supervised learning",
+           "监督微调、数据质量与合成、指令遵循", prerequisites=("transformer",)),
+    Module("peft", _P3, "02_peft", "PEFT (LoRA, Prefix Tuning, Merging)", "参数高效微调",
+           "参数高效微调 Parameter-efficient FT", "LoRA、Prefix Tuning 与模型融合 (Model Merging)",
+           prerequisites=("sft",)),
+    Module("ppo", _P3, "03_ppo_dpo", "PPO / DPO", "PPO 与 DPO 偏好对齐", "偏好对齐 Preference alignment",
+           "在线/离线对齐算法、奖励模型 (RM) 与隐式偏好优化 (DPO)", prerequisites=("sft", "pg_ac")),
+    Module("pg_ac", _P3, "04_pg_ac", "Policy Gradient & Actor-Critic", "策略梯度与演员-评论家",
+           "基础算法 Basic algorithms", "Policy Gradient (REINFORCE) 与 Actor-Critic 架构基础",
+           prerequisites=("gae",)),
+    Module("grpo", _P3, "05_grpo", "DeepSeek GRPO", "DeepSeek GRPO 推理对齐", "推理对齐 Reasoning alignment",
+           "GRPO 对齐范式、奖励建模与复杂推理链验证", prerequisites=("ppo",)),
+    Module("agentic_rl", _P3, "06_agentic_rl", "Agentic RL", "智能体强化学习", "智能体强化学习 Agentic RL",
+           "Agentic-RL 训练范式、MARL (MAPPO) 与 User Simulator", prerequisites=("pg_ac",)),
+    Module("data_eval", _P3, "07_data_eval", "Data & Evaluation", "数据与评估", "数据与评估 Data & evaluation",
+           "数据清洗、对抗性测试与 LLM-as-a-Judge"),
+    # ---- Part 4 -----------------------------------------------------------------------------
+    Module("distributed", _P4, "01_distributed", "Distributed Training (Megatron)", "分布式训练",
+           "并行策略 Parallelism", "TP/PP/EP (专家并行) 通信开销与 PD 分离架构", prerequisites=("transformer",)),
+    Module("inference", _P4, "02_inference", "Inference Engines (vLLM / SGLang)", "推理框架",
+           "推理框架 Inference frameworks", "PagedAttention、RadixAttention 与算子融合调优",
+           prerequisites=("decoding",)),
+    Module("kernels", _P4, "03_cuda_precision", "CUDA / Precision", "算子与混合精度", "算子与加速 Kernels & speed",
+           "CUDA Kernel 优化、混合精度与量化加速原理", prerequisites=("attention",)),
+    Module("zero", _P4, "04_zero", "DeepSpeed ZeRO", "ZeRO 显存优化", "工程框架 Training frameworks",
+           "ZeRO 系列显存优化与训练流水线", prerequisites=("distributed",)),
+    # ---- Part 5 -----------------------------------------------------------------------------
+    Module("rag", _P5, "01_rag", "Memory & RAG", "记忆与检索增强生成", "信息检索 Retrieval",
+           "RAG、Query 理解、向量检索与 Rerank 模型"),
+    Module("agents", _P5, "02_agent_orchestration", "Agent Orchestration", "智能体编排", "编排范式 Orchestration patterns",
+           "ReAct、Plan-and-Execute 与 Self-Ask", prerequisites=("rag",)),
+    Module("mesh", _P5, "03_state_machine", "Mesh & State Machine", "异步编排与状态机", "系统架构 System architecture",
+           "异步编排、复杂状态机与条件路由", prerequisites=("agents",)),
+    Module("multi_agent", _P5, "04_multi_agent", "Multi-Agent Systems", "多智能体协作", "多智能体协作 Multi-agent",
+           "去中心化编排、通信协议与 Human-in-the-Loop", prerequisites=("mesh",)),
+    # ---- Part 6 -----------------------------------------------------------------------------
+    Module("offline_rl", _P6, "01_offline_rl", "Offline RL", "离线强化学习", "算法复现 Overview",
+           "离线强化学习与数据分布偏移 — distribution shift", prerequisites=("td",)),
+    Module("bcq_cql", _P6, "02_bcq_cql", "BCQ / CQL", "BCQ 与 CQL", "代表算法 Representative algorithms",
+           "Batch-Constrained Q-Learning 与 Conservative Q-Learning", prerequisites=("offline_rl",)),
+)
+
+
+@dataclass(frozen=True)
+class Algorithm:
+    """An RL algorithm the book implements, placed in the usual taxonomy (for the overview map)."""
+
+    name: str
+    module: str  # registry name of the chapter that implements it
+    family: str  # "dynamic programming" | "value-based" | "policy-based" | "actor-critic" | "imitation"
+    policy: str  # "on-policy" | "off-policy" | "n/a (planning)"
+    data: str  # "online" | "offline" | "model (known P, R)"
+    model: str = "model-free"
+    tags: tuple[str, ...] = field(default_factory=tuple)
+
+
+ALGORITHMS: tuple[Algorithm, ...] = (
+    Algorithm("Policy evaluation", "mdp", "dynamic programming", "n/a (planning)", "model (known P, R)", "model-based"),
+    Algorithm("Value iteration", "mdp", "dynamic programming", "n/a (planning)", "model (known P, R)", "model-based"),
+    Algorithm("Policy iteration", "mdp", "dynamic programming", "n/a (planning)", "model (known P, R)", "model-based"),
+    Algorithm("Q-learning", "td", "value-based", "off-policy", "online"),
+    Algorithm("SARSA", "td", "value-based", "on-policy", "online"),
+    Algorithm("REINFORCE", "pg_ac", "policy-based", "on-policy", "online"),
+    Algorithm("A2C", "pg_ac", "actor-critic", "on-policy", "online"),
+    Algorithm("PPO", "pg_ac", "actor-critic", "on-policy", "online"),
+    Algorithm("PPO-RLHF", "ppo", "actor-critic", "on-policy", "online", tags=("LLM",)),
+    Algorithm("DPO", "ppo", "policy-based", "off-policy", "offline", tags=("LLM",)),
+    Algorithm("GRPO", "grpo", "policy-based", "on-policy", "online", tags=("LLM",)),
+    Algorithm("MAPPO", "agentic_rl", "actor-critic", "on-policy", "online", tags=("multi-agent",)),
+    Algorithm("Behaviour cloning", "offline_rl", "imitation", "off-policy", "offline"),
+    Algorithm("Offline DQN", "offline_rl", "value-based", "off-policy", "offline"),
+    Algorithm("BCQ", "bcq_cql", "value-based", "off-policy", "offline"),
+    Algorithm("CQL", "bcq_cql", "value-based", "off-policy", "offline"),
+)
+
+
+def names() -> list[str]:
+    return [m.name for m in MODULES]
+
+
+def get(name: str) -> Module:
+    """The module called ``name``; an unknown name is an error that lists the valid ones."""
+    for m in MODULES:
+        if m.name == name:
+            return m
+    raise LLMCoreError(f"unknown module {name!r}; valid modules: {', '.join(names())}")
+
+
+def written() -> list[Module]:
+    return [m for m in MODULES if m.written]
+
+
+def run_module(name: str, toy: bool = True, device: str = "auto", seed: int = 0) -> Report:
+    """Run a module's closed loop and stamp the report with its wall-clock time."""
+    mod = get(name)
+    fn = mod.load()
+    t0 = time.perf_counter()
+    report = fn(toy=toy, device=device, seed=seed)
+    report.wall_s = time.perf_counter() - t0
+    return report
+
+
+def knowledge_map_markdown() -> str:
+    """The seed's knowledge map, bilingual, with a status column (for the intro page)."""
+    out: list[str] = []
+    for part, (folder, en, zh) in PARTS.items():
+        out += [f"### {folder[:2].lstrip('0')}. {zh} — {en}", "",
+                "| 领域 Area | 内容 Row | 要点 Key points | status | chapter |", "|---|---|---|---|---|"]
+        for m in MODULES:
+            if m.part != part:
+                continue
+            status = "✅ written" if m.written else "planned"
+            link = f"[{m.stem}](../{m.chapter[:-3]}.ipynb)" if m.written else "—"
+            out.append(f"| {m.area} | {m.title_en} · {m.title_zh} | {m.key_points} | {status} | {link} |")
+        out.append("")
+    return "\n".join(out)

@@ -1,0 +1,1 @@
+"""Part 1 — RL foundations: MDPs, dynamic programming, TD learning, advantages."""
