@@ -210,17 +210,27 @@ def run_module(name: str, toy: bool = True, device: str = "auto", seed: int = 0)
     return report
 
 
-def knowledge_map_markdown() -> str:
-    """The seed's knowledge map, bilingual, with a status column (for the intro page)."""
+def knowledge_map_markdown(has_chapter: Callable[[Module], bool] | None = None) -> str:
+    """The seed's knowledge map, bilingual, with a status column (the intro page includes it).
+
+    ``has_chapter(module)`` decides the status (default: the module's closed loop is written).
+    Written rows link to their chapter with a MyST ``{doc}`` role.
+    """
+    has_chapter = has_chapter or (lambda m: m.written)
     out: list[str] = []
     for part, (folder, en, zh) in PARTS.items():
         out += [f"### {folder[:2].lstrip('0')}. {zh} — {en}", "",
-                "| 领域 Area | 内容 Row | 要点 Key points | status | chapter |", "|---|---|---|---|---|"]
+                "| 领域 Area | 内容 Row | 要点 Key points | status 状态 |", "|---|---|---|---|"]
         for m in MODULES:
             if m.part != part:
                 continue
-            status = "✅ written" if m.written else "planned"
-            link = f"[{m.stem}](../{m.chapter[:-3]}.ipynb)" if m.written else "—"
-            out.append(f"| {m.area} | {m.title_en} · {m.title_zh} | {m.key_points} | {status} | {link} |")
+            if has_chapter(m):
+                row = f"{{doc}}`{m.title_en} · {m.title_zh} </{m.chapter[:-3]}>`"
+                status = f"✅ written · `{m.name}`"
+            else:
+                row, status = f"{m.title_en} · {m.title_zh}", "planned 计划中"
+            out.append(f"| {m.area} | {row} | {m.key_points} | {status} |")
         out.append("")
-    return "\n".join(out)
+    n = sum(bool(has_chapter(m)) for m in MODULES)
+    out.append(f"**{n} of {len(MODULES)} rows written.**")
+    return "\n".join(out) + "\n"

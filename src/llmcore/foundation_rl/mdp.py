@@ -173,11 +173,13 @@ def finite_horizon_success(mdp: TabularMDP, pi: np.ndarray, horizon: int) -> np.
     return V
 
 
-def simulate(env, pi: np.ndarray, episodes: int, seed: int) -> np.ndarray:
+def simulate(env, pi: np.ndarray, episodes: int, seed: int, show_progress: bool = True) -> np.ndarray:
     """Run ``pi`` in the real gymnasium env; returns the undiscounted return per episode ``(episodes,)``."""
+    from llmcore.core.progress import progress
+
     returns = np.zeros(episodes)
     obs, _ = env.reset(seed=seed)
-    for ep in range(episodes):
+    for ep in progress(range(episodes), desc="simulate greedy policy", disable=not show_progress):
         if ep:
             obs, _ = env.reset()
         done = False
@@ -235,7 +237,7 @@ def make_env(map_name: str = "4x4", slippery: bool = True):
 
 
 def experiment(toy: bool = True, seed: int = 0, gamma: float = 0.99, episodes: int | None = None,
-               keep: int = 12) -> MDPResult:
+               keep: int = 12, show_progress: bool = True) -> MDPResult:
     """Solve FrozenLake by VI, PI and LP; evaluate; simulate the greedy policy in gymnasium."""
     from llmcore.core.seed import seed_everything
 
@@ -251,7 +253,7 @@ def experiment(toy: bool = True, seed: int = 0, gamma: float = 0.99, episodes: i
     V_eval, eval_sweeps = policy_evaluation(mdp, pi_vi)
     horizon = env.spec.max_episode_steps
     success = finite_horizon_success(mdp, pi_vi, horizon)
-    rets = simulate(env, pi_vi, episodes, seed)
+    rets = simulate(env, pi_vi, episodes, seed, show_progress=show_progress)
     env.close()
     return MDPResult(map_name, env.unwrapped.desc, mdp, V_vi, pi_vi, vi_sweeps, hist, V_pi, pi_pi, pi_iters,
                      V_lp, V_eval, eval_sweeps, bellman_residual(mdp, V_vi), float(mdp.mu0 @ success),
@@ -287,7 +289,7 @@ def run(toy: bool = True, device: str = "auto", seed: int = 0) -> Report:
     from llmcore.core.device import pick_device
 
     dev = pick_device(device)
-    res = experiment(toy=toy, seed=seed)
+    res = experiment(toy=toy, seed=seed, show_progress=True)
     rep = make_report(res, toy, str(dev), seed)
     rep.notes.append("greedy policy:\n" + "\n".join(policy_grid(res.desc, res.pi_vi)))
     return rep
