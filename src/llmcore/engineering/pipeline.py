@@ -1,0 +1,194 @@
+r"""Pipeline parallelism: stages on ranks, micro-batches, GPipe and 1F1B schedules, the bubble.
+
+A model of :math:`L` layers is cut into :math:`p` consecutive *stages*, one per rank. A batch is split
+into :math:`m` micro-batches; stage :math:`r` receives each micro-batch's activation from :math:`r-1`
+(``recv``), runs its layers and sends the result to :math:`r+1` (``send``); backward goes the other way
+with gradients. Two schedules (Huang et al., 2019; Narayanan et al., 2021):
+
+* **GPipe** — all forwards, then all backwards. Every stage stashes the activations of all :math:`m`
+  micro-batches.
+* **1F1B** (PipeDream-flush) — after :math:`p-r-1` warm-up forwards, stage :math:`r` alternates one
+  forward and one backward, so it never stashes more than :math:`p-r` micro-batches.
+
+With forward time :math:`t_f` and backward time :math:`t_b` per micro-batch and stage, both schedules
+take :math:`(m+p-1)(t_f+t_b)` and keep each device busy for :math:`m(t_f+t_b)` of it, so the idle
+fraction (the *bubble*) is
+
+.. math:: \text{bubble} = \frac{p-1}{m+p-1}.
+
+The toy pads every forward to ``t_forward_s`` and every backward to ``t_backward_s`` (the real compute
+of the tiny model takes far less), so the measured timeline shows the *schedule*, not the noise of four
+processes sharing a 2-core CPU; pass ``pad=False`` to time the raw compute instead.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from torch import nn
+
+from llmcore.engineering.dist_utils import Comm
+
+
+@dataclass
+class PPConfig:
+    width: int = 16          # hidden size H of every layer
+    layers_per_stage: int = 2
+    batch: int = 16           # global batch B, split into m micro-batches
+    micro_batches: int = 4    # m
+    schedule: str = "1f1b"    # "gpipe" | "1f1b"
+    t_forward_s: float = 0.02
+    t_backward_s: float = 0.04
+    pad: bool = True
+    seed: int = 0
+
+
+def make_model(n_layers: int, width: int, seed: int) -> nn.Sequential:
+    """The single-process reference: ``n_layers`` x (Linear(H, H) → tanh)."""
+    torch.manual_seed(seed)
+    mods: list[nn.Module] = []
+    for _ in range(n_layers):
+        mods += [nn.Linear(width, width), nn.Tanh()]
+    return nn.Sequential(*mods)
+
+
+def schedule_ops(kind: str, p: int, m: int, r: int) -> list[tuple[str, int]]:
+    """The ordered ``("F"|"B", micro_batch)`` operations stage ``r`` of ``p`` runs for ``m`` micro-batches."""
+    if kind == "gpipe":
+        return [("F", i) for i in range(m)] + [("B", i) for i in range(m)]
+    if kind == "1f1b":
+        warm = min(p - r - 1, m)
+        ops = [("F", i) for i in range(warm)]
+        for i in range(m - warm):  # steady state: one forward, one backward
+            ops += [("F", warm + i), ("B", i)]
+        ops += [("B", i) for i in range(m - warm, m)]
+        return ops
+    raise ValueError(f"unknown schedule {kind!r}; valid: gpipe, 1f1b")
+
+
+def bubble_formula(p: int, m: int) -> float:
+    """Idle fraction of a flushed pipeline: :math:`(p-1)/(m+p-1)`."""
+    return (p - 1) / (m + p - 1)
+
+
+def _wait_until(t_end: float) -> None:
+    while True:
+        left = t_end - time.perf_counter()
+        if left <= 0:
+            return
+        time.sleep(left if left > 2e-3 else 0)
+
+
+def run_pipeline(rank: int, world: int, cfg: PPConfig, comm: Comm, stage: nn.Module,
+                 xs: list[torch.Tensor], ys: list[torch.Tensor]) -> dict[str, Any]:
+    """Execute this rank's schedule once (forward + backward over all micro-batches).
+
+    ``xs``/``ys`` are the micro-batch inputs (used by stage 0) and targets (used by the last stage).
+    Returns the timeline events ``(op, micro, t0, t1)`` in ``perf_counter`` seconds (system-wide
+    monotonic clock, comparable across processes), the loss, and the peak number of stashed micro-batches.
+    """
+    p, m, H = world, cfg.micro_batches, cfg.width
+    mb = cfg.batch // m
+    first, last = rank == 0, rank == p - 1
+    stash: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+    events, sends, peak, loss_sum = [], [], 0, 0.0
+    dist.barrier()
+    for op, i in schedule_ops(cfg.schedule, p, m, rank):
+        if op == "F":
+            if first:
+                x = xs[i]
+            else:
+                x = comm.recv(torch.empty(mb, H), rank - 1).requires_grad_(True)
+            t0 = time.perf_counter()
+            out = stage(x)
+            if last:
+                out = F.mse_loss(out, ys[i]) / m  # mean over the micro-batch; /m -> mean over the batch
+                loss_sum += out.item()
+            if cfg.pad:
+                _wait_until(t0 + cfg.t_forward_s)
+            t1 = time.perf_counter()
+            if not last:
+                sends.append(comm.send(out.detach(), rank + 1, tag="pp.activation"))
+            stash[i] = (x, out)
+            peak = max(peak, len(stash))
+        else:
+            x, out = stash.pop(i)
+            grad = None if last else comm.recv(torch.empty(mb, H), rank + 1)
+            t0 = time.perf_counter()
+            torch.autograd.backward(out, grad)
+            if cfg.pad:
+                _wait_until(t0 + cfg.t_backward_s)
+            t1 = time.perf_counter()
+            if not first:
+                sends.append(comm.send(x.grad, rank - 1, tag="pp.gradient"))
+        events.append((op, i, t0, t1))
+    for w in sends:
+        w.wait()
+    dist.barrier()
+    return {"events": events, "loss": loss_sum, "peak_stash": peak}
+
+
+def pp_worker(rank: int, world: int, cfgs: list[PPConfig]) -> list[dict[str, Any]]:
+    """Run each config: pipeline vs the single-process model (loss, grads), timeline, bytes."""
+    out = []
+    for cfg in cfgs:
+        L = cfg.layers_per_stage * world
+        ref = make_model(L, cfg.width, cfg.seed)
+        g = torch.Generator().manual_seed(cfg.seed + 1)
+        X = torch.randn(cfg.batch, cfg.width, generator=g)
+        Y = torch.randn(cfg.batch, cfg.width, generator=g)
+        ref_loss = F.mse_loss(ref(X), Y)
+        ref_loss.backward()
+
+        lo, hi = 2 * cfg.layers_per_stage * rank, 2 * cfg.layers_per_stage * (rank + 1)
+        stage = make_model(L, cfg.width, cfg.seed)[lo:hi]  # same seed -> same weights as ref[lo:hi]
+        comm = Comm()
+        res = run_pipeline(rank, world, cfg, comm, stage, list(X.chunk(cfg.micro_batches)),
+                           list(Y.chunk(cfg.micro_batches)))
+        ref_params = list(ref[lo:hi].parameters())
+        grad_err = max((a.grad - b.grad).abs().max().item() for a, b in zip(stage.parameters(), ref_params))
+        mb_bytes = cfg.batch // cfg.micro_batches * cfg.width * 4
+        expected = cfg.micro_batches * mb_bytes * ((rank < world - 1) + (rank > 0))
+        res.update(
+            rank=rank, schedule=cfg.schedule, micro_batches=cfg.micro_batches, stages=world,
+            loss_err=abs(res["loss"] - ref_loss.item()) if rank == world - 1 else 0.0,
+            grad_err=grad_err, sent_bytes=comm.sent_bytes(), expected_bytes=expected,
+            busy=sum(t1 - t0 for _o, _i, t0, t1 in res["events"]),
+        )
+        out.append(res)
+    return out
+
+
+def measured_bubble(ranks: list[dict[str, Any]]) -> float:
+    """``1 - sum(busy) / (p * makespan)`` from the per-rank timelines of one run."""
+    t0 = min(r["events"][0][2] for r in ranks)
+    t1 = max(r["events"][-1][3] for r in ranks)
+    return 1.0 - sum(r["busy"] for r in ranks) / (len(ranks) * (t1 - t0))
+
+
+def plot_timeline(ranks: list[dict[str, Any]], ax=None, title: str = ""):
+    """Gantt chart: one row per rank, forward blue, backward orange, micro-batch index written inside."""
+    import matplotlib.pyplot as plt
+
+    from llmcore.core.plotting import PALETTE
+
+    if ax is None:
+        _fig, ax = plt.subplots(figsize=(7, 0.5 + 0.45 * len(ranks)))
+    t0 = min(r["events"][0][2] for r in ranks)
+    for r in ranks:
+        for op, i, a, b in r["events"]:
+            color = PALETTE[0] if op == "F" else PALETTE[1]
+            ax.barh(r["rank"], (b - a) * 1e3, left=(a - t0) * 1e3, color=color, edgecolor="white", height=0.8)
+            ax.text((a - t0 + (b - a) / 2) * 1e3, r["rank"], str(i), ha="center", va="center", fontsize=7,
+                    color="white")
+    ax.set_yticks([r["rank"] for r in ranks], [f"stage {r['rank']}" for r in ranks])
+    ax.invert_yaxis()
+    ax.set_xlabel("time (ms)")
+    ax.set_title(title)
+    ax.grid(False)
+    return ax
