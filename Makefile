@@ -26,7 +26,7 @@ MODE := --toy
 endif
 SELECT := $(if $(CHAPTERS),$(CHAPTERS),$(if $(MODULES),--modules $(MODULES),))
 
-.PHONY: help install book execute html widgets-js test lint unit nbval check-pages smoke clean
+.PHONY: help install book execute html widgets-js test lint unit nbval check-pages chromium smoke clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN{FS=":.*## "}{printf "  make %-12s %s\n", $$1, $$2}'
@@ -45,18 +45,20 @@ execute: install ## run chapters with papermill into their .ipynb (MODULES=/CHAP
 	$(PY) tools/execute.py $(SELECT) $(MODE) --device $(DEVICE) --seed $(SEED)
 	$(PY) tools/gen_toc.py
 
-widgets-js: book/_widgets/embed-amd.js ## fetch the ipywidgets HTML manager from npm (for the static book)
+widgets-js: book/_widgets/.fetched ## fetch the ipywidgets HTML manager and MathJax from npm (static book, offline)
 
-book/_widgets/embed-amd.js:
+book/_widgets/.fetched:
 	@command -v npm >/dev/null || { echo "error: npm is needed to fetch the widget manager (apt-get install -y npm)"; exit 2; }
-	mkdir -p output/npm book/_widgets
-	cd output/npm && npm install --no-audit --no-fund --silent @jupyter-widgets/html-manager@1 requirejs@2
+	mkdir -p output/npm book/_widgets/mathjax
+	cd output/npm && npm install --no-audit --no-fund --silent @jupyter-widgets/html-manager@1 requirejs@2 mathjax@3
 	cp output/npm/node_modules/requirejs/require.js book/_widgets/require.min.js
-	cd output/npm/node_modules/@jupyter-widgets/html-manager/dist && cp $$(ls | grep -v '\.map$$' | grep -v LICENSE) ../../../../../../book/_widgets/
+	cd output/npm/node_modules/@jupyter-widgets/html-manager/dist && cp $$(ls | grep -v '\.map$$' | grep -v LICENSE) $(CURDIR)/book/_widgets/
+	cd output/npm/node_modules/mathjax/es5 && cp -r tex-chtml.js output input ui a11y $(CURDIR)/book/_widgets/mathjax/
+	@touch $@
 
 html: install widgets-js ## build the HTML from the committed notebooks (no execution), warnings are errors
 	$(PY) tools/gen_toc.py --check
-	$(VENV)/bin/jupyter-book build . -W -n --keep-going --builder html
+	$(VENV)/bin/jupyter-book build . --all -W -n --keep-going --builder html
 
 book: execute html ## execute every chapter (toy) and build _build/html/index.html
 	@echo "book: $(CURDIR)/_build/html/index.html"
@@ -70,8 +72,13 @@ unit: install ## pytest unit tests and cross-checks
 nbval: install ## re-execute every chapter notebook and compare its checked results cells
 	$(VENV)/bin/pytest -q -p no:cacheprovider --nbval-lax --nbval-current-env $(NBVAL_PATHS) --ignore-glob='*.py'
 
-check-pages: html ## load every page in headless Chromium: figures present, no errors, no broken links
+check-pages: html chromium ## load every page in headless Chromium: figures present, no errors, no broken links
 	$(PY) tools/check_pages.py
+
+chromium: ## install headless Chromium and CJK fonts (Debian) when missing
+	@command -v chromium >/dev/null && fc-list 2>/dev/null | grep -qi 'Noto Sans CJK' || { \
+	  echo "installing chromium + fonts-noto-cjk (apt-get)"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium fonts-noto-cjk >/dev/null; }
 
 test: lint unit nbval check-pages ## everything CI runs: ruff, pytest, nbval, HTML build, page checks
 	@echo "make test: all checks passed"
