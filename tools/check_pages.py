@@ -131,6 +131,8 @@ def main() -> int:
             shot = SHOTS / (rel.with_suffix("").as_posix().replace("/", "__") + ".png")
             chromium(binary, url, "--virtual-time-budget=15000", "--window-size=1280,2600",
                      f"--screenshot={shot}")
+            if static.select(".math") and "mjx-container" not in dom:
+                problems.append(f"{rel}: math did not render (MathJax missing?)")
             for marker in ERROR_MARKERS:
                 if marker in dom:
                     problems.append(f"{rel}: rendered page shows {marker!r}")

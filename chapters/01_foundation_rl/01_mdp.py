@@ -142,8 +142,8 @@ print(f"value iteration: {res.vi_sweeps} sweeps; policy iteration: {res.pi_iters
 # %%
 side = int(np.sqrt(mdp.n_states))
 sweeps = [0, 1, 2, 4, 8, 16, 32, res.vi_sweeps]
-fig, axes = plt.subplots(1, len(sweeps), figsize=(2.0 * len(sweeps), 2.3))
-for ax, k in zip(axes, sweeps):
+fig, axes = plt.subplots(2, len(sweeps) // 2, figsize=(9, 5))
+for ax, k in zip(axes.flat, sweeps):
     V = res.vi_history[min(k, len(res.vi_history) - 1)]
     ax.imshow(V.reshape(side, side), cmap="viridis", vmin=0, vmax=res.V_vi.max())
     ax.set_title(f"sweep {k}" if k != res.vi_sweeps else f"V* (sweep {k})", fontsize=9)
@@ -151,7 +151,7 @@ for ax, k in zip(axes, sweeps):
     ax.grid(False)
     if side <= 4:
         for i in range(side * side):
-            ax.text(i % side, i // side, f"{V[i]:.2f}", ha="center", va="center", fontsize=7, color="w")
+            ax.text(i % side, i // side, f"{V[i]:.2f}", ha="center", va="center", fontsize=8, color="w")
 fig.suptitle("Value iteration on FrozenLake: V_k per sweep")
 plt.show()
 
