@@ -47,6 +47,11 @@ from llmcore.core.errors import LLMCoreError
 PRELOAD = [
     "torch",
     "torch.distributed",
+    "torch.nn.parallel",
+    "torch.distributed.optim",
+    "torch.distributed.fsdp",
+    "torch.distributed.tensor",
+    "torch._dynamo",  # DistributedDataParallel imports it on first use (seconds)
     "llmcore.engineering.dist_utils",
     "llmcore.engineering.tensor_parallel",
     "llmcore.engineering.pipeline",
@@ -91,6 +96,11 @@ def check_nccl(world: int) -> None:
         )
     if not dist.is_nccl_available():
         raise LLMCoreError("this torch build has no NCCL; use device='cpu' (gloo)")
+
+
+def worker_device(rank: int) -> torch.device:
+    """Inside a rank: its GPU under NCCL, else the CPU."""
+    return torch.device("cuda", rank) if dist.get_backend() == "nccl" else torch.device("cpu")
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -492,7 +502,7 @@ def ring_gather_bytes(size_bytes: int, n: int) -> float:
 def collectives_worker(rank: int, world: int, numel: int = 96, seed: int = 0) -> dict[str, Any]:
     """Ring collectives vs the library's (gloo/NCCL) ones, and bytes sent vs the closed forms."""
     g = torch.Generator().manual_seed(seed + rank)
-    dev = "cuda" if dist.get_backend() == "nccl" else "cpu"
+    dev = worker_device(rank)
     x = torch.randn(numel, generator=g).to(dev)
     comm = Comm()
     out: dict[str, Any] = {}

@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from llmcore.engineering.dist_utils import Comm
+from llmcore.engineering.dist_utils import Comm, worker_device
 
 
 class Expert(nn.Module):
@@ -133,18 +133,19 @@ class EPConfig:
 
 def ep_worker(rank: int, world: int, cfg: EPConfig) -> dict[str, Any]:
     """EP layer vs the single-process MoE on all ranks' tokens: outputs, gradients, bytes."""
+    dev = worker_device(rank)
     torch.manual_seed(cfg.seed)
     E = cfg.experts_per_rank * world
-    ref = MoE(cfg.d_model, cfg.d_ff, E, cfg.top_k)
+    ref = MoE(cfg.d_model, cfg.d_ff, E, cfg.top_k).to(dev)
     g = torch.Generator().manual_seed(cfg.seed + 1)
     N = cfg.tokens_per_rank * world
-    X = torch.randn(N, cfg.d_model, generator=g)
-    T = torch.randn(N, cfg.d_model, generator=g)
+    X = torch.randn(N, cfg.d_model, generator=g).to(dev)
+    T = torch.randn(N, cfg.d_model, generator=g).to(dev)
     X_ref = X.clone().requires_grad_(True)  # inputs come from earlier layers: they need gradients too
     (ref(X_ref) * T).sum().div(N).backward()  # loss over all tokens of all ranks
 
     comm = Comm()
-    ep = ExpertParallelMoE(ref, comm)
+    ep = ExpertParallelMoE(ref, comm).to(dev)
     lo, hi = rank * cfg.tokens_per_rank, (rank + 1) * cfg.tokens_per_rank
     x = X[lo:hi].clone().requires_grad_(True)
     y = ep(x)

@@ -32,7 +32,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
-from llmcore.engineering.dist_utils import Comm
+from llmcore.engineering.dist_utils import Comm, worker_device
 
 
 @dataclass
@@ -94,6 +94,7 @@ def run_pipeline(rank: int, world: int, cfg: PPConfig, comm: Comm, stage: nn.Mod
     """
     p, m, H = world, cfg.micro_batches, cfg.width
     mb = cfg.batch // m
+    dev = xs[0].device
     first, last = rank == 0, rank == p - 1
     stash: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
     events, sends, peak, loss_sum = [], [], 0, 0.0
@@ -103,7 +104,7 @@ def run_pipeline(rank: int, world: int, cfg: PPConfig, comm: Comm, stage: nn.Mod
             if first:
                 x = xs[i]
             else:
-                x = comm.recv(torch.empty(mb, H), rank - 1).requires_grad_(True)
+                x = comm.recv(torch.empty(mb, H, device=dev), rank - 1).requires_grad_(True)
             t0 = time.perf_counter()
             out = stage(x)
             if last:
@@ -118,7 +119,7 @@ def run_pipeline(rank: int, world: int, cfg: PPConfig, comm: Comm, stage: nn.Mod
             peak = max(peak, len(stash))
         else:
             x, out = stash.pop(i)
-            grad = None if last else comm.recv(torch.empty(mb, H), rank + 1)
+            grad = None if last else comm.recv(torch.empty(mb, H, device=dev), rank + 1)
             t0 = time.perf_counter()
             torch.autograd.backward(out, grad)
             if cfg.pad:
@@ -138,15 +139,16 @@ def pp_worker(rank: int, world: int, cfgs: list[PPConfig]) -> list[dict[str, Any
     out = []
     for cfg in cfgs:
         L = cfg.layers_per_stage * world
-        ref = make_model(L, cfg.width, cfg.seed)
+        dev = worker_device(rank)
+        ref = make_model(L, cfg.width, cfg.seed).to(dev)
         g = torch.Generator().manual_seed(cfg.seed + 1)
-        X = torch.randn(cfg.batch, cfg.width, generator=g)
-        Y = torch.randn(cfg.batch, cfg.width, generator=g)
+        X = torch.randn(cfg.batch, cfg.width, generator=g).to(dev)
+        Y = torch.randn(cfg.batch, cfg.width, generator=g).to(dev)
         ref_loss = F.mse_loss(ref(X), Y)
         ref_loss.backward()
 
         lo, hi = 2 * cfg.layers_per_stage * rank, 2 * cfg.layers_per_stage * (rank + 1)
-        stage = make_model(L, cfg.width, cfg.seed)[lo:hi]  # same seed -> same weights as ref[lo:hi]
+        stage = make_model(L, cfg.width, cfg.seed)[lo:hi].to(dev)  # same seed -> same weights as ref[lo:hi]
         comm = Comm()
         res = run_pipeline(rank, world, cfg, comm, stage, list(X.chunk(cfg.micro_batches)),
                            list(Y.chunk(cfg.micro_batches)))

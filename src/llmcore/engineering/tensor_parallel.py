@@ -31,7 +31,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from llmcore.engineering.dist_utils import Comm, ring_all_reduce_bytes
+from llmcore.engineering.dist_utils import Comm, ring_all_reduce_bytes, worker_device
 
 # -- the reference (single-process) block ---------------------------------------------------------
 
@@ -237,10 +237,11 @@ def analytic_tp_bytes(cfg: TPConfig, world: int) -> float:
 
 def tp_worker(rank: int, world: int, cfg: TPConfig) -> dict[str, Any]:
     """Build the reference block on every rank (same seed), shard it, compare forward and backward."""
+    dev = worker_device(rank)
     torch.manual_seed(cfg.seed)
-    ref = Block(cfg.d_model, cfg.n_heads, cfg.d_ff)
-    x = torch.randn(cfg.batch, cfg.seq, cfg.d_model)
-    target = torch.randn(cfg.batch, cfg.seq, cfg.d_model)
+    ref = Block(cfg.d_model, cfg.n_heads, cfg.d_ff).to(dev)
+    x = torch.randn(cfg.batch, cfg.seq, cfg.d_model).to(dev)
+    target = torch.randn(cfg.batch, cfg.seq, cfg.d_model).to(dev)
 
     x_ref = x.clone().requires_grad_(True)
     y_ref = ref(x_ref)

@@ -1,0 +1,352 @@
+r"""Prefill / decode (PD) disaggregation: a prefill worker and a decode worker, the KV cache in between.
+
+Serving an LLM has two phases with opposite profiles (DistServe, Zhong et al., 2024; Splitwise,
+Patel et al., 2024):
+
+* **prefill** runs the whole prompt at once — compute-bound, its time grows with the prompt length;
+  it produces the KV cache and the first token (**TTFT**, time to first token);
+* **decode** adds one token per step for every running request — memory-bound, a step costs about the
+  same whatever the batch (**TPOT**, time per output token).
+
+A *colocated* worker interleaves both: every prefill it runs stalls all the decodes in flight, so TPOT
+jitters with the arrival of long prompts. A *disaggregated* system runs prefills on one worker, ships the
+KV cache (``2 x layers x heads x head_dim x prompt_len`` values per request) to a decode worker that
+only decodes, and trades a KV transfer (and a separately provisioned prefill pool) for a steady TPOT.
+
+Both systems here use the same two processes (gloo ranks): colocated = two identical workers that split
+the requests, disaggregated = rank 0 prefills, rank 1 decodes. The model is a real tiny decoder (greedy
+tokens are checked against single-process generation); every prefill / decode step is padded to a
+GPU-like cost model (:class:`CostModel`) so that timings show the scheduling effect rather than the
+2-core CPU's noise (``pad=False`` uses the raw compute time).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from torch import nn
+
+from llmcore.engineering.dist_utils import Comm
+
+# -- a tiny decoder with a KV cache ------------------------------------------------------------------
+
+
+@dataclass
+class LMConfig:
+    vocab: int = 64
+    d_model: int = 32
+    n_heads: int = 4
+    n_layers: int = 2
+    max_len: int = 512
+
+
+class TinyDecoder(nn.Module):
+    """Pre-LN causal decoder. ``forward(tokens (T,), cache)`` -> ``(logits (T, V), cache)``;
+    ``cache`` is a list per layer of ``(k, v)``, each ``(heads, T_past, head_dim)``."""
+
+    def __init__(self, cfg: LMConfig):
+        super().__init__()
+        self.cfg = cfg
+        d = cfg.d_model
+        self.emb, self.pos = nn.Embedding(cfg.vocab, d), nn.Embedding(cfg.max_len, d)
+        self.ln1 = nn.ModuleList(nn.LayerNorm(d) for _ in range(cfg.n_layers))
+        self.qkv = nn.ModuleList(nn.Linear(d, 3 * d) for _ in range(cfg.n_layers))
+        self.o = nn.ModuleList(nn.Linear(d, d) for _ in range(cfg.n_layers))
+        self.ln2 = nn.ModuleList(nn.LayerNorm(d) for _ in range(cfg.n_layers))
+        self.mlp = nn.ModuleList(nn.Sequential(nn.Linear(d, 2 * d), nn.GELU(), nn.Linear(2 * d, d))
+                                 for _ in range(cfg.n_layers))
+        self.ln_f, self.head = nn.LayerNorm(d), nn.Linear(d, cfg.vocab)
+
+    @torch.no_grad()
+    def forward(self, tokens: torch.Tensor, cache: list | None = None):
+        H, dh = self.cfg.n_heads, self.cfg.d_model // self.cfg.n_heads
+        past = 0 if cache is None else cache[0][0].shape[1]
+        T = tokens.shape[0]
+        x = self.emb(tokens) + self.pos(torch.arange(past, past + T))
+        new_cache = []
+        for i in range(self.cfg.n_layers):
+            q, k, v = self.qkv[i](self.ln1[i](x)).view(T, 3, H, dh).permute(1, 2, 0, 3)  # each (H, T, dh)
+            if cache is not None:
+                k, v = torch.cat([cache[i][0], k], 1), torch.cat([cache[i][1], v], 1)
+            new_cache.append((k, v))
+            # causal within the new tokens; every past token is visible
+            mask = torch.ones(T, past + T, dtype=torch.bool).tril(diagonal=past)
+            a = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+            x = x + self.o[i](a.transpose(0, 1).reshape(T, -1))
+            x = x + self.mlp[i](self.ln2[i](x))
+        return self.head(self.ln_f(x)), new_cache
+
+
+def generate(model: TinyDecoder, prompt: torch.Tensor, n_new: int) -> list[int]:
+    """Greedy decoding with the KV cache, in one process (the reference)."""
+    logits, cache = model(prompt)
+    out = [int(logits[-1].argmax())]
+    for _ in range(n_new - 1):
+        logits, cache = model(torch.tensor([out[-1]]), cache)
+        out.append(int(logits[-1].argmax()))
+    return out
+
+
+def kv_to_tensor(cache: list) -> torch.Tensor:
+    """Stack a cache into one ``(layers, 2, heads, T, head_dim)`` tensor for a single send."""
+    return torch.stack([torch.stack([k, v]) for k, v in cache])
+
+
+def tensor_to_kv(t: torch.Tensor) -> list:
+    return [(t[i, 0], t[i, 1]) for i in range(t.shape[0])]
+
+
+def kv_bytes(cfg: LMConfig, prompt_len: int) -> int:
+    """``2 x layers x heads x head_dim x prompt_len x 4`` bytes (fp32)."""
+    return 2 * cfg.n_layers * cfg.d_model * prompt_len * 4
+
+
+# -- workload and cost model --------------------------------------------------------------------------
+
+
+@dataclass
+class CostModel:
+    """GPU-like op times: prefill is compute-bound (linear in prompt tokens), a decode step is
+    memory-bound (a fixed cost for reading the weights plus a little per request in the batch)."""
+
+    prefill_base_s: float = 0.003
+    prefill_per_token_s: float = 0.00015
+    decode_base_s: float = 0.012
+    decode_per_seq_s: float = 0.0005
+
+    def prefill(self, prompt_len: int) -> float:
+        return self.prefill_base_s + self.prefill_per_token_s * prompt_len
+
+    def decode(self, batch: int) -> float:
+        return self.decode_base_s + self.decode_per_seq_s * batch
+
+
+@dataclass
+class PDConfig:
+    n_requests: int = 20
+    rates: tuple[float, ...] = (8.0, 16.0, 32.0)  # request arrivals per second (Poisson)
+    short_len: int = 16
+    long_len: int = 256
+    p_long: float = 0.25
+    n_new: int = 10
+    pad: bool = True
+    seed: int = 0
+    lm: LMConfig = field(default_factory=LMConfig)
+    cost: CostModel = field(default_factory=CostModel)
+
+
+def make_workload(cfg: PDConfig, rate: float, seed: int) -> list[dict[str, Any]]:
+    """Poisson arrivals at ``rate``/s, a mix of short and long prompts of random tokens."""
+    rng = np.random.default_rng(seed)
+    t = np.cumsum(rng.exponential(1.0 / rate, cfg.n_requests))
+    t -= t[0]
+    reqs = []
+    for i in range(cfg.n_requests):
+        L = cfg.long_len if rng.random() < cfg.p_long else cfg.short_len
+        reqs.append({"id": i, "arrival": float(t[i]),
+                     "prompt": torch.from_numpy(rng.integers(0, cfg.lm.vocab, L)).long()})
+    return reqs
+
+
+def _pad(t0: float, dur: float, on: bool) -> None:
+    if on:
+        left = t0 + dur - time.perf_counter()
+        if left > 0:
+            time.sleep(left)
+
+
+class _Clock:
+    def __init__(self, t0: float):
+        self.t0 = t0
+
+    def now(self) -> float:
+        return time.perf_counter() - self.t0
+
+    def sleep_until(self, t: float) -> None:
+        left = t - self.now()
+        if left > 0:
+            time.sleep(left)
+
+
+def _decode_step(model, running: list[dict], cfg: PDConfig, clock: _Clock) -> None:
+    """One decode step for every running request (one new token each), padded to the cost model."""
+    t0 = time.perf_counter()
+    for r in running:
+        logits, r["cache"] = model(torch.tensor([r["tokens"][-1]]), r["cache"])
+        r["tokens"].append(int(logits[-1].argmax()))
+    _pad(t0, cfg.cost.decode(len(running)), cfg.pad)
+    now = clock.now()
+    for r in running:
+        r["times"].append(now)
+
+
+def _prefill(model, req: dict, cfg: PDConfig, clock: _Clock) -> None:
+    t0 = time.perf_counter()
+    logits, req["cache"] = model(req["prompt"])
+    req["tokens"] = [int(logits[-1].argmax())]
+    _pad(t0, cfg.cost.prefill(len(req["prompt"])), cfg.pad)
+    req["times"] = [clock.now()]
+
+
+def serve_colocated(model, reqs: list[dict], cfg: PDConfig, clock: _Clock) -> list[dict]:
+    """One worker doing both phases; new prompts are prefilled first (they stall running decodes)."""
+    waiting, running, done = sorted(reqs, key=lambda r: r["arrival"]), [], []
+    while waiting or running:
+        arrived = [r for r in waiting if r["arrival"] <= clock.now()]
+        if arrived:
+            for r in arrived:
+                waiting.remove(r)
+                _prefill(model, r, cfg, clock)
+                running.append(r)
+        elif running:
+            _decode_step(model, running, cfg, clock)
+        else:
+            clock.sleep_until(waiting[0]["arrival"])
+        for r in [r for r in running if len(r["tokens"]) >= cfg.n_new]:
+            running.remove(r)
+            done.append(r)
+    return done
+
+
+def serve_prefill(model, reqs: list[dict], cfg: PDConfig, clock: _Clock, comm: Comm) -> list[dict]:
+    """Rank 0 of the disaggregated system: prefill in arrival order, ship (header, KV) to rank 1."""
+    works = []
+    for r in sorted(reqs, key=lambda r: r["arrival"]):
+        clock.sleep_until(r["arrival"])
+        _prefill(model, r, cfg, clock)
+        kv = kv_to_tensor(r.pop("cache"))
+        header = torch.tensor([r["id"], len(r["prompt"]), r["tokens"][0]], dtype=torch.int64)
+        works += [comm.send(header, 1, tag="pd.header"), comm.send(kv, 1, tag="pd.kv_cache")]
+    works.append(comm.send(torch.tensor([-1, 0, 0], dtype=torch.int64), 1, tag="pd.header"))
+    for w in works:
+        w.wait()
+    return reqs
+
+
+def serve_decode(model, cfg: PDConfig, clock: _Clock, comm: Comm) -> list[dict]:
+    """Rank 1: a transfer thread receives (header, KV) pairs; the main loop admits every request whose
+    KV cache has arrived, then runs one batched decode step, until the prefill worker says it is done."""
+    import queue
+    import threading
+
+    L, H, dh = cfg.lm.n_layers, cfg.lm.n_heads, cfg.lm.d_model // cfg.lm.n_heads
+    inbox: queue.Queue = queue.Queue()
+
+    def receiver() -> None:  # the only thread that talks to rank 0 while decoding runs
+        while True:
+            header = comm.recv(torch.empty(3, dtype=torch.int64), 0)
+            rid, plen, first = header.tolist()
+            if rid < 0:
+                inbox.put(None)
+                return
+            kv = comm.recv(torch.empty(L, 2, H, plen, dh), 0)
+            inbox.put({"id": rid, "tokens": [first], "cache": tensor_to_kv(kv), "times": [clock.now()]})
+
+    thread = threading.Thread(target=receiver, daemon=True)
+    thread.start()
+    running, done, finished = [], [], False
+    while not finished or running:
+        while not finished:  # admit arrivals; block only when there is nothing to decode
+            try:
+                item = inbox.get(block=not running)
+            except queue.Empty:
+                break
+            if item is None:
+                finished = True
+            else:
+                running.append(item)
+        if running:
+            _decode_step(model, running, cfg, clock)
+            for r in [r for r in running if len(r["tokens"]) >= cfg.n_new]:
+                running.remove(r)
+                done.append(r)
+    thread.join()
+    return done
+
+
+def pd_worker(rank: int, world: int, cfg: PDConfig) -> list[dict[str, Any]]:
+    """For each arrival rate: the colocated system, then the disaggregated one (2 ranks)."""
+    if world != 2:
+        raise ValueError("the PD experiment uses exactly 2 ranks (prefill + decode)")
+    torch.manual_seed(cfg.seed)
+    model = TinyDecoder(cfg.lm).eval()
+    comm = Comm()
+    results = []
+    for k, rate in enumerate(cfg.rates):
+        reqs = make_workload(cfg, rate, cfg.seed + k)
+        row: dict[str, Any] = {"rate": rate}
+        for mode in ("colocated", "disaggregated"):
+            mine = [dict(r) for r in reqs if mode == "disaggregated" or r["id"] % 2 == rank]
+            t0 = torch.tensor([time.perf_counter()], dtype=torch.float64)
+            dist.barrier()
+            dist.broadcast(t0, 0)  # one time origin: perf_counter is system-wide
+            clock = _Clock(float(t0))
+            if mode == "colocated":
+                out = serve_colocated(model, mine, cfg, clock)
+            elif rank == 0:
+                out = serve_prefill(model, mine, cfg, clock, comm)
+            else:
+                out = serve_decode(model, cfg, clock, comm)
+            arrival = {r["id"]: r["arrival"] for r in reqs}
+            row[mode] = [{"id": r["id"], "arrival": arrival[r["id"]], "times": r["times"], "tokens": r["tokens"],
+                          "prompt_len": len(reqs[r["id"]]["prompt"])} for r in out]
+        results.append(row)
+    return [{"rows": results, "kv_sent_bytes": comm.sent_bytes(tag="pd.kv_cache")}]
+
+
+def summarize(ranks: list[list[dict]], cfg: PDConfig) -> list[dict[str, Any]]:
+    """Merge the two ranks' records per rate: TTFT and TPOT per request, and their means / p90."""
+    torch.manual_seed(cfg.seed)
+    model = TinyDecoder(cfg.lm).eval()
+    out = []
+    for k, rate in enumerate(cfg.rates):
+        reqs = make_workload(cfg, rate, cfg.seed + k)
+        ref = {r["id"]: generate(model, r["prompt"], cfg.n_new) for r in reqs}
+        row: dict[str, Any] = {"rate": rate}
+        for mode in ("colocated", "disaggregated"):
+            if mode == "colocated":
+                recs = [rec for rk in ranks for rec in rk[0]["rows"][k][mode]]
+            else:  # timings: first token from rank 0, the rest from rank 1
+                first = {rec["id"]: rec["times"][0] for rec in ranks[0][0]["rows"][k][mode]}
+                recs = [dict(rec, times=[first[rec["id"]], *rec["times"][1:]]) for rec in ranks[1][0]["rows"][k][mode]]
+            ttft = np.array([rec["times"][0] - rec["arrival"] for rec in recs])
+            tpot = np.array([(rec["times"][-1] - rec["times"][0]) / (len(rec["times"]) - 1) for rec in recs])
+            gaps = np.concatenate([np.diff(rec["times"]) for rec in recs])
+            row[mode] = {
+                "n": len(recs), "ttft": ttft, "tpot": tpot,
+                "ttft_mean_ms": 1e3 * ttft.mean(), "ttft_p90_ms": 1e3 * np.percentile(ttft, 90),
+                "tpot_mean_ms": 1e3 * tpot.mean(), "tpot_p90_ms": 1e3 * np.percentile(tpot, 90),
+                "max_gap_ms": 1e3 * gaps.max(),
+                "tokens_match": all(rec["tokens"] == ref[rec["id"]] for rec in recs) and len(recs) == len(reqs),
+            }
+        out.append(row)
+    return out
+
+
+def expected_kv_bytes(cfg: PDConfig) -> int:
+    """Every request's prompt KV cache crosses from the prefill to the decode worker once."""
+    return sum(kv_bytes(cfg.lm, len(r["prompt"])) for k, rate in enumerate(cfg.rates)
+               for r in make_workload(cfg, rate, cfg.seed + k))
+
+
+def plot_tradeoff(summary: list[dict[str, Any]], axes=None):
+    """Mean TTFT and p90 TPOT against the arrival rate, colocated vs disaggregated."""
+    import matplotlib.pyplot as plt
+
+    if axes is None:
+        _fig, axes = plt.subplots(1, 2, figsize=(8, 3.2))
+    rates = [s["rate"] for s in summary]
+    for mode, marker in (("colocated", "o"), ("disaggregated", "s")):
+        axes[0].plot(rates, [s[mode]["ttft_mean_ms"] for s in summary], marker=marker, label=mode)
+        axes[1].plot(rates, [s[mode]["tpot_p90_ms"] for s in summary], marker=marker, label=mode)
+    axes[0].set(xlabel="arrival rate (req/s)", ylabel="mean TTFT (ms)", title="time to first token")
+    axes[1].set(xlabel="arrival rate (req/s)", ylabel="p90 TPOT (ms)", title="time per output token")
+    axes[1].legend()
+    return axes
+

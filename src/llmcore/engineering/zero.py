@@ -1,0 +1,506 @@
+r"""DeepSpeed ZeRO from scratch on ``torch.distributed``: stages 1, 2, 3, CPU offload, checkpointing.
+
+Data parallelism (DDP) keeps a full copy of the *model states* on each of the :math:`N` ranks. With
+Adam, :math:`\Psi` parameters cost per rank (Rajbhandari et al., 2020, §3; mixed precision:
+:math:`P=2, G=2, K=12`; the fp32 toy here: :math:`P=4, G=4, K=8`)
+
+.. math::
+    \underbrace{(P + G + K)\Psi}_{\text{DDP}},\quad
+    \underbrace{P\Psi + G\Psi + \tfrac{K\Psi}{N}}_{\text{ZeRO-1 } (P_{os})},\quad
+    \underbrace{P\Psi + \tfrac{(G+K)\Psi}{N}}_{\text{ZeRO-2 } (P_{os+g})},\quad
+    \underbrace{\tfrac{(P+G+K)\Psi}{N}}_{\text{ZeRO-3 } (P_{os+g+p})}\ \text{bytes}.
+
+How each stage gets there (every layer's weight and bias are one flat buffer, padded to a multiple of
+:math:`N`; rank :math:`r` owns slice :math:`r`):
+
+* **ZeRO-1** — full parameters and gradients; after backward the gradient is *reduce-scattered*, each
+  rank runs Adam on its slice only (optimizer states :math:`K\Psi/N`), then the updated slices are
+  *all-gathered* back into the full parameters.
+* **ZeRO-2** — the same, but each layer's gradient is reduce-scattered *during* backward (a hook fires
+  when the layer's gradients are ready) and the full gradient is freed at once: only the slice persists.
+* **ZeRO-3** — the parameters are sharded too. A layer's weights are all-gathered just before its
+  forward, freed after it, gathered again for its backward and freed again; its gradient is
+  reduce-scattered straight into the owner's slice. Communication: 3 x the parameter volume vs 2 x
+  for DDP and ZeRO-1/2 (measured below with :class:`~llmcore.engineering.dist_utils.Comm`).
+* **Offload** (ZeRO-Offload) — Adam's states and step live on the CPU; the gradient slice goes down,
+  the updated parameter slice comes back.
+
+Activation checkpointing (Chen et al., 2016) is the orthogonal saving: keep only each segment's input
+and recompute the segment in backward (:func:`checkpoint`).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from torch import nn
+
+from llmcore.engineering.dist_utils import Comm, ring_gather_bytes
+
+# -- model, data, memory formulas ----------------------------------------------------------------------
+
+
+@dataclass
+class ZeroConfig:
+    sizes: tuple[int, ...] = (32, 64, 64, 16)  # MLP widths: in, hidden..., out
+    batch: int = 32                              # global batch, split over the ranks
+    steps: int = 8
+    lr: float = 1e-2
+    seed: int = 0
+    device: str = "cpu"                          # "cpu" (gloo) or "cuda" (NCCL, one GPU per rank)
+
+
+def make_mlp(sizes: tuple[int, ...], seed: int) -> nn.Sequential:
+    torch.manual_seed(seed)
+    mods: list[nn.Module] = []
+    for i, (a, b) in enumerate(zip(sizes[:-1], sizes[1:])):
+        mods.append(nn.Linear(a, b))
+        if i < len(sizes) - 2:
+            mods.append(nn.Tanh())
+    return nn.Sequential(*mods)
+
+
+def batch_for(cfg: ZeroConfig, step: int, rank: int, world: int, device) -> tuple[torch.Tensor, torch.Tensor]:
+    """This rank's slice of the global batch of ``step`` (the same global data for every N).
+
+    Targets come from a fixed random *teacher* ``tanh(X A) B`` plus noise, so the loss can fall."""
+    gt = torch.Generator().manual_seed(cfg.seed + 12345)
+    A = torch.randn(cfg.sizes[0], cfg.sizes[1], generator=gt) / cfg.sizes[0] ** 0.5
+    B = torch.randn(cfg.sizes[1], cfg.sizes[-1], generator=gt) / cfg.sizes[1] ** 0.5
+    g = torch.Generator().manual_seed(cfg.seed * 1000 + step)
+    X = torch.randn(cfg.batch, cfg.sizes[0], generator=g)
+    Y = torch.tanh(X @ A) @ B + 0.05 * torch.randn(cfg.batch, cfg.sizes[-1], generator=g)
+    lo, hi = rank * cfg.batch // world, (rank + 1) * cfg.batch // world
+    return X[lo:hi].to(device), Y[lo:hi].to(device)
+
+
+#: bytes per parameter of (parameters, gradients, optimizer states): the paper's mixed-precision Adam
+#: (fp16 params and grads; fp32 master params, momentum, variance) and our fp32 toy (fp32 Adam).
+MIXED_PRECISION = (2, 2, 12)
+FP32_ADAM = (4, 4, 8)
+
+
+def zero_formula(psi: float, n: int, stage: int, pgk: tuple[int, int, int] = MIXED_PRECISION) -> dict[str, float]:
+    """Per-rank model-state bytes of ZeRO ``stage`` (0 = DDP) for ``psi`` parameters on ``n`` ranks."""
+    P, G, K = pgk
+    params = P * psi / (n if stage >= 3 else 1)
+    grads = G * psi / (n if stage >= 2 else 1)
+    optim = K * psi / (n if stage >= 1 else 1)
+    return {"params": params, "grads": grads, "optim": optim, "total": params + grads + optim}
+
+
+def storage_bytes(tensors) -> int:
+    """Bytes of the distinct storages behind ``tensors`` (views of one buffer count once)."""
+    seen, total = set(), 0
+    for t in tensors:
+        if t is None:
+            continue
+        st = t.untyped_storage()
+        if st.data_ptr() not in seen:
+            seen.add(st.data_ptr())
+            total += st.nbytes()
+    return total
+
+
+def optimizer_state_bytes(opt: torch.optim.Optimizer) -> tuple[int, int]:
+    """``(device_bytes, host_bytes)`` of an optimizer's state tensors (Adam: step, exp_avg, exp_avg_sq)."""
+    dev = host = 0
+    for st in opt.state.values():
+        for v in st.values():
+            if torch.is_tensor(v):
+                if v.device.type == "cpu":
+                    host += v.numel() * v.element_size()
+                if v.device.type != "cpu":
+                    dev += v.numel() * v.element_size()
+    return dev, host
+
+
+# -- ZeRO-3: a linear layer whose parameters exist only as a shard ------------------------------------
+
+
+class _GatheredLinear(torch.autograd.Function):
+    """``y = x W^T + b`` where ``W, b`` are all-gathered from the shards for the op and freed after."""
+
+    @staticmethod
+    def forward(ctx, x, shard, layer: ShardedLinear):
+        w, b = layer.gather()
+        ctx.layer = layer
+        ctx.save_for_backward(x, shard)  # the shard, never the full weight
+        y = F.linear(x, w, b)
+        layer.release()
+        return y
+
+    @staticmethod
+    def backward(ctx, gy):
+        x, _shard = ctx.saved_tensors
+        layer = ctx.layer
+        w, _b = layer.gather()  # gather again for backward
+        gx = gy @ w if ctx.needs_input_grad[0] else None
+        gw = gy.reshape(-1, gy.shape[-1]).t() @ x.reshape(-1, x.shape[-1])
+        gb = gy.reshape(-1, gy.shape[-1]).sum(0)
+        layer.release()
+        flat = torch.cat([gw.reshape(-1), gb, gw.new_zeros(layer.padded - layer.numel)])
+        gshard = layer.comm.reduce_scatter(flat, tag="zero3.reduce_scatter_grad") / layer.comm.world
+        return gx, gshard, None
+
+
+class ShardedLinear(nn.Module):
+    """A ``nn.Linear`` whose flat ``[W.flatten(), b]`` buffer is split over the ranks (ZeRO-3)."""
+
+    def __init__(self, lin: nn.Linear, comm: Comm, tracker: dict[str, int]):
+        super().__init__()
+        self.comm, self.tracker = comm, tracker
+        self.out_f, self.in_f = lin.weight.shape
+        self.numel = lin.weight.numel() + lin.bias.numel()
+        self.padded = math.ceil(self.numel / comm.world) * comm.world
+        flat = torch.cat([lin.weight.detach().reshape(-1), lin.bias.detach(),
+                          lin.weight.new_zeros(self.padded - self.numel)])
+        self.shard = nn.Parameter(flat.chunk(comm.world)[comm.rank].clone())
+        self._full: torch.Tensor | None = None
+
+    def gather(self) -> tuple[torch.Tensor, torch.Tensor]:
+        self._full = self.comm.all_gather(self.shard.detach(), tag="zero3.all_gather_params")
+        self.tracker["live"] += self._full.numel() * self._full.element_size()
+        self.tracker["peak"] = max(self.tracker["peak"], self.tracker["live"])
+        w = self._full[: self.out_f * self.in_f].view(self.out_f, self.in_f)
+        return w, self._full[self.out_f * self.in_f: self.numel]
+
+    def release(self) -> None:
+        self.tracker["live"] -= self._full.numel() * self._full.element_size()
+        self._full = None  # the full weight is freed here
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return _GatheredLinear.apply(x, self.shard, self)
+
+
+# -- the engine ------------------------------------------------------------------------------------------
+
+
+class ZeroEngine:
+    """ZeRO stage 1, 2 or 3 (optionally with CPU offload of the optimizer) around an MLP of ``nn.Linear``."""
+
+    def __init__(self, model: nn.Sequential, stage: int, comm: Comm, lr: float, offload: bool = False):
+        if stage not in (1, 2, 3):
+            raise ValueError(f"ZeRO stage must be 1, 2 or 3, got {stage}")
+        self.model, self.stage, self.comm, self.offload = model, stage, comm, offload
+        n, r = comm.world, comm.rank
+        self.tracker = {"live": 0, "peak": 0, "grad_live": 0, "grad_peak": 0}
+        self.shards: list[nn.Parameter] = []
+        self.layers: list[dict[str, Any]] = []
+        for i, m in enumerate(model):
+            if not isinstance(m, nn.Linear):
+                continue
+            if stage == 3:
+                sl = ShardedLinear(m, comm, self.tracker)
+                model[i] = sl
+                self.shards.append(sl.shard)
+                continue
+            numel = m.weight.numel() + m.bias.numel()
+            padded = math.ceil(numel / n) * n
+            flat = torch.zeros(padded, dtype=m.weight.dtype, device=m.weight.device)
+            flat[: m.weight.numel()].copy_(m.weight.detach().reshape(-1))
+            flat[m.weight.numel(): numel].copy_(m.bias.detach())
+            # the layer's parameters become views of the flat buffer
+            m.weight.data = flat[: m.weight.numel()].view_as(m.weight)
+            m.bias.data = flat[m.weight.numel(): numel]
+            shard = nn.Parameter(flat.chunk(n)[r])  # a view: Adam updates the flat buffer in place
+            layer = {"module": m, "flat": flat, "numel": numel, "padded": padded, "shard": shard, "ready": 0}
+            if stage == 1:  # full gradients persist, as views of one flat gradient buffer
+                layer["gflat"] = torch.zeros_like(flat)
+                m.weight.grad = layer["gflat"][: m.weight.numel()].view_as(m.weight)
+                m.bias.grad = layer["gflat"][m.weight.numel(): numel]
+                shard.grad = layer["gflat"].chunk(n)[r]
+            else:  # stage 2: reduce-scatter as soon as this layer's gradients exist, then free them
+                for p in (m.weight, m.bias):
+                    p.register_post_accumulate_grad_hook(self._make_hook(layer))
+            self.layers.append(layer)
+            self.shards.append(shard)
+        if offload:  # Adam runs on CPU copies of the shards; states never touch the device
+            self.cpu_shards = [nn.Parameter(s.detach().to("cpu", copy=True)) for s in self.shards]
+            self.opt = torch.optim.Adam(self.cpu_shards, lr=lr)
+        else:
+            self.opt = torch.optim.Adam(self.shards, lr=lr)
+
+    def _make_hook(self, layer: dict[str, Any]):
+        def hook(_p: torch.Tensor) -> None:
+            layer["ready"] += 1
+            m = layer["module"]
+            self.tracker["grad_live"] += _p.grad.numel() * _p.grad.element_size()
+            self.tracker["grad_peak"] = max(self.tracker["grad_peak"], self.tracker["grad_live"])
+            if layer["ready"] < 2:
+                return
+            layer["ready"] = 0
+            flat = torch.cat([m.weight.grad.reshape(-1), m.bias.grad,
+                              m.weight.grad.new_zeros(layer["padded"] - layer["numel"])])
+            layer["shard"].grad = self.comm.reduce_scatter(flat, tag="zero2.reduce_scatter_grad") / self.comm.world
+            self.tracker["grad_live"] -= (m.weight.grad.numel() + m.bias.grad.numel()) * m.weight.grad.element_size()
+            m.weight.grad = None  # the full gradient is freed: only the slice lives on
+            m.bias.grad = None
+        return hook
+
+    def zero_grad(self) -> None:
+        if self.stage == 1:
+            for layer in self.layers:
+                layer["gflat"].zero_()
+        else:
+            for s in self.shards:
+                s.grad = None
+        self.tracker["grad_live"] = 0
+
+    def step(self) -> None:
+        """After ``loss.backward()``: reduce-scatter (stage 1), Adam on the slice, all-gather (stages 1-2)."""
+        n = self.comm.world
+        if self.stage == 1:
+            for layer in self.layers:
+                g = self.comm.reduce_scatter(layer["gflat"], tag="zero1.reduce_scatter_grad") / n
+                layer["shard"].grad.copy_(g)
+        if self.offload:
+            for s, c in zip(self.shards, self.cpu_shards):
+                c.grad = s.grad.detach().to("cpu")
+            self.opt.step()
+            with torch.no_grad():
+                for s, c in zip(self.shards, self.cpu_shards):
+                    s.copy_(c.detach().to(s.device))
+        else:
+            self.opt.step()
+        if self.stage in (1, 2):
+            with torch.no_grad():
+                for layer in self.layers:
+                    full = self.comm.all_gather(layer["shard"].detach(), tag=f"zero{self.stage}.all_gather_params")
+                    layer["flat"].copy_(full)
+
+    def memory(self) -> dict[str, int]:
+        """Per-rank bytes of the model states this engine keeps between steps."""
+        if self.stage == 3:
+            params = storage_bytes(self.shards)
+        else:
+            params = storage_bytes([layer["flat"] for layer in self.layers])
+        if self.stage == 1:
+            grads = storage_bytes([layer["gflat"] for layer in self.layers])
+        else:
+            grads = storage_bytes([s.grad for s in self.shards])
+        dev, host = optimizer_state_bytes(self.opt)
+        if self.offload:  # states and the optimizer's copy of the shard live in host memory
+            return {"params": params, "grads": grads, "optim": 0,
+                    "optim_offloaded": dev + host + storage_bytes(self.cpu_shards)}
+        return {"params": params, "grads": grads, "optim": dev + host, "optim_offloaded": 0}
+
+
+# -- the experiment worker ---------------------------------------------------------------------------
+
+
+def _global_loss(loss: torch.Tensor) -> float:
+    t = loss.detach().reshape(1).clone()
+    dist.all_reduce(t)
+    return t.item() / dist.get_world_size()
+
+
+def _full_params(model: nn.Module, comm: Comm | None = None) -> torch.Tensor:
+    """All parameters flattened (ZeRO-3 shards gathered), for comparing final weights."""
+    out = []
+    for m in model.modules():
+        if isinstance(m, ShardedLinear):
+            out.append(m.comm.all_gather(m.shard.detach())[: m.numel])
+        elif isinstance(m, nn.Linear):
+            out += [m.weight.detach().reshape(-1), m.bias.detach()]
+    return torch.cat(out).cpu()
+
+
+def train_variant(name: str, rank: int, world: int, cfg: ZeroConfig) -> dict[str, Any]:
+    """Train ``cfg.steps`` steps with one variant; return losses, final params, memory and bytes."""
+    dev = torch.device("cuda", rank) if cfg.device == "cuda" else torch.device("cpu")
+    model = make_mlp(cfg.sizes, cfg.seed).to(dev)
+    psi = sum(p.numel() for p in model.parameters())
+    comm = Comm()
+    if dev.type == "cuda":
+        torch.cuda.synchronize(dev)
+        torch.cuda.reset_peak_memory_stats(dev)
+        base = torch.cuda.memory_allocated(dev)
+    engine = None
+    if name == "ddp":
+        from torch.nn.parallel import DistributedDataParallel as DDP
+
+        net = DDP(model, gradient_as_bucket_view=True)
+        opt = torch.optim.Adam(net.parameters(), lr=cfg.lr)
+    elif name == "torch_zero_redundancy":
+        from torch.distributed.optim import ZeroRedundancyOptimizer
+        from torch.nn.parallel import DistributedDataParallel as DDP
+
+        net = DDP(model, gradient_as_bucket_view=True)
+        opt = ZeroRedundancyOptimizer(net.parameters(), optimizer_class=torch.optim.Adam, lr=cfg.lr)
+    elif name == "torch_fsdp2":
+        from torch.distributed.fsdp import fully_shard
+
+        for m in model:
+            if isinstance(m, nn.Linear):
+                fully_shard(m)
+        fully_shard(model)
+        net, opt = model, torch.optim.Adam(model.parameters(), lr=cfg.lr)
+    else:  # "zero1", "zero2", "zero3", "zero3_offload"
+        stage = int(name[4])
+        engine = ZeroEngine(model, stage, comm, cfg.lr, offload=name.endswith("offload"))
+        net, opt = model, None
+    losses = []
+    t0 = time.perf_counter()
+    for step in range(cfg.steps):
+        x, y = batch_for(cfg, step, rank, world, dev)
+        if engine is not None:
+            engine.zero_grad()
+        else:
+            opt.zero_grad(set_to_none=False)
+        loss = F.mse_loss(net(x), y)
+        loss.backward()
+        if engine is not None:
+            engine.step()
+        else:
+            opt.step()
+        losses.append(_global_loss(loss))
+    wall = time.perf_counter() - t0
+    out: dict[str, Any] = {"name": name, "losses": losses, "psi": psi, "wall_s": wall}
+    if name in ("ddp", "torch_zero_redundancy"):
+        out["final"] = _full_params(net.module)
+        if name == "ddp":
+            dv, host = optimizer_state_bytes(opt)
+            out["memory"] = {"params": storage_bytes(list(net.parameters())),
+                             "grads": storage_bytes([p.grad for p in net.parameters()]),
+                             "optim": dv + host, "optim_offloaded": 0}
+    elif name == "torch_fsdp2":
+        out["final"] = torch.cat([p.full_tensor().detach().reshape(-1) for p in model.parameters()]).cpu()
+    else:
+        out["final"] = _full_params(model)
+        out["memory"] = engine.memory()
+        out["peak_gathered_param_bytes"] = engine.tracker["peak"]
+        out["peak_full_grad_bytes"] = engine.tracker["grad_peak"]
+        out["sent_bytes_per_step"] = comm.sent_bytes() / cfg.steps
+        out["padded_psi"] = sum(math.ceil((m.weight.numel() + m.bias.numel()) / world) * world
+                                for m in make_mlp(cfg.sizes, cfg.seed) if isinstance(m, nn.Linear))
+    if dev.type == "cuda":
+        torch.cuda.synchronize(dev)
+        out["cuda_max_allocated"] = torch.cuda.max_memory_allocated(dev) - base
+    return out
+
+
+ALL_VARIANTS = ("ddp", "zero1", "zero2", "zero3", "zero3_offload", "torch_zero_redundancy", "torch_fsdp2")
+
+
+def zero_worker(rank: int, world: int, cfg: ZeroConfig, variants: tuple[str, ...] = ALL_VARIANTS) -> list[dict]:
+    return [train_variant(v, rank, world, cfg) for v in variants]
+
+
+def comm_formula_bytes(padded_psi: int, n: int, stage: int) -> float:
+    """Bytes each rank sends per step (fp32): stages 1-2 = reduce-scatter + all-gather = one ring
+    all-reduce :math:`2(n-1)/n \\cdot 4\\Psi`; stage 3 adds a second all-gather: :math:`3(n-1)/n \\cdot 4\\Psi`."""
+    volumes = 3 if stage == 3 else 2
+    return volumes * ring_gather_bytes(4 * padded_psi, n)
+
+
+# -- activation checkpointing ---------------------------------------------------------------------------
+
+
+class _Checkpoint(torch.autograd.Function):
+    """Run ``fn`` without keeping its activations; recompute them in backward."""
+
+    @staticmethod
+    def forward(ctx, fn, x, *params):
+        ctx.fn = fn
+        ctx.save_for_backward(x)  # the segment's input is all that is kept
+        with torch.no_grad():
+            return fn(x)
+
+    @staticmethod
+    def backward(ctx, gy):
+        (x,) = ctx.saved_tensors
+        x = x.detach().requires_grad_(True)
+        params = [p for p in ctx.fn.parameters()]
+        with torch.enable_grad():
+            y = ctx.fn(x)  # recompute the segment
+        grads = torch.autograd.grad(y, [x, *params], gy)
+        return (None, *grads)
+
+
+def checkpoint(segment: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """Our activation checkpointing of one segment (an ``nn.Module``)."""
+    return _Checkpoint.apply(segment, x, *segment.parameters())
+
+
+def make_deep_mlp(depth: int, width: int, seed: int) -> nn.Sequential:
+    torch.manual_seed(seed)
+    return nn.Sequential(*[nn.Sequential(nn.Linear(width, width), nn.GELU()) for _ in range(depth)])
+
+
+def forward_segments(model: nn.Sequential, x: torch.Tensor, every: int, impl: str = "ours") -> torch.Tensor:
+    """Forward through ``model`` checkpointing every ``every`` blocks (0 = no checkpointing)."""
+    if every == 0:
+        return model(x)
+    for i in range(0, len(model), every):
+        seg = model[i: i + every]
+        if impl == "ours":
+            x = checkpoint(seg, x)
+        else:
+            from torch.utils.checkpoint import checkpoint as torch_checkpoint
+
+            x = torch_checkpoint(seg, x, use_reentrant=False)
+    return x
+
+
+def saved_activation_bytes(model: nn.Sequential, x: torch.Tensor, every: int) -> int:
+    """Bytes autograd keeps for backward after a forward (distinct storages), via saved-tensor hooks."""
+    seen: dict[int, int] = {}
+    params = {p.untyped_storage().data_ptr() for p in model.parameters()}
+
+    def pack(t):
+        ptr = t.untyped_storage().data_ptr()
+        if ptr not in params:
+            seen[ptr] = t.untyped_storage().nbytes()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        y = forward_segments(model, x, every)
+    del y
+    return sum(seen.values())
+
+
+def checkpoint_experiment(depth: int = 16, width: int = 128, batch: int = 128, everies=(0, 1, 2, 4, 8),
+                          repeats: int = 3, seed: int = 0, device: str = "cpu") -> list[dict[str, Any]]:
+    """Memory kept for backward and fwd+bwd time, for checkpointing every k blocks; grads vs no-ckpt."""
+    dev = torch.device(device)
+    model = make_deep_mlp(depth, width, seed).to(dev)
+    g = torch.Generator().manual_seed(seed + 1)
+    x = torch.randn(batch, width, generator=g).to(dev).requires_grad_(True)
+
+    def grads(every, impl="ours"):
+        model.zero_grad(set_to_none=True)
+        forward_segments(model, x, every, impl).square().mean().backward()
+        return torch.cat([p.grad.reshape(-1) for p in model.parameters()])
+
+    ref = grads(0)
+    rows = []
+    for k in everies:
+        times = []
+        peak = None
+        for _ in range(repeats):
+            if dev.type == "cuda":
+                torch.cuda.synchronize()
+                torch.cuda.reset_peak_memory_stats()
+            t0 = time.perf_counter()
+            gk = grads(k)
+            if dev.type == "cuda":
+                torch.cuda.synchronize()
+                peak = torch.cuda.max_memory_allocated()
+            times.append(time.perf_counter() - t0)
+        rows.append({
+            "every": k,
+            "saved_bytes": saved_activation_bytes(model, x, k),
+            "time_s": sorted(times)[len(times) // 2],
+            "grad_err": (gk - ref).abs().max().item(),
+            "grad_err_vs_torch": (gk - grads(k, "torch")).abs().max().item() if k else 0.0,
+            "cuda_peak": peak,
+        })
+    return rows
+
