@@ -129,7 +129,7 @@ class CostModel:
 
 @dataclass
 class PDConfig:
-    n_requests: int = 20
+    n_requests: int = 16
     rates: tuple[float, ...] = (8.0, 16.0, 32.0)  # request arrivals per second (Poisson)
     short_len: int = 16
     long_len: int = 256
