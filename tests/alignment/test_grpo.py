@@ -1,0 +1,123 @@
+"""GRPO: group advantages vs TRL's formula, KL estimators vs their definitions, the clipped loss by hand."""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from llmcore.alignment import arith as A
+from llmcore.alignment import grpo as G
+from llmcore.core.errors import LLMCoreError
+
+
+def trl_group_advantages(rewards: torch.Tensor, num_generations: int) -> torch.Tensor:
+    """The lines of TRL's GRPOTrainer._generate_and_score_completions for scale_rewards='group'."""
+    from trl.trainer.utils import nanstd
+
+    mean_grouped_rewards = torch.nanmean(rewards.view(-1, num_generations), dim=1)
+    mean_grouped_rewards = mean_grouped_rewards.repeat_interleave(num_generations, dim=0)
+    std_rewards = nanstd(rewards.view(-1, num_generations), dim=1)
+    std_rewards = std_rewards.repeat_interleave(num_generations, dim=0)
+    return (rewards - mean_grouped_rewards) / (std_rewards + 1e-4)
+
+
+@pytest.mark.parametrize("g", [2, 4, 8])
+def test_group_advantages_equal_trl(g):
+    gen = torch.Generator().manual_seed(g)
+    r = torch.randint(0, 2, (10 * g,), generator=gen).float() + 0.1 * torch.rand(10 * g, generator=gen)
+    r[:g] = 1.0  # one group with zero std: advantage exactly 0
+    ours = G.group_advantages(r, g, "group")
+    assert torch.allclose(ours, trl_group_advantages(r, g), atol=1e-6)
+    assert torch.all(ours[:g] == 0)
+    # each group's advantages have mean 0
+    assert torch.allclose(ours.view(-1, g).mean(1), torch.zeros(10), atol=1e-6)
+
+
+def test_group_advantage_hand_example_and_errors():
+    r = torch.tensor([1.0, 0.0, 0.0, 0.0])  # mean 0.25, unbiased std 0.5
+    adv = G.group_advantages(r, 4, eps=0.0)
+    assert torch.allclose(adv, torch.tensor([1.5, -0.5, -0.5, -0.5]))
+    assert torch.allclose(G.group_advantages(r, 4, "none"), torch.tensor([0.75, -0.25, -0.25, -0.25]))
+    with pytest.raises(LLMCoreError):
+        G.group_advantages(torch.ones(5), 4)
+    with pytest.raises(LLMCoreError):
+        G.group_advantages(torch.ones(4), 4, "bogus")
+
+
+def test_kl_estimators_match_definitions_and_are_unbiased():
+    gen = torch.Generator().manual_seed(0)
+    p = torch.softmax(torch.randn(20, generator=gen), 0)
+    q = torch.softmax(torch.randn(20, generator=gen), 0)
+    lp, lq = p.log(), q.log()
+    est = G.kl_estimators(lp, lq)
+    r = q / p  # ratio pi_ref / pi
+    assert torch.allclose(est["k1"], -torch.log(r), atol=1e-6)
+    assert torch.allclose(est["k2"], 0.5 * torch.log(r) ** 2, atol=1e-6)
+    assert torch.allclose(est["k3"], (r - 1) - torch.log(r), atol=1e-6)
+    assert torch.all(est["k3"] >= 0)
+    exact = float((p * (lp - lq)).sum())
+    # expectations under pi (exact, by weighting with p): k1 and k3 are unbiased, k2 is not
+    assert math.isclose(float((p * est["k1"]).sum()), exact, rel_tol=1e-5)
+    assert math.isclose(float((p * est["k3"]).sum()), exact, rel_tol=1e-5)
+    assert not math.isclose(float((p * est["k2"]).sum()), exact, rel_tol=1e-2)
+
+
+def test_grpo_loss_clipping_by_hand():
+    # two one-token responses; ratios 1.5 (A=+1, clipped at 1.2) and 0.5 (A=-1, clipped at 0.8)
+    old = torch.zeros(2, 1)
+    logp = torch.log(torch.tensor([[1.5], [0.5]])).requires_grad_(True)
+    adv = torch.tensor([1.0, -1.0])
+    mask = torch.ones(2, 1)
+    loss, stats = G.grpo_loss(logp, old, logp.detach(), adv, mask, clip_eps=0.2, beta=0.0)
+    # min(1.5*1, 1.2*1) = 1.2 ; min(0.5*-1, 0.8*-1) = -0.8 ; objective mean = 0.2 ; loss = -0.2
+    assert math.isclose(float(loss.detach()), -0.2, abs_tol=1e-6)
+    assert stats["clip_frac"] == 1.0
+    loss.backward()
+    assert torch.all(logp.grad == 0)  # both clipped: no gradient
+    # unclipped side: ratio 1.1 with A=+1 has gradient -ratio*A/N = -0.55
+    logp2 = torch.log(torch.tensor([[1.1], [1.0]])).requires_grad_(True)
+    loss2, _ = G.grpo_loss(logp2, old, logp2.detach(), torch.tensor([1.0, 0.0]), mask, 0.2, 0.0)
+    loss2.backward()
+    assert math.isclose(float(logp2.grad[0, 0]), -0.55, rel_tol=1e-5)
+
+
+def test_grpo_loss_kl_term_and_sequence_mean():
+    logp = torch.tensor([[-1.0, -2.0, 0.0]])
+    ref = torch.tensor([[-1.5, -1.0, 0.0]])
+    mask = torch.tensor([[1.0, 1.0, 0.0]])  # third token is padding
+    loss, stats = G.grpo_loss(logp, logp, ref, torch.zeros(1), mask, beta=1.0)
+    k3 = [math.exp(-0.5) + 0.5 - 1, math.exp(1.0) - 1.0 - 1]
+    assert math.isclose(float(loss), sum(k3) / 2, rel_tol=1e-5)
+    assert math.isclose(stats["kl"], sum(k3) / 2, rel_tol=1e-5)
+
+
+def test_verifier_and_reward():
+    ok = [ord("4"), ord("2"), A.EOS]
+    assert A.check(37, 5, ok) == (True, True, False)
+    assert A.check(37, 5, [ord("4"), ord("2")]) == (False, False, False)  # not closed by <eos>
+    assert A.check(37, 5, list(b"so 42") + [A.EOS]) == (True, False, True)
+    assert A.check(37, 5, [ord("4"), ord("3"), A.EOS]) == (False, True, False)
+    resp = torch.tensor([ok, [ord("9"), A.EOS, A.EOS]])
+    r, _ = G.reward_fn(np.array([[37, 5], [37, 5]]), resp, 0.1)
+    assert torch.allclose(r, torch.tensor([1.1, 0.1]))
+    assert torch.equal(A.response_mask(resp), torch.tensor([[1.0, 1, 1], [1, 1, 0]]))
+
+
+def test_grpo_round_runs_on_policy_and_memory_accounting():
+    """One on-policy round on an untrained tiny model: finite stats, no clipping; byte accounting."""
+    torch.manual_seed(0)
+    task = A.ArithConfig(d_model=32, n_layers=1, n_heads=2)
+    policy = A.Llama(task.model_config())
+    ref = A.Llama(task.model_config())
+    ref.load_state_dict(policy.state_dict())
+    cfg = G.GRPOConfig(prompts_per_step=4, group_size=4, lr=1e-2, inner_epochs=1, beta=0.0)
+    probs = np.array([[1, 2], [3, 4], [5, 6], [7, 8]])
+    gen = torch.Generator().manual_seed(0)
+    stats = G.grpo_round(policy, ref, torch.optim.SGD(policy.parameters(), lr=1.0), probs, cfg, task, gen)
+    assert all(np.isfinite(v) for v in stats.values())
+    assert stats["clip_frac"] == 0.0  # one on-policy step: ratio is exactly 1
+    # memory accounting: GRPO holds 2 models (one trained), PPO 4 (two trained)
+    n = policy.num_params() * 4
+    assert G.model_state_bytes([policy], [ref]) == 5 * n
+    assert G.model_state_bytes([policy, policy], [ref, ref]) == 10 * n
