@@ -129,13 +129,14 @@ class CostModel:
 
 @dataclass
 class PDConfig:
-    n_requests: int = 16
-    rates: tuple[float, ...] = (8.0, 16.0, 32.0)  # request arrivals per second (Poisson)
+    n_requests: int = 12
+    rates: tuple[float, ...] = (10.0, 20.0, 40.0)  # request arrivals per second (Poisson)
     short_len: int = 16
     long_len: int = 256
     p_long: float = 0.25
     n_new: int = 10
     pad: bool = True
+    repeats: int = 2  # timing: per rate keep the least-disturbed repeat (smallest total makespan)
     seed: int = 0
     lm: LMConfig = field(default_factory=LMConfig)
     cost: CostModel = field(default_factory=CostModel)
@@ -214,59 +215,46 @@ def serve_colocated(model, reqs: list[dict], cfg: PDConfig, clock: _Clock) -> li
     return done
 
 
-def serve_prefill(model, reqs: list[dict], cfg: PDConfig, clock: _Clock, comm: Comm) -> list[dict]:
+def _doorbell():
+    """The process group's key-value store: a counter the prefill worker bumps per shipped request, so the
+    decode worker can *poll* for arrivals between decode steps (gloo's ``irecv`` cannot be polled)."""
+    from torch.distributed.distributed_c10d import _get_default_store
+
+    return _get_default_store()
+
+
+def serve_prefill(model, reqs: list[dict], cfg: PDConfig, clock: _Clock, comm: Comm, key: str) -> list[dict]:
     """Rank 0 of the disaggregated system: prefill in arrival order, ship (header, KV) to rank 1."""
-    works = []
+    works, bell = [], _doorbell()
     for r in sorted(reqs, key=lambda r: r["arrival"]):
         clock.sleep_until(r["arrival"])
         _prefill(model, r, cfg, clock)
         kv = kv_to_tensor(r.pop("cache"))
         header = torch.tensor([r["id"], len(r["prompt"]), r["tokens"][0]], dtype=torch.int64)
         works += [comm.send(header, 1, tag="pd.header"), comm.send(kv, 1, tag="pd.kv_cache")]
-    works.append(comm.send(torch.tensor([-1, 0, 0], dtype=torch.int64), 1, tag="pd.header"))
+        bell.add(key, 1)  # ring: one more KV cache is on its way
     for w in works:
         w.wait()
     return reqs
 
 
-def serve_decode(model, cfg: PDConfig, clock: _Clock, comm: Comm) -> list[dict]:
-    """Rank 1: a transfer thread receives (header, KV) pairs; the main loop admits every request whose
-    KV cache has arrived, then runs one batched decode step, until the prefill worker says it is done."""
-    import queue
-    import threading
-
+def serve_decode(model, cfg: PDConfig, clock: _Clock, comm: Comm, key: str) -> list[dict]:
+    """Rank 1: between decode steps, admit every request whose KV cache was shipped, then run one batched
+    decode step; block only when nothing is running."""
     L, H, dh = cfg.lm.n_layers, cfg.lm.n_heads, cfg.lm.d_model // cfg.lm.n_heads
-    inbox: queue.Queue = queue.Queue()
-
-    def receiver() -> None:  # the only thread that talks to rank 0 while decoding runs
-        while True:
-            header = comm.recv(torch.empty(3, dtype=torch.int64), 0)
-            rid, plen, first = header.tolist()
-            if rid < 0:
-                inbox.put(None)
-                return
+    bell = _doorbell()
+    running, done, admitted = [], [], 0
+    while admitted < cfg.n_requests or running:
+        shipped = bell.add(key, 0)  # non-blocking read of the counter
+        while admitted < shipped or (not running and admitted < cfg.n_requests):
+            rid, plen, first = comm.recv(torch.empty(3, dtype=torch.int64), 0).tolist()
             kv = comm.recv(torch.empty(L, 2, H, plen, dh), 0)
-            inbox.put({"id": rid, "tokens": [first], "cache": tensor_to_kv(kv), "times": [clock.now()]})
-
-    thread = threading.Thread(target=receiver, daemon=True)
-    thread.start()
-    running, done, finished = [], [], False
-    while not finished or running:
-        while not finished:  # admit arrivals; block only when there is nothing to decode
-            try:
-                item = inbox.get(block=not running)
-            except queue.Empty:
-                break
-            if item is None:
-                finished = True
-            else:
-                running.append(item)
-        if running:
-            _decode_step(model, running, cfg, clock)
-            for r in [r for r in running if len(r["tokens"]) >= cfg.n_new]:
-                running.remove(r)
-                done.append(r)
-    thread.join()
+            running.append({"id": rid, "tokens": [first], "cache": tensor_to_kv(kv), "times": [clock.now()]})
+            admitted += 1
+        _decode_step(model, running, cfg, clock)
+        for r in [r for r in running if len(r["tokens"]) >= cfg.n_new]:
+            running.remove(r)
+            done.append(r)
     return done
 
 
@@ -280,24 +268,38 @@ def pd_worker(rank: int, world: int, cfg: PDConfig) -> list[dict[str, Any]]:
     results = []
     for k, rate in enumerate(cfg.rates):
         reqs = make_workload(cfg, rate, cfg.seed + k)
-        row: dict[str, Any] = {"rate": rate}
-        for mode in ("colocated", "disaggregated"):
-            mine = [dict(r) for r in reqs if mode == "disaggregated" or r["id"] % 2 == rank]
-            t0 = torch.tensor([time.perf_counter()], dtype=torch.float64)
-            dist.barrier()
-            dist.broadcast(t0, 0)  # one time origin: perf_counter is system-wide
-            clock = _Clock(float(t0))
-            if mode == "colocated":
-                out = serve_colocated(model, mine, cfg, clock)
-            elif rank == 0:
-                out = serve_prefill(model, mine, cfg, clock, comm)
-            else:
-                out = serve_decode(model, cfg, clock, comm)
-            arrival = {r["id"]: r["arrival"] for r in reqs}
-            row[mode] = [{"id": r["id"], "arrival": arrival[r["id"]], "times": r["times"], "tokens": r["tokens"],
-                          "prompt_len": len(reqs[r["id"]]["prompt"])} for r in out]
-        results.append(row)
-    return [{"rows": results, "kv_sent_bytes": comm.sent_bytes(tag="pd.kv_cache")}]
+        best: dict[str, Any] | None = None
+        for rep in range(max(1, cfg.repeats)):
+            row = _serve_both(rank, model, reqs, cfg, comm, f"{k}/{rep}")
+            row["rate"] = rate
+            if best is None or row["makespan"] < best["makespan"]:
+                best = row
+        results.append(best)
+    return [{"rows": results, "kv_sent_bytes": comm.sent_bytes(tag="pd.kv_cache") // max(1, cfg.repeats)}]
+
+
+def _serve_both(rank: int, model, reqs: list[dict], cfg: PDConfig, comm: Comm, key: str) -> dict[str, Any]:
+    """One repeat at one rate: the colocated system, then the disaggregated one."""
+    row: dict[str, Any] = {"makespan": 0.0}
+    for mode in ("colocated", "disaggregated"):
+        mine = [dict(r) for r in reqs if mode == "disaggregated" or r["id"] % 2 == rank]
+        t0 = torch.tensor([time.perf_counter()], dtype=torch.float64)
+        dist.barrier()
+        dist.broadcast(t0, 0)  # one time origin: perf_counter is system-wide
+        clock = _Clock(float(t0))
+        if mode == "colocated":
+            out = serve_colocated(model, mine, cfg, clock)
+        elif rank == 0:
+            out = serve_prefill(model, mine, cfg, clock, comm, f"pd/shipped/{key}")
+        else:
+            out = serve_decode(model, cfg, clock, comm, f"pd/shipped/{key}")
+        span = torch.tensor([clock.now()], dtype=torch.float64)
+        dist.all_reduce(span, op=dist.ReduceOp.MAX)
+        row["makespan"] += span.item()  # the same on both ranks, so both keep the same repeat
+        arrival = {r["id"]: r["arrival"] for r in reqs}
+        row[mode] = [{"id": r["id"], "arrival": arrival[r["id"]], "times": r["times"], "tokens": r["tokens"],
+                      "prompt_len": len(reqs[r["id"]]["prompt"])} for r in out]
+    return row
 
 
 def summarize(ranks: list[list[dict]], cfg: PDConfig) -> list[dict[str, Any]]:

@@ -45,6 +45,7 @@ class PPConfig:
     t_forward_s: float = 0.02
     t_backward_s: float = 0.04
     pad: bool = True
+    repeats: int = 2          # timing: keep the least-disturbed run (smallest makespan) of this many
     seed: int = 0
 
 
@@ -149,9 +150,18 @@ def pp_worker(rank: int, world: int, cfgs: list[PPConfig]) -> list[dict[str, Any
 
         lo, hi = 2 * cfg.layers_per_stage * rank, 2 * cfg.layers_per_stage * (rank + 1)
         stage = make_model(L, cfg.width, cfg.seed)[lo:hi].to(dev)  # same seed -> same weights as ref[lo:hi]
-        comm = Comm()
-        res = run_pipeline(rank, world, cfg, comm, stage, list(X.chunk(cfg.micro_batches)),
-                           list(Y.chunk(cfg.micro_batches)))
+        best = None
+        for _rep in range(max(1, cfg.repeats)):  # every repeat is checked; the timing keeps the fastest
+            stage.zero_grad(set_to_none=True)
+            comm = Comm()
+            res = run_pipeline(rank, world, cfg, comm, stage, list(X.chunk(cfg.micro_batches)),
+                               list(Y.chunk(cfg.micro_batches)))
+            span = torch.tensor([res["events"][0][2], -res["events"][-1][3]], dtype=torch.float64)
+            dist.all_reduce(span, op=dist.ReduceOp.MIN)  # the same makespan on every rank
+            res["makespan"] = -span[1].item() - span[0].item()
+            if best is None or res["makespan"] < best[0]["makespan"]:
+                best = (res, comm)
+        res, comm = best
         ref_params = list(ref[lo:hi].parameters())
         grad_err = max((a.grad - b.grad).abs().max().item() for a, b in zip(stage.parameters(), ref_params))
         mb_bytes = cfg.batch // cfg.micro_batches * cfg.width * 4
