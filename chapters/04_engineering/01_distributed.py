@@ -279,7 +279,7 @@ print(f"ring vs library collectives: max |diff| = {worst:.1e}; all-reduce bytes 
 # prefill stalls the decodes in flight. A *disaggregated* system runs prefills on one worker and ships the
 # KV cache — $2 \times \text{layers} \times d \times \text{prompt length}$ values per request — to a
 # decode-only worker. Both systems below use the same two processes; ops are padded to a GPU-like cost model
-# (prefill 3 ms + 0.15 ms/token, decode step 12 ms + 0.5 ms/request). The decode worker polls a
+# (prefill 6 ms + 0.3 ms/token, decode step 24 ms + 1 ms/request). The decode worker polls a
 # counter in the group's key-value store between steps to learn that a KV cache is on its way. The greedy tokens of both systems
 # are checked against single-process generation.
 

@@ -115,10 +115,10 @@ class CostModel:
     """GPU-like op times: prefill is compute-bound (linear in prompt tokens), a decode step is
     memory-bound (a fixed cost for reading the weights plus a little per request in the batch)."""
 
-    prefill_base_s: float = 0.003
-    prefill_per_token_s: float = 0.00015
-    decode_base_s: float = 0.012
-    decode_per_seq_s: float = 0.0005
+    prefill_base_s: float = 0.006
+    prefill_per_token_s: float = 0.0003
+    decode_base_s: float = 0.024
+    decode_per_seq_s: float = 0.001
 
     def prefill(self, prompt_len: int) -> float:
         return self.prefill_base_s + self.prefill_per_token_s * prompt_len
@@ -129,14 +129,14 @@ class CostModel:
 
 @dataclass
 class PDConfig:
-    n_requests: int = 12
-    rates: tuple[float, ...] = (10.0, 20.0, 40.0)  # request arrivals per second (Poisson)
+    n_requests: int = 10
+    rates: tuple[float, ...] = (5.0, 10.0, 20.0)  # request arrivals per second (Poisson)
     short_len: int = 16
     long_len: int = 256
     p_long: float = 0.25
     n_new: int = 10
     pad: bool = True
-    repeats: int = 2  # timing: per rate keep the least-disturbed repeat (smallest total makespan)
+    repeats: int = 1  # timing: per rate keep the least-disturbed repeat (smallest total makespan)
     seed: int = 0
     lm: LMConfig = field(default_factory=LMConfig)
     cost: CostModel = field(default_factory=CostModel)
