@@ -1,0 +1,315 @@
+r"""Attention mechanisms: MHA / GQA / MQA, MHA -> GQA conversion, and FlashAttention by tiling.
+
+Shapes: ``q (B, H, N, D)``, ``k, v (B, K, N, D)`` with ``H % K == 0``. ``K = H`` is multi-head
+attention (MHA), ``1 < K < H`` grouped-query attention (GQA, query heads in groups of ``G = H / K``
+share one key/value head), ``K = 1`` multi-query attention (MQA). The KV cache holds
+``2 * layers * K * D * bytes`` per token, so fewer KV heads means a proportionally smaller cache.
+
+FlashAttention (forward) never materialises the ``N x N`` score matrix. For a tile of query rows it
+walks over key/value tiles and keeps, per row, the running max ``m``, the running normaliser ``l``
+and the unnormalised output ``acc`` -- the *online softmax*:
+
+$$ m' = \max(m, \max_j s_j),\quad l' = e^{m-m'} l + \sum_j e^{s_j-m'},\quad
+   acc' = e^{m-m'} acc + \sum_j e^{s_j-m'} v_j,\qquad o = acc / l . $$
+
+Extra memory is ``O(N * (D + tile))`` instead of ``O(N^2)``; :class:`PeakMemory` measures it.
+"""
+
+from __future__ import annotations
+
+import math
+import weakref
+from dataclasses import dataclass, field, replace
+
+import torch
+import torch.nn.functional as F
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_flatten
+
+from llmcore.architecture.llama import Llama
+from llmcore.core.errors import LLMCoreError
+from llmcore.core.report import Report
+
+
+# ---- the variants ---------------------------------------------------------------------------------
+def naive_attention(q, k, v, causal: bool = False) -> torch.Tensor:
+    r"""$\mathrm{softmax}(QK^\top/\sqrt D + M)V$ with the whole ``(B, H, N, N)`` score matrix in memory."""
+    H, K = q.shape[1], k.shape[1]
+    k, v = k.repeat_interleave(H // K, dim=1), v.repeat_interleave(H // K, dim=1)
+    scores = q @ k.transpose(-2, -1) / math.sqrt(q.shape[-1])  # (B, H, N, N)
+    if causal:
+        n, s = scores.shape[-2:]
+        keep = torch.ones(n, s, dtype=torch.bool, device=q.device).tril(s - n)
+        scores = scores.masked_fill(~keep, float("-inf"))
+    return torch.softmax(scores, dim=-1) @ v
+
+
+def grouped_query_attention(q, k, v, causal: bool = False) -> torch.Tensor:
+    """MHA / GQA / MQA without copying K and V: query heads are reshaped into ``(K, G)`` groups.
+
+    ``q (B, H, N, D)`` -> ``(B, K, G, N, D)``; each group's ``G`` query heads attend to the same
+    key/value head ``(B, K, 1, N, D)`` by broadcasting.
+    """
+    B, H, N, D = q.shape
+    K = k.shape[1]
+    if H % K:
+        raise LLMCoreError(f"n_heads={H} is not a multiple of n_kv_heads={K}")
+    qg = q.view(B, K, H // K, N, D)
+    scores = qg @ k[:, :, None].transpose(-2, -1) / math.sqrt(D)  # (B, K, G, N, S)
+    if causal:
+        S = k.shape[2]
+        keep = torch.ones(N, S, dtype=torch.bool, device=q.device).tril(S - N)
+        scores = scores.masked_fill(~keep, float("-inf"))
+    return (torch.softmax(scores, dim=-1) @ v[:, :, None]).reshape(B, H, N, D)
+
+
+def flash_attention(q, k, v, causal: bool = False, block_q: int = 128, block_k: int = 128) -> torch.Tensor:
+    """FlashAttention forward in torch: tiles of ``block_q`` queries x ``block_k`` keys, online softmax.
+
+    Same result as :func:`naive_attention` (to float rounding); memory ``O(N * (D + block_k))``.
+    """
+    B, H, N, D = q.shape
+    K, S = k.shape[1], k.shape[2]
+    G = H // K
+    scale = 1.0 / math.sqrt(D)
+    out = torch.empty_like(q)
+    offset = S - N  # causal with a longer key sequence (cached prefix): row i sees keys <= i + offset
+    for kv_h in range(K):  # one key/value head at a time, all its G query heads together
+        qh = q[:, kv_h * G:(kv_h + 1) * G]  # (B, G, N, D)
+        kh, vh = k[:, kv_h:kv_h + 1], v[:, kv_h:kv_h + 1]  # (B, 1, S, D)
+        for i in range(0, N, block_q):
+            qi = qh[:, :, i:i + block_q] * scale  # (B, G, bq, D)
+            bq = qi.shape[2]
+            m = torch.full((B, G, bq, 1), float("-inf"), dtype=q.dtype, device=q.device)
+            l = torch.zeros((B, G, bq, 1), dtype=q.dtype, device=q.device)  # noqa: E741
+            acc = torch.zeros((B, G, bq, D), dtype=q.dtype, device=q.device)
+            hi = min(S, i + bq + offset) if causal else S
+            for j in range(0, hi, block_k):
+                s = qi @ kh[:, :, j:j + block_k].transpose(-2, -1)  # (B, G, bq, bk) -- one tile only
+                if causal and j + block_k > i + offset:  # the tile crosses the diagonal
+                    rows = torch.arange(i, i + bq, device=q.device)[:, None] + offset
+                    cols = torch.arange(j, j + s.shape[-1], device=q.device)[None, :]
+                    s = s.masked_fill(cols > rows, float("-inf"))
+                m_new = torch.maximum(m, s.amax(-1, keepdim=True))
+                alpha = torch.exp(m - m_new)  # rescale the old partial sums to the new max
+                p = torch.exp(s - m_new)
+                l = alpha * l + p.sum(-1, keepdim=True)  # noqa: E741
+                acc = alpha * acc + p @ vh[:, :, j:j + block_k]
+                m = m_new
+            out[:, kv_h * G:(kv_h + 1) * G, i:i + bq] = acc / l
+    return out
+
+
+VARIANTS = {
+    "naive": naive_attention,
+    "grouped": grouped_query_attention,
+    "flash (torch)": flash_attention,
+}
+
+
+def sdpa(q, k, v, causal: bool = False) -> torch.Tensor:
+    """The production reference: ``torch.nn.functional.scaled_dot_product_attention`` (GQA enabled)."""
+    return F.scaled_dot_product_attention(q, k, v, is_causal=causal, enable_gqa=k.shape[1] != q.shape[1])
+
+
+def max_error_vs_sdpa(fn, q, k, v, causal: bool) -> float:
+    with torch.no_grad():
+        return float((fn(q, k, v, causal=causal) - sdpa(q, k, v, causal)).abs().max())
+
+
+# ---- MHA -> GQA conversion ------------------------------------------------------------------------
+def mha_to_gqa(model: Llama, n_kv_heads: int) -> Llama:
+    """A copy of ``model`` with ``n_kv_heads`` key/value heads, each the mean of its group's heads
+    (Ainslie et al., 2023: mean-pooling the K and V projections, then optionally uptraining)."""
+    cfg = model.config
+    if cfg.n_kv_heads % n_kv_heads:
+        raise LLMCoreError(f"cannot pool {cfg.n_kv_heads} KV heads into {n_kv_heads} groups")
+    new = Llama(replace(cfg, n_kv_heads=n_kv_heads)).to(next(model.parameters()).device)
+    sd = model.state_dict()
+    g, D = cfg.n_kv_heads // n_kv_heads, cfg.head_dim
+    for name, w in sd.items():
+        if name.endswith(("k_proj.weight", "v_proj.weight")):  # (K * D, d_model) -> (K/g * D, d_model)
+            sd[name] = w.view(n_kv_heads, g, D, -1).mean(dim=1).reshape(n_kv_heads * D, -1)
+    new.load_state_dict(sd)
+    return new
+
+
+def kv_cache_bytes_per_token(cfg, bytes_per_value: int = 4) -> int:
+    """``2 (K and V) * layers * kv_heads * head_dim * bytes``."""
+    return 2 * cfg.n_layers * cfg.n_kv_heads * cfg.head_dim * bytes_per_value
+
+
+# ---- measuring peak memory ------------------------------------------------------------------------
+class PeakMemory(TorchDispatchMode):
+    """Measure the peak bytes of tensor storage allocated by torch ops inside the ``with`` block.
+
+    Every op's outputs are seen at dispatch; a storage counts from when an op creates it until the
+    last tensor viewing it is garbage-collected. Works on any device (on CUDA compare with
+    ``torch.cuda.max_memory_allocated``). Tensors created before the block are not counted.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.current = 0
+        self.peak = 0
+        self._live: dict[int, list[int]] = {}  # data_ptr -> [nbytes, number of live tensors]
+
+    def _release(self, ptr: int) -> None:
+        entry = self._live.get(ptr)
+        if entry is None:
+            return
+        entry[1] -= 1
+        if entry[1] == 0:
+            self.current -= entry[0]
+            del self._live[ptr]
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        for t in tree_flatten(out)[0]:
+            if isinstance(t, torch.Tensor):
+                st = t.untyped_storage()
+                ptr = st.data_ptr()
+                if ptr == 0:
+                    continue
+                if ptr not in self._live:
+                    self._live[ptr] = [st.nbytes(), 0]
+                    self.current += st.nbytes()
+                    self.peak = max(self.peak, self.current)
+                self._live[ptr][1] += 1
+                weakref.finalize(t, self._release, ptr)
+        return out
+
+
+def peak_memory(fn, *args, **kwargs) -> int:
+    """Peak bytes allocated while running ``fn(*args, **kwargs)`` (result included)."""
+    with torch.no_grad(), PeakMemory() as meter:
+        out = fn(*args, **kwargs)
+        del out
+    return meter.peak
+
+
+def memory_sweep(ns, d: int = 64, causal: bool = True, block: int = 128, seed: int = 0) -> dict[str, list[int]]:
+    """Peak extra memory of naive vs tiled attention for one head, batch 1, each sequence length."""
+    gen = torch.Generator().manual_seed(seed)
+    res = {"N": list(ns), "naive": [], "flash": []}
+    for n in ns:
+        q, k, v = (torch.randn(1, 1, n, d, generator=gen) for _ in range(3))
+        res["naive"].append(peak_memory(naive_attention, q, k, v, causal))
+        res["flash"].append(peak_memory(flash_attention, q, k, v, causal, block, block))
+    return res
+
+
+def growth_exponent(ns, mem) -> float:
+    """Slope of log(memory) vs log(N) between the two largest sizes (1 = linear, 2 = quadratic)."""
+    return math.log(mem[-1] / mem[-2]) / math.log(ns[-1] / ns[-2])
+
+
+# ---- the closed loop ------------------------------------------------------------------------------
+@dataclass
+class AttentionResult:
+    errors: dict[str, float] = field(default_factory=dict)  # "<variant> K=<k> causal=<c>" -> max |diff|
+    triton_errors: dict[str, float] = field(default_factory=dict)
+    memory: dict[str, list[int]] = field(default_factory=dict)
+    kv_rows: list[dict] = field(default_factory=list)  # the KV-size vs validation-loss table
+    unigram: float = float("nan")
+
+
+def equivalence_checks(seed: int = 0, n: int = 70, d: int = 16, with_triton: bool = True) -> tuple[dict, dict]:
+    """Every variant (and the Triton kernel) against SDPA for MHA/GQA/MQA, causal and not."""
+    gen = torch.Generator().manual_seed(seed)
+    errors, triton_errors = {}, {}
+    for K in (4, 2, 1):
+        q = torch.randn(2, 4, n, d, generator=gen)
+        k, v = torch.randn(2, K, n, d, generator=gen), torch.randn(2, K, n, d, generator=gen)
+        for causal in (False, True):
+            for name, fn in VARIANTS.items():
+                kw = {"block_q": 32, "block_k": 16} if name.startswith("flash") else {}
+                errors[f"{name} K={K} causal={causal}"] = max_error_vs_sdpa(
+                    lambda *a, fn=fn, kw=kw, **c: fn(*a, **kw, **c), q, k, v, causal)
+            if with_triton:
+                from llmcore.architecture.flash_triton import flash_attention_triton
+
+                triton_errors[f"triton K={K} causal={causal}"] = max_error_vs_sdpa(
+                    flash_attention_triton, q, k, v, causal)
+    return errors, triton_errors
+
+
+def kv_variants_table(toy: bool = True, seed: int = 0, device: str = "cpu") -> list[dict]:
+    """Train the tiny LM with 4 / 2 / 1 KV heads (same budget), and pool the MHA model to GQA/MQA."""
+    from llmcore.architecture.pretrained import TINY_CONFIG, TINY_TRAIN, corpus_ids
+    from llmcore.architecture.training import evaluate, random_windows, train
+    from llmcore.core.seed import seed_everything
+
+    train_ids, val_ids = corpus_ids()
+    tcfg = replace(TINY_TRAIN, steps=150 if toy else 2000, batch_size=16, seq_len=128, seed=seed)
+    cfg = replace(TINY_CONFIG, max_seq_len=tcfg.seq_len)
+    eval_windows = 80 if toy else None
+
+    def val(m):
+        return evaluate(m, val_ids, tcfg.seq_len, max_windows=eval_windows)
+
+    rows, models = [], {}
+    for name, kv in (("MHA", 4), ("GQA-2", 2), ("MQA", 1)):
+        seed_everything(seed)
+        c = replace(cfg, n_kv_heads=kv)
+        m = Llama(c).to(device)
+        train(m, replace(tcfg, desc=f"{name} ({kv} KV heads)"),
+              lambda g: random_windows(train_ids, tcfg.batch_size, tcfg.seq_len, g))
+        models[name] = m
+        rows.append({"variant": name, "kv_heads": kv, "kv_bytes_per_token": kv_cache_bytes_per_token(c),
+                     "params": m.num_params(), "val_loss": val(m)})
+    for kv in (2, 1):  # conversion without any retraining (uptraining is an exercise)
+        pooled = mha_to_gqa(models["MHA"], kv)
+        rows.append({"variant": f"MHA→{'GQA-2' if kv == 2 else 'MQA'} (mean-pooled)", "kv_heads": kv,
+                     "kv_bytes_per_token": kv_cache_bytes_per_token(pooled.config),
+                     "params": pooled.num_params(), "val_loss": val(pooled)})
+    return rows
+
+
+def experiment(toy: bool = True, seed: int = 0, device: str = "cpu", with_triton: bool = True) -> AttentionResult:
+    from llmcore.architecture.pretrained import corpus_ids, unigram_loss
+    from llmcore.core.seed import seed_everything
+
+    seed_everything(seed)
+    res = AttentionResult()
+    res.errors, res.triton_errors = equivalence_checks(seed, with_triton=with_triton)
+    ns = [256, 512, 1024, 2048] if toy else [512, 1024, 2048, 4096, 8192]
+    res.memory = memory_sweep(ns, seed=seed)
+    res.kv_rows = kv_variants_table(toy=toy, seed=seed, device=device)
+    tr, va = corpus_ids()
+    res.unigram = unigram_loss(tr, va, 264)
+    return res
+
+
+def make_report(res: AttentionResult, toy: bool, device: str, seed: int) -> Report:
+    rep = Report("attention", "Attention Mechanisms / 注意力机制", toy, device, seed)
+    worst = rep.metric("max |variant - SDPA|", max(res.errors.values()))
+    rep.check("all torch variants equal SDPA (fp32, causal and not)", worst, "<", 1e-5)
+    if res.triton_errors:
+        tw = rep.metric("max |triton - SDPA|", max(res.triton_errors.values()))
+        rep.check("Triton kernel equals SDPA", tw, "<", 1e-5)
+    ns, mem = res.memory["N"], res.memory
+    e_naive = rep.metric("naive memory growth exponent", growth_exponent(ns, mem["naive"]))
+    e_flash = rep.metric("tiled memory growth exponent", growth_exponent(ns, mem["flash"]))
+    rep.check("naive attention memory grows quadratically (exponent)", e_naive, ">", 1.8)
+    rep.check("tiled attention memory grows linearly (exponent)", e_flash, "<", 1.2)
+    rep.metric(f"tiled / naive peak memory at N={ns[-1]}", mem["flash"][-1] / mem["naive"][-1])
+    by = {r["variant"]: r for r in res.kv_rows}
+    for r in res.kv_rows:
+        rep.metric(f"val loss {r['variant']}", r["val_loss"])
+    rep.metric("unigram val loss", res.unigram)
+    rep.check("MQA KV cache is 1/4 of MHA's", by["MQA"]["kv_bytes_per_token"] / by["MHA"]["kv_bytes_per_token"],
+              "==", 0.25)
+    rep.check("every trained variant learns (val loss below unigram - 0.5)",
+              max(by[n]["val_loss"] for n in ("MHA", "GQA-2", "MQA")), "<", res.unigram - 0.5)
+    rep.check("GQA-2 within 0.15 nats of MHA at half the KV cache",
+              by["GQA-2"]["val_loss"] - by["MHA"]["val_loss"], "<", 0.15)
+    return rep
+
+
+def run(toy: bool = True, device: str = "auto", seed: int = 0) -> Report:
+    from llmcore.core.device import pick_device
+
+    dev = pick_device(device)
+    res = experiment(toy=toy, seed=seed, device=str(dev))
+    return make_report(res, toy, str(dev), seed)
