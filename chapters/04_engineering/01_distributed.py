@@ -61,7 +61,7 @@ import time
 
 import matplotlib.pyplot as plt
 
-from llmcore.core import progress, seed_everything, show_source, use_style
+from llmcore.core import pick_device, progress, seed_everything, show_source, use_style
 from llmcore.engineering import dist_utils as D
 from llmcore.engineering import distributed as M
 from llmcore.engineering import expert_parallel as EP
@@ -69,6 +69,7 @@ from llmcore.engineering import pd_disagg as PD
 from llmcore.engineering import pipeline as PP
 from llmcore.engineering import tensor_parallel as TP
 
+dev = pick_device(device)  # validates the knob: device="cuda" without a GPU is a clear error
 seed_everything(seed)
 use_style()
 backend, dev_type = D.resolve_backend(device, world)

@@ -58,10 +58,11 @@ import time
 import matplotlib.pyplot as plt
 import numpy as np
 
-from llmcore.core import progress, seed_everything, show_source, use_style
+from llmcore.core import pick_device, progress, seed_everything, show_source, use_style
 from llmcore.engineering import dist_utils as D
 from llmcore.engineering import zero as Z
 
+dev = pick_device(device)  # validates the knob: device="cuda" without a GPU is a clear error
 seed_everything(seed)
 use_style()
 backend, dev_type = D.resolve_backend(device, 4)

@@ -75,7 +75,7 @@ def test_expert_parallel_moe_equals_single_process(world):
 def test_pd_disaggregation_tokens_bytes_and_tpot():
     cfg = PDConfig(n_requests=12, rates=(24.0,), p_long=0.5)
     ratios = []
-    for _attempt in range(2):  # a timing measurement: one re-run if a loaded machine blurred it
+    for _attempt in range(3):  # a timing measurement: re-run if a loaded machine blurred it
         raw = launch(pd_worker, 2, (cfg,))
         (row,) = summarize(raw, cfg)
         for mode in ("colocated", "disaggregated"):
