@@ -1,0 +1,554 @@
+r"""Parameter-efficient fine-tuning from scratch: LoRA (+ merge/unmerge), QLoRA, prefix and prompt tuning,
+and model merging (task arithmetic, TIES, DARE).
+
+**LoRA** (Hu et al. 2021) freezes a weight $W_0 \in \mathbb R^{d_\text{out}\times d_\text{in}}$ and learns a
+low-rank update:
+
+$$ h = W_0 x + \frac{\alpha}{r} B A\, \mathrm{dropout}(x), \qquad A \in \mathbb R^{r\times d_\text{in}},\;
+   B \in \mathbb R^{d_\text{out}\times r},\; B_0 = 0 . $$
+
+*Merging* writes $W = W_0 + \frac{\alpha}{r} BA$ into the base weight (no inference overhead);
+*unmerging* subtracts it again. **QLoRA** (Dettmers et al. 2023) keeps $W_0$ frozen in 4 bits
+(group-wise INT4 from :mod:`llmcore.architecture.quantization`) and trains $A, B$ in full precision.
+
+**Prefix tuning** (Li & Liang 2021) learns, per layer, $P$ key and value vectors that every token can
+attend to; **prompt tuning** (Lester et al. 2021) learns $P$ input embeddings prepended to the prompt.
+
+**Model merging.** With task vectors $\tau_i = \theta_i - \theta_0$ of fine-tunes of one base:
+
+* task arithmetic: $\theta = \theta_0 + \lambda \sum_i \tau_i$ (plain averaging is $\lambda = 1/n$);
+* TIES (Yadav et al. 2023): *trim* each $\tau_i$ to its top-$k$ magnitudes, *elect* a sign per
+  coordinate $\gamma = \mathrm{sgn}(\sum_i \hat\tau_i)$, *disjoint mean* over the $\hat\tau_i$ that agree
+  with $\gamma$: $\tau_m = \frac{\sum_{i \in \mathcal A} \hat\tau_i}{|\mathcal A|}$, then $\theta_0 + \lambda\tau_m$;
+* DARE (Yu et al. 2024): drop each delta coordinate with probability $p$ and rescale by $1/(1-p)$.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+from llmcore.alignment import tasks as T
+from llmcore.architecture.llama import Llama, rope_cos_sin
+from llmcore.architecture.quantization import QuantLinear
+from llmcore.core.errors import LLMCoreError
+
+
+# ---- LoRA -------------------------------------------------------------------------------------------------
+@dataclass
+class LoRAConfig:
+    r: int = 4  # rank of the update
+    alpha: float = 8.0  # scaling numerator: the update is (alpha / r) * B A
+    dropout: float = 0.0  # dropout on the LoRA branch's input
+    target_modules: tuple[str, ...] = ("q_proj", "v_proj")  # suffixes of the linears to adapt
+    quantize_base: bool = False  # QLoRA: freeze the base linears in group-wise INT4
+    group_size: int = 16  # INT4 group size (QLoRA)
+
+    def __post_init__(self) -> None:
+        if self.r < 1:
+            raise LLMCoreError(f"LoRA rank must be >= 1, got {self.r}")
+
+
+class LoRALinear(nn.Module):
+    """``base(x) + (alpha / r) * lora_B(lora_A(dropout(x)))`` with a frozen ``base`` (fp32 or INT4).
+
+    ``lora_A`` / ``lora_B`` are ``nn.Linear`` layers named as in PEFT, initialised as PEFT does
+    (A: Kaiming-uniform with ``a = sqrt(5)``, B: zeros), so the adapted model starts equal to the base.
+    """
+
+    def __init__(self, base: nn.Module, in_features: int, out_features: int, cfg: LoRAConfig) -> None:
+        super().__init__()
+        self.base = base
+        for p in self.base.parameters():
+            p.requires_grad_(False)
+        self.r, self.scaling = cfg.r, cfg.alpha / cfg.r
+        self.lora_A = nn.Linear(in_features, cfg.r, bias=False)
+        self.lora_B = nn.Linear(cfg.r, out_features, bias=False)
+        nn.init.kaiming_uniform_(self.lora_A.weight, a=math.sqrt(5))
+        nn.init.zeros_(self.lora_B.weight)
+        self.dropout = nn.Dropout(cfg.dropout) if cfg.dropout > 0 else nn.Identity()
+        self.merged = False
+
+    def delta_weight(self) -> torch.Tensor:
+        r"""$\Delta W = \frac{\alpha}{r} B A$ of shape ``(out, in)``."""
+        return self.scaling * self.lora_B.weight @ self.lora_A.weight
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.base(x)
+        if self.merged:
+            return y
+        return y + self.scaling * self.lora_B(self.lora_A(self.dropout(x)))
+
+    @torch.no_grad()
+    def merge(self) -> None:
+        """$W \\leftarrow W_0 + \\Delta W$ (only for a full-precision base)."""
+        if isinstance(self.base, QuantLinear):
+            raise LLMCoreError("cannot merge into an INT4 base in place (dequantize first)")
+        if not self.merged:
+            self.base.weight += self.delta_weight()
+            self.merged = True
+
+    @torch.no_grad()
+    def unmerge(self) -> None:
+        """$W \\leftarrow W - \\Delta W$: back to the base weight (up to fp32 rounding)."""
+        if self.merged:
+            self.base.weight -= self.delta_weight()
+            self.merged = False
+
+
+def apply_lora(model: nn.Module, cfg: LoRAConfig) -> dict[str, LoRALinear]:
+    """Freeze ``model`` and wrap every ``nn.Linear`` whose name ends with a target in a :class:`LoRALinear`
+    (in place). Returns ``{module name: LoRALinear}``; only their ``lora_A``/``lora_B`` are trainable."""
+    for p in model.parameters():
+        p.requires_grad_(False)
+    found: dict[str, LoRALinear] = {}
+    for name, mod in list(model.named_modules()):
+        for child_name, child in list(mod.named_children()):
+            full = f"{name}.{child_name}" if name else child_name
+            if isinstance(child, nn.Linear) and child_name in cfg.target_modules:
+                base = QuantLinear(child, "int4_group", cfg.group_size) if cfg.quantize_base else child
+                lora = LoRALinear(base, child.in_features, child.out_features, cfg).to(child.weight.device)
+                setattr(mod, child_name, lora)
+                found[full] = lora
+    if not found:
+        raise LLMCoreError(f"no linear named {cfg.target_modules} in the model")
+    if cfg.quantize_base:  # QLoRA: every other linear of the blocks is frozen in INT4 too
+        for name, mod in list(model.named_modules()):
+            for child_name, child in list(mod.named_children()):
+                if isinstance(child, nn.Linear) and child_name.endswith("_proj") and ".lora_" not in name:
+                    setattr(mod, child_name, QuantLinear(child, "int4_group", cfg.group_size))
+    return found
+
+
+def lora_modules(model: nn.Module) -> dict[str, LoRALinear]:
+    return {n: m for n, m in model.named_modules() if isinstance(m, LoRALinear)}
+
+
+def merge_lora(model: nn.Module) -> None:
+    for m in lora_modules(model).values():
+        m.merge()
+
+
+def unmerge_lora(model: nn.Module) -> None:
+    for m in lora_modules(model).values():
+        m.unmerge()
+
+
+def copy_lora_to_peft(model: nn.Module, peft_model: nn.Module, adapter: str = "default") -> int:
+    """Copy our A/B weights into a PEFT ``get_peft_model`` wrapper of the HF export; returns #tensors copied."""
+    n = 0
+    with torch.no_grad():
+        for name, m in lora_modules(model).items():
+            target = peft_model.get_submodule(f"base_model.model.{name}")
+            target.lora_A[adapter].weight.copy_(m.lora_A.weight)
+            target.lora_B[adapter].weight.copy_(m.lora_B.weight)
+            n += 2
+    return n
+
+
+def to_peft(model: nn.Module, base: Llama, cfg: LoRAConfig):
+    """PEFT's ``get_peft_model`` on ``base.to_hf()`` with ``cfg``, carrying ``model``'s LoRA weights."""
+    from peft import LoraConfig, get_peft_model
+
+    hf = base.to_hf()
+    pcfg = LoraConfig(r=cfg.r, lora_alpha=cfg.alpha, lora_dropout=cfg.dropout,
+                      target_modules=list(cfg.target_modules), bias="none", init_lora_weights=True)
+    pm = get_peft_model(hf, pcfg)
+    copy_lora_to_peft(model, pm)
+    return pm.eval()
+
+
+# ---- counting -------------------------------------------------------------------------------------------------
+def count_params(model: nn.Module) -> tuple[int, int]:
+    """``(trainable, total)`` parameters; a quantized base counts its logical (unpacked) size."""
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    total = sum(p.numel() for p in model.parameters())
+    total += sum(math.prod(m.shape) for m in model.modules() if isinstance(m, QuantLinear))
+    return trainable, total
+
+
+def adam_state_bytes(trainable: int, bytes_per: int = 4) -> int:
+    """AdamW keeps two fp32 moments per trainable parameter: ``2 * 4 * trainable`` bytes."""
+    return 2 * bytes_per * trainable
+
+
+def lora_fraction(d_model: int, n_layers: int, vocab: int = 264, r: int = 4,
+                  targets: Sequence[str] = ("q_proj", "v_proj")) -> float:
+    """Trainable share of a LoRA'd LLaMA of width ``d_model`` (parameters counted, no training)."""
+    ffn = 16 * math.ceil(8 * d_model / 3 / 16)
+    shapes = {"q_proj": (d_model, d_model), "k_proj": (d_model, d_model), "v_proj": (d_model, d_model),
+              "o_proj": (d_model, d_model), "gate_proj": (ffn, d_model), "up_proj": (ffn, d_model),
+              "down_proj": (d_model, ffn)}
+    block = sum(o * i for o, i in shapes.values()) + 2 * d_model
+    total = vocab * d_model + n_layers * block + d_model
+    lora = n_layers * sum(r * (shapes[t][0] + shapes[t][1]) for t in targets)
+    return lora / (total + lora)
+
+
+# ---- prefix tuning and prompt tuning ---------------------------------------------------------------------------
+class PrefixCache:
+    """A read-only "KV cache" that puts ``P`` learned keys/values before every layer's own keys/values.
+
+    ``Attention`` calls ``update(layer, k, v)`` with ``k, v (B, K, T, D)``; we return
+    ``cat(prefix_k, k)`` along the sequence axis, so every query can attend to the prefix.
+    """
+
+    def __init__(self, keys: nn.ParameterList, values: nn.ParameterList) -> None:
+        self.keys, self.values = keys, values
+
+    @property
+    def seq_len(self) -> int:
+        return self.keys[0].shape[1]
+
+    def update(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        B = k.shape[0]
+        pk = self.keys[layer][None].expand(B, -1, -1, -1)
+        pv = self.values[layer][None].expand(B, -1, -1, -1)
+        return torch.cat([pk, k], 2), torch.cat([pv, v], 2)
+
+
+class PrefixTuning(nn.Module):
+    """Per-layer learned keys and values ``(K, P, D)`` (``P`` = ``n_prefix`` virtual tokens); base frozen."""
+
+    def __init__(self, model: Llama, n_prefix: int = 8, init_std: float = 0.5) -> None:
+        super().__init__()
+        c = model.config
+        self.model = model
+        for p in model.parameters():
+            p.requires_grad_(False)
+        self.keys = nn.ParameterList(nn.Parameter(torch.randn(c.n_kv_heads, n_prefix, c.head_dim) * init_std)
+                                     for _ in range(c.n_layers))
+        self.values = nn.ParameterList(nn.Parameter(torch.randn(c.n_kv_heads, n_prefix, c.head_dim) * init_std)
+                                       for _ in range(c.n_layers))
+        self.n_prefix = n_prefix
+
+    def packed_logits(self, idx: torch.Tensor, doc: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
+        """Like :func:`llmcore.alignment.sft.packed_logits`, every token also seeing the prefix."""
+        m = self.model
+        x = m.model.embed_tokens(idx)
+        cos, sin = rope_cos_sin(pos, m.config.head_dim, m.config.rope_theta)
+        L = idx.shape[1]
+        causal = torch.ones(L, L, dtype=torch.bool, device=idx.device).tril()
+        block = (doc[:, :, None] == doc[:, None, :]) & causal
+        mask = torch.cat([torch.ones(idx.shape[0], L, self.n_prefix, dtype=torch.bool, device=idx.device), block],
+                         2)[:, None]  # (N, 1, L, P + L)
+        cache = PrefixCache(self.keys, self.values)
+        for layer in m.model.layers:
+            x = layer(x, cos, sin, mask, cache)
+        return m.lm_head(m.model.norm(x))
+
+    def logits(self, idx: torch.Tensor) -> torch.Tensor:
+        """Unpacked sequences ``(B, T)`` -> ``(B, T, V)``."""
+        B, T = idx.shape
+        pos = torch.arange(T, device=idx.device).expand(B, T)
+        return self.packed_logits(idx, torch.zeros_like(idx), pos)
+
+
+class PromptTuning(nn.Module):
+    """``n_virtual`` learned input embeddings placed before each conversation; base frozen.
+
+    Data are packed with ``n_virtual`` placeholder tokens at the start of each conversation
+    (:func:`with_placeholders`); their embeddings are replaced by the soft prompt.
+    """
+
+    def __init__(self, model: Llama, n_virtual: int = 8) -> None:
+        super().__init__()
+        self.model = model
+        for p in model.parameters():
+            p.requires_grad_(False)
+        emb = model.model.embed_tokens.weight
+        init = emb[torch.randint(0, 256, (n_virtual,), generator=torch.Generator().manual_seed(0))].detach().clone()
+        self.soft = nn.Parameter(init)  # initialised from random byte embeddings (Lester et al.)
+        self.n_virtual = n_virtual
+
+    def packed_logits(self, idx: torch.Tensor, doc: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
+        m = self.model
+        x = m.model.embed_tokens(idx)
+        virt = (pos < self.n_virtual) & (doc >= 0)
+        x = torch.where(virt[..., None], self.soft[pos.clamp(max=self.n_virtual - 1)], x)
+        cos, sin = rope_cos_sin(pos, m.config.head_dim, m.config.rope_theta)
+        from llmcore.alignment.sft import packed_mask
+
+        mask = packed_mask(doc)
+        for layer in m.model.layers:
+            x = layer(x, cos, sin, mask)
+        return m.lm_head(m.model.norm(x))
+
+    def logits(self, idx: torch.Tensor) -> torch.Tensor:
+        """``idx (B, T)`` *without* placeholders -> logits ``(B, T, V)`` of the real tokens."""
+        B, T = idx.shape
+        full = torch.cat([torch.full((B, self.n_virtual), 0, dtype=idx.dtype, device=idx.device), idx], 1)
+        pos = torch.arange(full.shape[1], device=idx.device).expand(B, -1)
+        return self.packed_logits(full, torch.zeros_like(full), pos)[:, self.n_virtual:]
+
+
+# ---- model merging ------------------------------------------------------------------------------------------
+def task_vector(finetuned: nn.Module | dict, base: nn.Module | dict) -> dict[str, torch.Tensor]:
+    r"""$\tau = \theta_\text{ft} - \theta_0$ over floating-point tensors."""
+    ft = finetuned if isinstance(finetuned, dict) else finetuned.state_dict()
+    b0 = base if isinstance(base, dict) else base.state_dict()
+    return {k: ft[k] - b0[k] for k in b0 if b0[k].is_floating_point()}
+
+
+def trim(tau: torch.Tensor, density: float) -> torch.Tensor:
+    """Keep the ``density`` share of entries with the largest magnitude, zero the rest."""
+    if density >= 1:
+        return tau.clone()
+    k = max(1, int(round(density * tau.numel())))
+    thresh = tau.abs().flatten().kthvalue(tau.numel() - k + 1).values
+    return torch.where(tau.abs() >= thresh, tau, torch.zeros_like(tau))
+
+
+def ties_tensor(taus: Sequence[torch.Tensor], density: float = 0.2) -> torch.Tensor:
+    """TIES on one tensor: trim, elect sign (sign of the sum), disjoint mean of the agreeing entries."""
+    t = torch.stack([trim(x, density) for x in taus])  # (n, ...)
+    sign = torch.sign(t.sum(0))  # elected sign gamma
+    agree = (torch.sign(t) == sign) & (t != 0)
+    n = agree.sum(0)
+    return torch.where(n > 0, (t * agree).sum(0) / n.clamp(min=1), torch.zeros_like(t[0]))
+
+
+def dare(tau: torch.Tensor, p: float, generator: torch.Generator) -> torch.Tensor:
+    """Drop And REscale: zero each entry with probability ``p``, multiply the survivors by ``1 / (1 - p)``."""
+    keep = torch.rand(tau.shape, generator=generator) >= p
+    return tau * keep / (1 - p)
+
+
+@dataclass
+class MergeSpec:
+    method: str  # "average" | "task_arithmetic" | "ties" | "dare_ties"
+    lam: float = 1.0  # scale of the merged task vector
+    density: float = 0.2  # TIES: share of entries kept
+    drop: float = 0.5  # DARE: drop probability
+    seed: int = 0
+    extra: dict = field(default_factory=dict)
+
+
+def merge_models(base: nn.Module, taus: Sequence[dict[str, torch.Tensor]], spec: MergeSpec) -> nn.Module:
+    """A copy of ``base`` with the task vectors merged by ``spec.method``."""
+    model = copy.deepcopy(base)
+    sd = model.state_dict()
+    gen = torch.Generator().manual_seed(spec.seed)
+    for k in taus[0]:
+        ts = [t[k] for t in taus]
+        if spec.method == "average":
+            d = sum(ts) / len(ts)
+        elif spec.method == "task_arithmetic":
+            d = spec.lam * sum(ts)
+        elif spec.method == "ties":
+            d = spec.lam * ties_tensor(ts, spec.density)
+        elif spec.method == "dare_ties":
+            d = spec.lam * ties_tensor([dare(t, spec.drop, gen) for t in ts], 1.0)
+        else:
+            raise LLMCoreError(f"unknown merge method {spec.method!r}")
+        sd[k] = sd[k] + d
+    model.load_state_dict(sd)
+    return model
+
+
+def sign_conflict_share(taus: Sequence[dict[str, torch.Tensor]], density: float = 1.0) -> float:
+    """Share of coordinates (non-zero in >= 2 trimmed task vectors) whose signs disagree."""
+    conf, both = 0, 0
+    for k in taus[0]:
+        t = torch.stack([trim(x[k], density) for x in taus])
+        nz = (t != 0).sum(0) >= 2
+        mixed = (t > 0).any(0) & (t < 0).any(0)
+        conf += int((mixed & nz).sum())
+        both += int(nz.sum())
+    return conf / max(1, both)
+
+
+
+# ---- the closed loop ----------------------------------------------------------------------------------------
+@dataclass
+class Method:
+    """One way to adapt the SFT model to a new task (name, what to train, its learning rate)."""
+
+    name: str
+    kind: str  # "full" | "lora" | "prefix" | "prompt"
+    lr: float
+    lora: LoRAConfig | None = None
+    n_virtual: int = 8
+
+
+ALL_LINEARS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+
+
+def default_methods(rank: int = 4) -> list[Method]:
+    return [
+        Method("full fine-tuning", "full", 2e-3),
+        Method(f"LoRA r={rank}", "lora", 1e-2, LoRAConfig(r=rank, alpha=2 * rank, target_modules=ALL_LINEARS)),
+        Method(f"QLoRA r={rank} (INT4 base)", "lora", 1e-2,
+               LoRAConfig(r=rank, alpha=2 * rank, target_modules=ALL_LINEARS, quantize_base=True)),
+        Method("prefix tuning P=8", "prefix", 3e-2, n_virtual=8),
+        Method("prompt tuning P=8", "prompt", 3e-2, n_virtual=8),
+    ]
+
+
+def adapt(base: Llama, method: Method, cfg, device: str | torch.device = "cpu"):
+    """Fine-tune a copy of ``base`` on ``cfg`` (an :class:`~llmcore.alignment.sft.SFTConfig`) with ``method``.
+
+    Returns ``(module, logits_fn or None, losses, trainable, total)``; ``logits_fn(idx)`` is needed for
+    greedy decoding of prefix / prompt tuned models.
+    """
+    from dataclasses import replace
+
+    from llmcore.alignment import sft as S
+    from llmcore.core.seed import seed_everything
+
+    seed_everything(cfg.seed)
+    model = copy.deepcopy(base).to(device)
+    cfg = replace(cfg, lr=method.lr)
+    if method.kind == "full":
+        losses = S.finetune(model, cfg, desc=method.name)
+        tr, tot = count_params(model)
+        return model, None, losses, tr, tot
+    if method.kind == "lora":
+        apply_lora(model, method.lora)
+        tr, tot = count_params(model)
+        losses = S.finetune(model, cfg, desc=method.name)
+        return model, None, losses, tr, tot
+    wrapper = (PrefixTuning(model, method.n_virtual) if method.kind == "prefix"
+               else PromptTuning(model, method.n_virtual)).to(device)
+    params = [p for p in wrapper.parameters() if p.requires_grad]
+    ex, _ = S.training_data(cfg)
+    data = S.pack(ex, cfg.seq_len + (method.n_virtual * 4 if method.kind == "prompt" else 0), cfg.mask_prompt,
+                  n_virtual=method.n_virtual if method.kind == "prompt" else 0)
+    losses = S.train_packed(wrapper, data, cfg.steps, cfg.batch_rows, cfg.lr, cfg.warmup_steps, cfg.min_lr_ratio,
+                            0.0, cfg.grad_clip, cfg.seed, method.name,
+                            logits_fn=lambda w, idx, doc, pos: w.packed_logits(idx, doc, pos), params=params)
+    tr = sum(p.numel() for p in params)
+    return wrapper, wrapper.logits, losses, tr, tr + sum(p.numel() for p in base.parameters())
+
+
+def task_config(toy: bool, family: str, seed: int = 0):
+    """The fixed fine-tuning budget for one new task."""
+    from dataclasses import replace
+
+    from llmcore.alignment import sft as S
+
+    if toy:
+        return S.SFTConfig(families=(family,), n_train=6000, steps=150, batch_rows=16, seq_len=64,
+                           warmup_steps=10, seed=seed)
+    return replace(S.toy_config(False, seed), families=(family,), steps=1000, n_train=50_000)
+
+
+@dataclass
+class PEFTResult:
+    base_em: dict[str, float]  # SFT model on the new tasks, before adaptation
+    rows: list[dict]  # per method: name, trainable, total, trainable %, optimizer bytes, EM
+    rank_sweep: dict[int, float]
+    width_sweep: dict[int, float]  # d_model -> LoRA trainable share (counted)
+    single: dict[str, float]  # task -> single-task full-FT EM
+    merges: dict[str, dict[str, float]]  # method -> task -> EM
+    sign_conflicts: float
+    peft_max_diff: float
+    merge_unmerge_diff: float
+    losses: dict[str, list[float]] = field(default_factory=dict)
+
+
+def experiment(toy: bool = True, seed: int = 0, device: str | torch.device = "cpu",
+               tasks: tuple[str, str] = ("sub", "shift"), ranks: Sequence[int] = (1, 2, 4, 8)) -> PEFTResult:
+    """Adapt the SFT model to ``tasks[0]`` with every method, sweep LoRA's rank, merge two task fine-tunes."""
+    from llmcore.alignment import sft as S
+
+    base, _ = S.sft_model(S.toy_config(toy, seed), device=device)
+    task_a, task_b = tasks
+    cfg_a, cfg_b = task_config(toy, task_a, seed), task_config(toy, task_b, seed)
+    tests = {t: S.test_set((t,), n=200, templates=cfg_a.templates) for t in tasks}
+
+    def em(model, task, fn=None):
+        return S.exact_match(model, tests[task], logits_fn=fn)[0]
+
+    base_em = {t: em(base, t) for t in tasks}
+    rows, losses, finetuned = [], {}, {}
+    for meth in default_methods():
+        model, fn, ls, tr, tot = adapt(base, meth, cfg_a, device)
+        rows.append({"method": meth.name, "trainable": tr, "total": tot, "trainable %": 100 * tr / tot,
+                     "optimizer bytes": adam_state_bytes(tr), "EM": em(model, task_a, fn)})
+        losses[meth.name] = ls
+        if meth.kind == "full":
+            finetuned[task_a] = model
+    lora_em = {int(r["method"].split("r=")[1]): r["EM"] for r in rows if r["method"].startswith("LoRA r=")}
+    rank_sweep = {}
+    for r in ranks:
+        if r in lora_em:
+            rank_sweep[r] = lora_em[r]
+            continue
+        meth = Method(f"LoRA r={r}", "lora", 1e-2, LoRAConfig(r=r, alpha=2 * r, target_modules=ALL_LINEARS))
+        model, _, ls, _, _ = adapt(base, meth, cfg_a, device)
+        rank_sweep[r] = em(model, task_a)
+    width = {d: lora_fraction(d, base.config.n_layers, r=4, targets=ALL_LINEARS) for d in (64, 256, 1024, 4096)}
+    # merging: a second task-specific full fine-tune, then four merges of the two task vectors
+    finetuned[task_b], _, losses["full FT " + task_b], _, _ = adapt(base, Method("full FT", "full", 2e-3), cfg_b,
+                                                                     device)
+    single = {t: em(finetuned[t], t) for t in tasks}
+    taus = [task_vector(finetuned[t], base) for t in tasks]
+    specs = {"average": MergeSpec("average"), "task arithmetic (lam=1)": MergeSpec("task_arithmetic", lam=1.0),
+             "TIES (k=20%, lam=1)": MergeSpec("ties", lam=1.0, density=0.2),
+             "DARE-TIES (p=0.5, lam=1)": MergeSpec("dare_ties", lam=1.0, drop=0.5, seed=seed)}
+    merges = {}
+    for name, spec in specs.items():
+        merged = merge_models(base, taus, spec)
+        merges[name] = {t: em(merged, t) for t in tasks}
+    # cross-checks on the real model: LoRA vs PEFT, merge/unmerge
+    chk, lcfg = copy.deepcopy(base).cpu(), LoRAConfig(r=4, alpha=8, target_modules=ALL_LINEARS)
+    mods = apply_lora(chk, lcfg)
+    with torch.no_grad():
+        for m in mods.values():
+            m.lora_B.weight.normal_(0, 0.1, generator=torch.Generator().manual_seed(seed))
+    idx = torch.tensor([T.prompt_ids(e.prompt) for e in tests[task_a][:8]])  # equal lengths (zero-padded)
+    pm = to_peft(chk, base.cpu(), lcfg)
+    with torch.no_grad():
+        ours = chk(idx)
+        peft_diff = float((ours - pm(input_ids=idx).logits).abs().max())
+        w0 = [m.base.weight.clone() for m in mods.values()]
+        merge_lora(chk)
+        unmerge_lora(chk)
+        mu = max(float((m.base.weight - w).abs().max()) for m, w in zip(mods.values(), w0))
+    return PEFTResult(base_em, rows, rank_sweep, width, single, merges, sign_conflict_share(taus), peft_diff, mu,
+                      losses)
+
+
+def make_report(res: PEFTResult, toy: bool, device: str, seed: int):
+    from llmcore.core.report import Report
+
+    rep = Report("peft", "PEFT (LoRA, Prefix Tuning, Merging) / 参数高效微调", toy, device, seed)
+    for t, a in res.base_em.items():
+        rep.metric(f"SFT model EM on {t} (before)", a)
+    for r in res.rows:
+        rep.metric(f"{r['method']}: EM", r["EM"])
+        rep.metric(f"{r['method']}: trainable %", r["trainable %"])
+    for r, a in res.rank_sweep.items():
+        rep.metric(f"LoRA rank {r}: EM", a)
+    for t, a in res.single.items():
+        rep.metric(f"single-task full FT EM {t}", a)
+    for m, d in res.merges.items():
+        for t, a in d.items():
+            rep.metric(f"merge {m}: EM {t}", a)
+    rep.metric("sign-conflict share of task vectors", res.sign_conflicts)
+    full, lora = res.rows[0], res.rows[1]  # the order of default_methods()
+    rep.check("max |our LoRA logits - PEFT logits|", res.peft_max_diff, "<", 1e-6)
+    rep.check("max |W after merge+unmerge - W0|", res.merge_unmerge_diff, "<", 1e-6)
+    rep.check("full FT EM - LoRA EM (points)", 100 * (full["EM"] - lora["EM"]), "<=", 5.0)
+    rep.check("LoRA trainable %", lora["trainable %"], "<", 10.0)
+    ties = res.merges["TIES (k=20%, lam=1)"]
+    rep.check("TIES merge: worst task EM / single-task EM", min(ties[t] / max(res.single[t], 1e-9) for t in ties),
+              ">=", 0.8)
+    avg = res.merges["average"]
+    rep.check("TIES mean EM - averaging mean EM", sum(ties.values()) / 2 - sum(avg.values()) / 2, ">", 0.0)
+    return rep
+
+
+def run(toy: bool = True, device: str = "auto", seed: int = 0):
+    """The PEFT closed loop: adapt the SFT model to a new task five ways, sweep LoRA rank, merge two tasks."""
+    from llmcore.core.device import pick_device
+
+    dev = pick_device(device)
+    res = experiment(toy=toy, seed=seed, device=dev)
+    return make_report(res, toy, str(dev), seed)

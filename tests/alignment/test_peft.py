@@ -1,0 +1,161 @@
+"""PEFT: LoRA vs PEFT's get_peft_model, merge/unmerge, QLoRA, prefix/prompt tuning, TIES by hand and vs PEFT."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+
+from llmcore.alignment import peft as P
+from llmcore.alignment import sft as S
+from llmcore.alignment import tasks as T
+from llmcore.architecture.llama import Llama
+from llmcore.architecture.quantization import QuantLinear
+from llmcore.core.errors import LLMCoreError
+
+
+@pytest.fixture(scope="module")
+def base() -> Llama:
+    torch.manual_seed(0)
+    m = Llama(S.SFT_MODEL).eval()
+    with torch.no_grad():
+        for p in m.parameters():
+            if p.dim() > 1:
+                p.normal_(0, 0.1)
+    return m
+
+
+def _lora(base, **kw):
+    cfg = P.LoRAConfig(**kw)
+    m = copy.deepcopy(base)
+    mods = P.apply_lora(m, cfg)
+    torch.manual_seed(1)
+    with torch.no_grad():  # non-zero B, so the adapter changes the output
+        for lm in mods.values():
+            lm.lora_B.weight.normal_(0, 0.2)
+    return m.eval(), cfg
+
+
+@pytest.mark.parametrize("targets", [("q_proj", "v_proj"), ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj",
+                                                            "up_proj", "down_proj")])
+def test_lora_logits_equal_peft(base, targets):
+    m, cfg = _lora(base, r=4, alpha=8, target_modules=targets)
+    pm = P.to_peft(m, base, cfg)
+    idx = torch.randint(0, 256, (3, 20), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        ours, theirs, plain = m(idx), pm(input_ids=idx).logits, base(idx)
+    assert (ours - theirs).abs().max() < 1e-6
+    assert (ours - plain).abs().max() > 1e-3
+
+
+def test_lora_starts_at_base_and_freezes_it(base):
+    m = copy.deepcopy(base)
+    P.apply_lora(m, P.LoRAConfig(r=2))
+    idx = torch.randint(0, 256, (2, 10))
+    with torch.no_grad():
+        assert torch.equal(m(idx), base(idx))  # B = 0
+    trainable = [n for n, p in m.named_parameters() if p.requires_grad]
+    assert trainable and all(".lora_" in n for n in trainable)
+    with pytest.raises(LLMCoreError):
+        P.LoRAConfig(r=0)
+
+
+def test_merge_unmerge_round_trip(base):
+    m, _ = _lora(base, r=4, alpha=16, target_modules=("q_proj", "v_proj", "down_proj"))
+    idx = torch.randint(0, 256, (2, 12))
+    w0 = {k: v.clone() for k, v in base.state_dict().items()}
+    with torch.no_grad():
+        before = m(idx)
+        P.merge_lora(m)
+        merged = m(idx)
+        P.unmerge_lora(m)
+        after = m(idx)
+    assert (before - merged).abs().max() < 1e-5
+    assert (before - after).abs().max() < 1e-5
+    for name, lm in P.lora_modules(m).items():
+        assert (lm.base.weight - w0[f"{name}.weight"]).abs().max() < 1e-6
+
+
+def test_qlora_base_is_int4_and_trains(base):
+    m = copy.deepcopy(base)
+    P.apply_lora(m, P.LoRAConfig(r=4, quantize_base=True))
+    q = [x for x in m.modules() if isinstance(x, QuantLinear)]
+    assert len(q) == 7 * base.config.n_layers
+    idx = torch.randint(0, 256, (2, 12))
+    w = base.model.layers[0].mlp.up_proj.weight
+    wq = m.model.layers[0].mlp.up_proj.qtensor().dequantize()
+    rel = float((wq - w).norm() / w.norm())
+    assert 0 < rel < 0.15  # INT4 base is close to, not equal to, fp32
+    logits = m(idx)
+    logits.sum().backward()
+    assert all(p.grad is not None for n, p in m.named_parameters() if p.requires_grad)
+    trainable, total = P.count_params(m)
+    assert trainable < 0.1 * total
+
+
+def test_prefix_and_prompt_tuning_shapes_and_grads(base):
+    ex = T.make_examples(["add"], 6)
+    p = S.pack(ex, 64)
+    pt = P.PrefixTuning(copy.deepcopy(base), n_prefix=4)
+    out = pt.packed_logits(p.idx, p.doc, p.pos)
+    assert out.shape == (*p.idx.shape, base.config.vocab_size)
+    S.masked_loss(out, p.labels).backward()
+    assert all(k.grad is not None for k in pt.keys)
+    assert not any(q.requires_grad for q in pt.model.parameters())
+    # one conversation alone gives the same logits as inside the packed row (prefix seen by every doc)
+    ids = torch.tensor([T.encode_chat(ex[1])[0]])
+    alone = pt.logits(ids)[0]
+    sel = p.doc[0] == 1
+    assert (pt.packed_logits(p.idx, p.doc, p.pos)[0, sel] - alone).abs().max() < 1e-4
+    pr = P.PromptTuning(copy.deepcopy(base), n_virtual=3)
+    assert pr.logits(ids).shape == (1, ids.shape[1], base.config.vocab_size)
+
+
+def test_ties_hand_computed():
+    t1 = torch.tensor([0.5, -0.1, 0.3, 0.0])
+    t2 = torch.tensor([-0.2, -0.4, 0.1, 0.15])
+    t3 = torch.tensor([-0.4, 0.3, 0.0, 0.1])
+    # density 1 (no trimming): elected signs = sign(sum) = (-, -, +, +)
+    # coord 0: agree {t2,t3} -> mean(-0.2, -0.4) = -0.3; coord 1: {t1,t2} -> -0.25
+    # coord 2: {t1,t2} -> 0.2; coord 3: {t2,t3} -> 0.125
+    out = P.ties_tensor([t1, t2, t3], density=1.0)
+    assert torch.allclose(out, torch.tensor([-0.3, -0.25, 0.2, 0.125]))
+    # density 0.5 keeps the top 2 magnitudes: t1 -> (0.5, 0, 0.3, 0), t2 -> (-0.2, -0.4, 0, 0),
+    # t3 -> (-0.4, 0.3, 0, 0); sums (-0.1, -0.1, 0.3, 0) -> signs (-, -, +, 0)
+    out = P.ties_tensor([t1, t2, t3], density=0.5)
+    assert torch.allclose(out, torch.tensor([-0.3, -0.4, 0.3, 0.0]))
+
+
+def test_ties_matches_peft_merge_utils():
+    from peft.utils.merge_utils import ties
+
+    g = torch.Generator().manual_seed(0)
+    taus = [torch.randn(6, 5, generator=g) for _ in range(3)]
+    theirs = ties(torch.stack(taus), torch.ones(3), density=0.4, majority_sign_method="total")
+    assert torch.allclose(P.ties_tensor(taus, density=0.4), theirs, atol=1e-6)
+
+
+def test_dare_is_unbiased_and_merges_apply(base):
+    g = torch.Generator().manual_seed(0)
+    t = torch.ones(20000)
+    d = P.dare(t, 0.5, g)
+    assert abs(float(d.mean()) - 1.0) < 0.03 and float((d == 0).float().mean()) > 0.45
+    ft = copy.deepcopy(base)
+    with torch.no_grad():
+        ft.model.layers[0].mlp.up_proj.weight += 1.0
+    tau = P.task_vector(ft, base)
+    avg = P.merge_models(base, [tau, tau], P.MergeSpec("average"))
+    ta = P.merge_models(base, [tau, tau], P.MergeSpec("task_arithmetic", lam=0.5))
+    for m in (avg, ta):
+        assert torch.allclose(m.model.layers[0].mlp.up_proj.weight, ft.model.layers[0].mlp.up_proj.weight)
+
+
+def test_lora_fraction_shrinks_with_width():
+    fr = [P.lora_fraction(d, 2) for d in (64, 256, 1024, 4096)]
+    assert all(a > b for a, b in zip(fr, fr[1:]))
+    m = copy.deepcopy(Llama(S.SFT_MODEL))
+    P.apply_lora(m, P.LoRAConfig(r=4))
+    tr, tot = P.count_params(m)
+    # tied embeddings are one tensor in the model but the formula counts the vocab matrix once too
+    assert abs(tr / tot - P.lora_fraction(64, 2)) < 1e-9

@@ -1,0 +1,103 @@
+"""SFT: task generator, chat template, prompt masking, packing boundaries, HF loss cross-check."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from llmcore.alignment import sft as S
+from llmcore.alignment import tasks as T
+from llmcore.architecture.llama import Llama
+from llmcore.core.errors import LLMCoreError
+
+
+@pytest.fixture(scope="module")
+def model() -> Llama:
+    torch.manual_seed(0)
+    m = Llama(S.SFT_MODEL).eval()
+    with torch.no_grad():  # larger weights than the init, so masking mistakes change the numbers
+        for p in m.parameters():
+            if p.dim() > 1:
+                p.normal_(0, 0.15)
+    return m
+
+
+def test_families_are_verifiable_and_splits_disjoint():
+    for fam in T.FAMILIES:
+        train = T.make_examples([fam], 200, "train", "all", seed=1)
+        test = T.make_examples([fam], 50, "test", "all", seed=1, unique=True)
+        assert not {e.key for e in train} & {e.key for e in test}, fam
+        assert all(T.check(e, e.response) and not T.check(e, e.response + "x") for e in test)
+    ex = T.make_examples(["add"], 30, templates="heldout")
+    assert {e.template for e in ex} == {2}
+    assert {e.template for e in T.make_examples(["add"], 60, templates="train")} == {0, 1}
+    e = T.make_examples(["add"], 1)[0]
+    a, b = e.prompt.rstrip("=").split("+")
+    assert int(e.response) == int(a) + int(b)
+    with pytest.raises(LLMCoreError):
+        T.make_examples(["nope"], 3)
+
+
+def test_chat_template_and_prompt_mask():
+    e = T.Example("add", 0, "12+7=", "19", "12+7")
+    ids, m = T.encode_chat(e)
+    assert T.render(ids) == "<bos><|user|>12+7=<|assistant|>19<eos>"
+    lab = S.labels_for(ids, m)
+    scored = [i for i in lab if i != -100]
+    assert scored == [ord("1"), ord("9"), T.EOS]  # only the response (and its <eos>) is scored
+    assert S.labels_for(ids, m, mask_prompt=False) == ids
+
+
+def test_corruption_rate_and_plausibility():
+    ex = T.make_examples(["add"], 2000, seed=3)
+    bad = T.corrupt(ex, 0.3, seed=0)
+    wrong = sum(a.response != b.response for a, b in zip(ex, bad)) / len(ex)
+    assert 0.25 < wrong < 0.35
+    assert all(b.response.isdigit() for b in bad)
+
+
+def test_packing_boundaries():
+    ex = T.make_examples(["add", "upper"], 40, seed=2)
+    p = S.pack(ex, 64)
+    assert sum(int((p.doc[r].unique() >= 0).sum()) for r in range(len(p))) == len(ex)  # none lost
+    for r in range(len(p)):
+        starts = (p.pos[r] == 0) & (p.doc[r] >= 0)
+        assert (p.idx[r][starts] == T.BOS).all()
+        assert (p.labels[r][starts] == -100).all()  # no target crosses a document boundary
+    unm = S.pack(ex, 64, mask_prompt=False)
+    starts = (unm.pos == 0) & (unm.doc >= 0)
+    assert (unm.labels[starts] == -100).all() and (unm.labels[(unm.pos > 0)] != -100).all()
+    mask = S.packed_mask(p.doc[:1])[0, 0]
+    d = p.doc[0]
+    assert not mask[d == 1][:, d == 0].any()  # doc 1 cannot see doc 0
+    with pytest.raises(LLMCoreError):
+        S.pack(ex, 8)
+
+
+def test_packed_logits_equal_unpacked(model):
+    ex = T.make_examples(["add", "upper", "reverse"], 18, seed=4)
+    assert S.packing_max_diff(model, ex, 64) < 1e-4
+
+
+def test_masked_loss_equals_hf_labels_minus_100(model):
+    ex = T.make_examples(["add", "upper"], 16, seed=5)
+    ours, hf, hf_unmasked = S.hf_crosscheck(model, ex)
+    assert abs(ours - hf) < 1e-5
+    assert abs(ours - hf_unmasked) > 1e-3  # masking changes the loss
+
+
+def test_packed_loss_equals_padded_loss(model):
+    ex = T.make_examples(["add", "upper"], 12, seed=6)
+    idx, lab, att = S.pad_batch(ex)
+    padded = S.masked_loss(model(idx, attention_mask=att), lab)
+    p = S.pack(ex, 64)
+    packed = S.masked_loss(S.packed_logits(model, p.idx, p.doc, p.pos), p.labels)
+    assert torch.allclose(padded, packed, atol=1e-5)
+
+
+def test_training_learns_a_task():
+    cfg = S.SFTConfig(families=("upper",), n_train=3000, steps=60, batch_rows=8, seq_len=48)
+    model, losses = S.train_sft(cfg)
+    assert sum(losses[-10:]) / 10 < 0.6 * sum(losses[:10]) / 10
+    answers = S.greedy_answers(model, T.make_examples(["upper"], 4, "test", "first"), 7)
+    assert all(isinstance(a, str) for a in answers)
