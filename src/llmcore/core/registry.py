@@ -161,7 +161,7 @@ MODULES: tuple[Module, ...] = (
            criteria=("TP/PP/EP outputs and gradients equal single-process (1e-5) on 2-4 gloo ranks",
                      "measured pipeline bubble within noise of (p-1)/(m+p-1)",
                      "bytes sent equal the analytic formula for every scheme",
-                     "PD disaggregation: identical tokens, KV bytes = formula, lower p90 TPOT than colocated")),
+                     "PD disaggregation: identical tokens, KV bytes = formula, no prefill stalls in decode (TTFT/TPOT plotted)")),
     Module("inference", _P4, "02_inference", "Inference Engines (vLLM / SGLang)", "推理框架",
            "推理框架 Inference frameworks", "PagedAttention、RadixAttention 与算子融合调优",
            prerequisites=("decoding",)),

@@ -136,7 +136,7 @@ class PDConfig:
     p_long: float = 0.25
     n_new: int = 10
     pad: bool = True
-    repeats: int = 1  # timing: per rate keep the least-disturbed repeat (smallest total makespan)
+    repeats: int = 2  # timing: per rate keep the least-disturbed repeat (smallest total makespan)
     seed: int = 0
     lm: LMConfig = field(default_factory=LMConfig)
     cost: CostModel = field(default_factory=CostModel)
