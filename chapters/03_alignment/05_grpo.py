@@ -114,7 +114,7 @@ show_source(A.check)
 task = A.ArithConfig()
 train, heldout = A.split_problems(task)
 print(f"{len(train)} training problems, {len(heldout)} held out; e.g. {A.prompt_text(*heldout[0])!r}")
-for ids in ([ord("4"), ord("2"), A.EOS], [ord("4"), ord("2")], list(b"so 42") + [A.EOS]):
+for ids in ([ord("4"), ord("2"), A.EOS], [ord("4"), ord("2")], list(b"42 ok") + [A.EOS]):
     print(f"{A.decode_response(ids)}  ->  (correct, terse, verbose) = {A.check(37, 5, ids)}")
 
 # %% [markdown]

@@ -96,7 +96,7 @@ def test_verifier_and_reward():
     ok = [ord("4"), ord("2"), A.EOS]
     assert A.check(37, 5, ok) == (True, True, False)
     assert A.check(37, 5, [ord("4"), ord("2")]) == (False, False, False)  # not closed by <eos>
-    assert A.check(37, 5, list(b"so 42") + [A.EOS]) == (True, False, True)
+    assert A.check(37, 5, list(b"42 ok") + [A.EOS]) == (True, False, True)
     assert A.check(37, 5, [ord("4"), ord("3"), A.EOS]) == (False, True, False)
     resp = torch.tensor([ok, [ord("9"), A.EOS, A.EOS]])
     r, _ = G.reward_fn(np.array([[37, 5], [37, 5]]), resp, 0.1)

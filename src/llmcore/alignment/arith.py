@@ -5,7 +5,7 @@ Written for the GRPO and PPO/DPO chapters (a minimal stand-in for the SFT chapte
 * a prompt is ``<bos>`` followed by the bytes of ``"ab+cd="`` (operands zero-padded to a fixed width,
   so every prompt has the same length and a batch needs no padding);
 * a response is the sum's digits then ``<eos>`` — the *terse* style ``"46"`` — or, in the *verbose*
-  style that the preference chapters add to the SFT data, ``"so 46"``;
+  style that the preference chapters add to the SFT data, ``"46 ok"``;
 * :func:`check` is the verifier: it reads a response and says whether the number is right and whether
   the format is the required one (digits only, closed by ``<eos>``).
 
@@ -34,7 +34,7 @@ from llmcore.core.progress import progress
 
 TOK = ByteTokenizer()
 BOS, EOS, PAD = TOK.bos_id, TOK.eos_id, TOK.pad_id
-VERBOSE_PREFIX = "so "  #: the style the preference chapters' true reward dislikes
+VERBOSE_SUFFIX = " ok"  #: the wordier style the preference chapters' true reward dislikes
 
 
 @dataclass
@@ -43,7 +43,7 @@ class ArithConfig:
 
     n_digits: int = 2  # operands in [0, 10**n_digits)
     n_heldout: int = 400  # problems never seen in training (evaluation prompts)
-    verbose_frac: float = 0.0  # fraction of SFT targets written in the verbose style "so 46"
+    verbose_frac: float = 0.0  # fraction of SFT targets written in the verbose style "46 ok"
     # model (≈ 120k parameters at the defaults)
     d_model: int = 64
     n_layers: int = 2
@@ -59,8 +59,8 @@ class ArithConfig:
 
     @property
     def max_new_tokens(self) -> int:
-        """Longest response: optional prefix, n_digits + 1 sum digits, ``<eos>``."""
-        return len(VERBOSE_PREFIX) * (self.verbose_frac > 0) + self.n_digits + 2
+        """Longest response: n_digits + 1 sum digits, optional suffix, ``<eos>``."""
+        return len(VERBOSE_SUFFIX) * (self.verbose_frac > 0) + self.n_digits + 2
 
     def model_config(self) -> ModelConfig:
         return ModelConfig(vocab_size=TOK.vocab_size, d_model=self.d_model, n_layers=self.n_layers,
@@ -88,7 +88,7 @@ def encode_prompts(problems: np.ndarray, n_digits: int = 2) -> torch.Tensor:
 
 
 def target_text(a: int, b: int, verbose: bool = False) -> str:
-    return (VERBOSE_PREFIX if verbose else "") + str(a + b)
+    return str(a + b) + (VERBOSE_SUFFIX if verbose else "")
 
 
 def decode_response(ids) -> tuple[str, bool]:
@@ -103,11 +103,11 @@ def decode_response(ids) -> tuple[str, bool]:
 def check(a: int, b: int, response_ids) -> tuple[bool, bool, bool]:
     """The verifier: ``(correct, terse_format, verbose_format)`` for one response.
 
-    ``correct``: the number in the response (after an optional ``"so "``) equals ``a + b``.
+    ``correct``: the number in the response (before an optional ``" ok"``) equals ``a + b``.
     ``terse_format``: the response is digits only, closed by ``<eos>`` (the required format).
     """
     text, closed = decode_response(response_ids)
-    body = text[len(VERBOSE_PREFIX):] if text.startswith(VERBOSE_PREFIX) else text
+    body = text[:-len(VERBOSE_SUFFIX)] if text.endswith(VERBOSE_SUFFIX) else text
     is_num = closed and body.isdigit() and len(body) <= 6
     correct = bool(is_num and int(body) == a + b)
     terse = bool(is_num and body == text)
@@ -216,7 +216,7 @@ def sft_steps(model: Llama, train: np.ndarray, cfg: ArithConfig, steps: int, rng
 
 def sft_model(cfg: ArithConfig, device: str | torch.device = "cpu", seed: int = 0, cache: bool = True) -> Llama:
     """The SFT warm start for ``cfg`` (trained once, then loaded from ``output/cache/arith/<hash>.pt``)."""
-    key = hashlib.sha1(json.dumps({**asdict(cfg), "seed": seed, "v": 1}, sort_keys=True).encode()).hexdigest()[:12]
+    key = hashlib.sha1(json.dumps({**asdict(cfg), "seed": seed, "v": 2}, sort_keys=True).encode()).hexdigest()[:12]
     path = output_dir("cache", "arith") / f"sft_{key}.pt"
     torch.manual_seed(seed)
     model = Llama(cfg.model_config())
