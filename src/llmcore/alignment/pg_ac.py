@@ -253,8 +253,32 @@ def train(cfg: PGConfig, seed: int = 0, device: str = "cpu", show_progress: bool
     wall, cpu = time.perf_counter() - t0, time.process_time() - c0
     col.close()
     res = TrainResult(cfg.algo, seed, col.stats, wall, cpu, n_updates, log)
-    res.agent = agent  # kept for later inspection (not part of the dataclass fields)
+    res.actor_state = {k: v.cpu() for k, v in agent.actor.state_dict().items()}  # the trained policy
     return res
+
+
+def _train_job(job: tuple) -> TrainResult:
+    cfg, seed, device = job
+    return train(cfg, seed, device)
+
+
+def train_many(jobs: list[tuple[PGConfig, int]], device: str = "cpu", workers: int | None = None) -> list[TrainResult]:
+    """Run independent ``(config, seed)`` training jobs, in ``workers`` processes (default: up to 2 CPUs).
+
+    Every run is seeded inside :func:`train` and uses one thread, so the results are identical to running
+    the jobs one after another (``workers=1``) — only the wall-clock changes. Uses the ``spawn`` start
+    method, safe from a notebook kernel.
+    """
+    import multiprocessing as mp
+    import os
+    from concurrent.futures import ProcessPoolExecutor
+
+    workers = workers or min(2, os.cpu_count() or 1, len(jobs))
+    full = [(cfg, seed, device) for cfg, seed in jobs]
+    if workers <= 1 or str(device).startswith("cuda"):
+        return [_train_job(j) for j in full]
+    with ProcessPoolExecutor(max_workers=workers, mp_context=mp.get_context("spawn")) as ex:
+        return list(ex.map(_train_job, full))
 
 
 # -- REINFORCE and the variance of the policy gradient ---------------------------------------------
@@ -393,6 +417,21 @@ def reinforce_train(cfg: ReinforceConfig, seed: int = 0, show_progress: bool = F
     return policy, np.asarray(returns)
 
 
+def curves_on_grid(runs: list[TrainResult], points: int = 100, k: int = 100) -> tuple[np.ndarray, np.ndarray]:
+    """Last-``k`` mean return of each run, read on a common step grid: ``(steps (points,), (runs, points))``.
+
+    Before a run's first finished episode the value is nan.
+    """
+    total = max(r.stats.global_step for r in runs)
+    grid = np.linspace(0, total, points)
+    ys = []
+    for r in runs:
+        x, y = r.stats.curve(k)
+        idx = np.searchsorted(x, grid, side="right") - 1  # last episode finished by each grid step
+        ys.append(np.where(idx >= 0, y[np.maximum(idx, 0)], np.nan))
+    return grid, np.asarray(ys)
+
+
 # -- the closed loop ---------------------------------------------------------------------------------
 
 @dataclass
@@ -428,7 +467,8 @@ def check_first_step_gradient(seed: int = 0) -> float:
 
 
 def experiment(toy: bool = True, seed: int = 0, n_seeds: int = 3, device: str = "cpu",
-               a2c: PGConfig | None = None, ppo: PGConfig | None = None, show_progress: bool = False) -> PGResult:
+               a2c: PGConfig | None = None, ppo: PGConfig | None = None, show_progress: bool = False,
+               workers: int | None = None) -> PGResult:
     """REINFORCE variance study, REINFORCE ± baseline, then A2C and PPO over ``n_seeds`` seeds."""
     import gymnasium as gym
 
@@ -449,7 +489,9 @@ def experiment(toy: bool = True, seed: int = 0, n_seeds: int = 3, device: str = 
            gradient_variance(pol_b, env, "after 40 REINFORCE updates", n_batches=40, seed=seed)]
     env.close()
     # 3) A2C and PPO
-    runs = {name: [train(cfg, s, device, show_progress) for s in seeds] for name, cfg in (("a2c", a2c), ("ppo", ppo))}
+    jobs = [(cfg, s) for cfg in (a2c, ppo) for s in seeds]
+    done = train_many(jobs, device, workers)
+    runs = {"a2c": done[:n_seeds], "ppo": done[n_seeds:]}
     return PGResult(var, rf, runs, seeds, check_clip_objective(), check_first_step_gradient(seed))
 
 
