@@ -415,6 +415,20 @@ def timing_curve(model, prompt: torch.Tensor, max_new_tokens: int, cache: str | 
     return generate(model, prompt, max_new_tokens, cache=cache).step_s
 
 
+@torch.no_grad()
+def kv_cache_perplexity(model, tokens: torch.Tensor, seq_len: int, max_windows: int | None, cache_cls) -> float:
+    """Perplexity when attention reads keys/values back from ``cache_cls`` (e.g. INT8): one prefill per window."""
+    model.eval()
+    dev = next(model.parameters()).device
+    n = (len(tokens) - 1) // seq_len
+    n = min(n, max_windows) if max_windows else n
+    w = tokens[: n * seq_len].view(n, seq_len).to(dev)
+    cache = cache_cls.for_model(model, n, seq_len)
+    logits = model(w, kv_cache=cache)
+    loss = F.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]).float(), w[:, 1:].reshape(-1))
+    return math.exp(float(loss))
+
+
 def perplexity(model, tokens: torch.Tensor, seq_len: int, max_windows: int | None = None) -> float:
     """``exp(mean next-token loss)`` over consecutive windows (see ``training.evaluate``)."""
     from llmcore.architecture.training import evaluate
@@ -426,7 +440,7 @@ def perplexity(model, tokens: torch.Tensor, seq_len: int, max_windows: int | Non
 # The closed loop
 # =================================================================================================
 
-#: The draft model of speculative decoding: the tiny LM's recipe at a quarter of the width and one layer.
+#: The draft model of speculative decoding: the tiny LM's recipe at half the width and one layer.
 DRAFT_OVERRIDES = dict(d_model=32, n_layers=1, n_heads=2, n_kv_heads=2, ffn_hidden=96, steps=300, desc="draft LM")
 
 
@@ -483,6 +497,7 @@ class DecodingResults:
     kv_int8: dict[str, float]
     fp8_equal: dict[str, bool]
     cuda: dict | None = None
+    stage_s: dict[str, float] = field(default_factory=dict)  # wall seconds per stage (machine-dependent)
 
 
 def experiment(toy: bool = True, device: str = "auto", seed: int = 0) -> DecodingResults:
@@ -495,10 +510,18 @@ def experiment(toy: bool = True, device: str = "auto", seed: int = 0) -> Decodin
 
     dev = pick_device(device)
     seed_everything(seed)
+    stage_s, t_stage = {}, [time.perf_counter()]
+
+    def lap(name: str) -> None:
+        now = time.perf_counter()
+        stage_s[name] = now - t_stage[0]
+        t_stage[0] = now
+
     target_lm, draft_lm = load_models(dev)
     target, draft, tok = target_lm.model, draft_lm.model, target_lm.tokenizer
     _, val_ids = corpus_ids(tok)
     prompt = val_ids[:32][None].to(dev)
+    lap("load models")
 
     # 1) samplers and beam search against Hugging Face
     sdiff = sampler_check(target.config.vocab_size, seed=seed)
@@ -506,9 +529,10 @@ def experiment(toy: bool = True, device: str = "auto", seed: int = 0) -> Decodin
     hf = target.to_hf()
     ours, _ = beam_search(target, prompt, new_beam, num_beams=4)
     beam_equal = torch.equal(ours, hf_beam(hf, prompt, new_beam, 4))
+    lap("samplers + beam vs HF")
 
     # 2) KV cache: same greedy tokens with/without; bytes = formula (MHA and GQA/MQA variants)
-    n_new = 64 if toy else 200
+    n_new = 48 if toy else 200
     variants = {"tiny LM (MHA, K=4)": target}
     for kvh in (2, 1):
         torch.manual_seed(seed)
@@ -523,19 +547,22 @@ def experiment(toy: bool = True, device: str = "auto", seed: int = 0) -> Decodin
                                                           next(m.parameters()).element_size(), prompt.shape[1] + n_new - 1,
                                                           1))
     # timing: tokens per step as the sequence grows (the model attends over up to max_seq_len positions)
-    t_new = target.config.max_seq_len - 8
+    lap("cache equality")
+    t_new = target.config.max_seq_len - 8 if not toy else 128
     timing = {name: timing_curve(target, prompt[:, :8], t_new, cache) for name, cache in
               (("static", "static"), ("none", None))}
+    lap("cache timing")
 
     # 3) speculative decoding
-    ks = (1, 2, 3, 4, 6) if toy else (1, 2, 3, 4, 5, 6, 8)
-    spec_new = 96 if toy else 200
+    ks = (1, 2, 4, 6) if toy else (1, 2, 3, 4, 5, 6, 8)
+    spec_new = 64 if toy else 200
     base = generate(target, prompt, spec_new, cache="static")
     spec = [speculative_generate(target, draft, prompt, spec_new, k) for k in progress(ks, desc="speculative k")]
     spec_equal = all(torch.equal(r.tokens, base.tokens) for r in spec)
+    lap("speculative")
 
     # 4) quantization: storage, perplexity, error
-    windows = 16 if toy else None
+    windows = 8 if toy else None
     quant = {"fp32": {"ppl": perplexity(target, val_ids, target.config.max_seq_len, windows)}}
     ref_bytes = Q.linear_weight_bytes(target)
     quant["fp32"].update(bytes=ref_bytes["total"], data_bytes=ref_bytes["data"], numel=ref_bytes["numel"])
@@ -547,7 +574,10 @@ def experiment(toy: bool = True, device: str = "auto", seed: int = 0) -> Decodin
                          "bytes": b["total"], "data_bytes": b["data"], "numel": b["numel"], **{
                              f"err_{k}": v for k, v in Q.quant_error(w, scheme).items()
                              if k in ("max_abs", "rel_fro")}}
-    # INT8 KV cache: greedy agreement and bytes
+    lap("weight quantization")
+    # INT8 KV cache: perplexity (every window attends to its dequantized keys/values), greedy agreement, bytes
+    quant["fp32"]["ppl_int8_kv"] = kv_cache_perplexity(target, val_ids, target.config.max_seq_len, windows,
+                                                        Q.Int8KVCache)
     a = generate(target, prompt, n_new, cache="static")
     q8 = generate(target, prompt, n_new, cache_factory=Q.Int8KVCache.for_model)
     agree = float((a.tokens[0, prompt.shape[1]:] == q8.tokens[0, prompt.shape[1]:]).float().mean())
@@ -562,9 +592,11 @@ def experiment(toy: bool = True, device: str = "auto", seed: int = 0) -> Decodin
         xc = x.clamp(-vmax, vmax)
         fp8_equal[fmt] = torch.equal(Q.fp8_round(xc, fmt), xc.to(dtype).float())
 
+    lap("int8 KV cache + fp8")
     cuda = cuda_report(target, prompt, 256 if toy else 1024) if dev.type == "cuda" else None
+    lap("cuda")
     return DecodingResults(toy, str(dev), sdiff, beam_equal, ours, cache_equal, cache_bytes, timing, spec,
-                           base.wall_s, spec_equal, quant, kv_int8, fp8_equal, cuda)
+                           base.wall_s, spec_equal, quant, kv_int8, fp8_equal, cuda, stage_s)
 
 
 def make_report(res: DecodingResults, toy: bool, device: str, seed: int):
@@ -590,6 +622,7 @@ def make_report(res: DecodingResults, toy: bool, device: str, seed: int):
     rep.metric("int4 data bytes / fp16", q["int4_group"]["data_bytes"] / fp16)
     rep.metric("int4 total bytes (g=16) / fp16", q["int4_group"]["bytes"] / fp16)
     rep.metric("int8 KV cache bytes / fp32", res.kv_int8["int8_bytes"] / res.kv_int8["fp32_bytes"])
+    rep.metric("int8 KV cache perplexity (+%)", 100 * (q["fp32"]["ppl_int8_kv"] / base - 1))
     rep.metric("int8 KV cache greedy agreement", res.kv_int8["token_agreement"])
     rep.check("samplers equal HF processors (max abs diff)", max(res.sampler_diff.values()), "<=", 0.0)
     rep.check("beam search equals HF (1 = yes)", float(res.beam_equal), "==", 1)
