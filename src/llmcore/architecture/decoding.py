@@ -287,21 +287,22 @@ def beam_search(model, prompt: torch.Tensor, max_new_tokens: int, num_beams: int
 @dataclass
 class SpeculativeResult:
     tokens: torch.Tensor  # (1, T_prompt + new)
+    prompt_len: int
     k: int
-    rounds: int  # target forward passes after the prefill
+    rounds: int  # verification passes of the target (after the prefill)
     drafted: int
     accepted: int
     wall_s: float
 
     @property
     def acceptance_rate(self) -> float:
+        """Fraction of drafted tokens the target accepted."""
         return self.accepted / max(1, self.drafted)
 
     @property
     def tokens_per_target_call(self) -> float:
-        return (self.tokens.shape[1] - self._prompt_len) / max(1, self.rounds)
-
-    _prompt_len: int = 0
+        """New tokens per target forward pass, the prefill included (plain decoding: exactly 1)."""
+        return (self.tokens.shape[1] - self.prompt_len) / (self.rounds + 1)
 
 
 @torch.no_grad()
@@ -350,9 +351,7 @@ def speculative_generate(target, draft, prompt: torch.Tensor, max_new_tokens: in
         dc.crop(min(dc.seq_len, seq.numel() - 1))
     _cuda_sync(dev)
     wall = time.perf_counter() - t0
-    res = SpeculativeResult(seq[: T0 + max_new_tokens][None], k, rounds, drafted, accepted, wall)
-    res._prompt_len = T0
-    return res
+    return SpeculativeResult(seq[: T0 + max_new_tokens][None], T0, k, rounds, drafted, accepted, wall)
 
 
 # =================================================================================================
