@@ -33,7 +33,6 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from llmcore.alignment import tasks as T
 from llmcore.architecture.llama import Llama, rope_cos_sin
 from llmcore.architecture.quantization import QuantLinear
 from llmcore.core.errors import LLMCoreError
@@ -426,16 +425,18 @@ def adapt(base: Llama, method: Method, cfg, device: str | torch.device = "cpu"):
     return wrapper, wrapper.logits, losses, tr, tr + sum(p.numel() for p in base.parameters())
 
 
-def task_config(toy: bool, family: str, seed: int = 0):
-    """The fixed fine-tuning budget for one new task."""
+def task_config(toy: bool, family: str, seed: int = 0, templates: str = "heldout"):
+    """The fixed fine-tuning budget for one new task: ``family`` asked in a phrasing (``templates``) the SFT
+    model never saw, so it starts near 0 % although it has the skill."""
     from dataclasses import replace
 
     from llmcore.alignment import sft as S
 
     if toy:
-        return S.SFTConfig(families=(family,), n_train=6000, steps=150, batch_rows=16, seq_len=64,
-                           warmup_steps=10, seed=seed)
-    return replace(S.toy_config(False, seed), families=(family,), steps=1000, n_train=50_000)
+        return S.SFTConfig(families=(family,), templates=templates, n_train=6000, steps=150, batch_rows=16,
+                           seq_len=64, warmup_steps=10, data_seed=2, seed=seed)
+    return replace(S.toy_config(False, seed), families=(family,), templates=templates, steps=1000,
+                   n_train=50_000, data_seed=2)
 
 
 @dataclass
@@ -453,19 +454,26 @@ class PEFTResult:
 
 
 def experiment(toy: bool = True, seed: int = 0, device: str | torch.device = "cpu",
-               tasks: tuple[str, str] = ("sub", "shift"), ranks: Sequence[int] = (1, 2, 4, 8)) -> PEFTResult:
-    """Adapt the SFT model to ``tasks[0]`` with every method, sweep LoRA's rank, merge two task fine-tunes."""
+               tasks: tuple[tuple[str, str], ...] = (("upper", "t2"), ("upper", "t1")),
+               ranks: Sequence[int] = (1, 2, 4, 8)) -> PEFTResult:
+    """Adapt the SFT model to task A with every method, sweep LoRA's rank, merge two task fine-tunes.
+
+    A task is ``(family, templates)``: by default upper-casing asked as ``"shout {s}"`` (A) and as
+    ``"caps {s}"`` (B) -- phrasings the SFT model (trained on ``"upper: {s}"``) never saw.
+    """
     from llmcore.alignment import sft as S
 
     base, _ = S.sft_model(S.toy_config(toy, seed), device=device)
-    task_a, task_b = tasks
-    cfg_a, cfg_b = task_config(toy, task_a, seed), task_config(toy, task_b, seed)
-    tests = {t: S.test_set((t,), n=200, templates=cfg_a.templates) for t in tasks}
+    names = [f"{fam}@{tm}" for fam, tm in tasks]
+    task_a, task_b = names
+    cfgs = {n: task_config(toy, fam, seed, tm) for n, (fam, tm) in zip(names, tasks)}
+    cfg_a, cfg_b = cfgs[task_a], cfgs[task_b]
+    tests = {n: S.test_set((fam,), n=200, templates=tm) for n, (fam, tm) in zip(names, tasks)}
 
     def em(model, task, fn=None):
         return S.exact_match(model, tests[task], logits_fn=fn)[0]
 
-    base_em = {t: em(base, t) for t in tasks}
+    base_em = {t: em(base, t) for t in names}
     rows, losses, finetuned = [], {}, {}
     for meth in default_methods():
         model, fn, ls, tr, tot = adapt(base, meth, cfg_a, device)
@@ -487,26 +495,27 @@ def experiment(toy: bool = True, seed: int = 0, device: str | torch.device = "cp
     # merging: a second task-specific full fine-tune, then four merges of the two task vectors
     finetuned[task_b], _, losses["full FT " + task_b], _, _ = adapt(base, Method("full FT", "full", 2e-3), cfg_b,
                                                                      device)
-    single = {t: em(finetuned[t], t) for t in tasks}
-    taus = [task_vector(finetuned[t], base) for t in tasks]
+    single = {t: em(finetuned[t], t) for t in names}
+    taus = [task_vector(finetuned[t], base) for t in names]
     specs = {"average": MergeSpec("average"), "task arithmetic (lam=1)": MergeSpec("task_arithmetic", lam=1.0),
              "TIES (k=20%, lam=1)": MergeSpec("ties", lam=1.0, density=0.2),
              "DARE-TIES (p=0.5, lam=1)": MergeSpec("dare_ties", lam=1.0, drop=0.5, seed=seed)}
     merges = {}
     for name, spec in specs.items():
         merged = merge_models(base, taus, spec)
-        merges[name] = {t: em(merged, t) for t in tasks}
+        merges[name] = {t: em(merged, t) for t in names}
     # cross-checks on the real model: LoRA vs PEFT, merge/unmerge
     chk, lcfg = copy.deepcopy(base).cpu(), LoRAConfig(r=4, alpha=8, target_modules=ALL_LINEARS)
     mods = apply_lora(chk, lcfg)
     with torch.no_grad():
         for m in mods.values():
             m.lora_B.weight.normal_(0, 0.1, generator=torch.Generator().manual_seed(seed))
-    idx = torch.tensor([T.prompt_ids(e.prompt) for e in tests[task_a][:8]])  # equal lengths (zero-padded)
+    idx, _, att = S.pad_batch(tests[task_a][:8])
     pm = to_peft(chk, base.cpu(), lcfg)
     with torch.no_grad():
-        ours = chk(idx)
-        peft_diff = float((ours - pm(input_ids=idx).logits).abs().max())
+        real = att.bool()
+        ours = chk(idx, attention_mask=att)[real]
+        peft_diff = float((ours - pm(input_ids=idx, attention_mask=att).logits[real]).abs().max())
         w0 = [m.base.weight.clone() for m in mods.values()]
         merge_lora(chk)
         unmerge_lora(chk)

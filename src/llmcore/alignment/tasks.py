@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import hashlib
 import random
+import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -103,11 +104,11 @@ def _lookup(rng, full):
 
 
 FAMILIES: dict[str, Family] = {f.name: f for f in (
-    Family("add", ("{a}+{b}=", "add {a} and {b}", "{a} plus {b}?"), _add),
+    Family("add", ("{a}+{b}=", "add {a} and {b}", "sum of {a}+{b}="), _add),
     Family("sub", ("{a}-{b}=", "subtract {b} from {a}", "{a} minus {b}?"), _sub),
     Family("reverse", ("reverse: {s}", "{s} backwards", "mirror {s}"), _string(lambda s: s[::-1])),
     Family("sort", ("sort: {s}", "{s} in order", "alphabetize {s}"), _string(lambda s: "".join(sorted(s)))),
-    Family("upper", ("upper: {s}", "{s} in capitals", "shout {s}"), _string(str.upper)),
+    Family("upper", ("upper: {s}", "caps {s}", "shout {s}"), _string(str.upper)),
     Family("shift", ("shift: {s}", "{s} moved one letter on", "next letters of {s}"), _string(_shift)),
     Family("lookup", ("{table} | {q}?", "{table}; value of {q}", "in {table} find {q}"), _lookup),
 )}
@@ -125,13 +126,14 @@ def make_examples(families: Sequence[str], n: int, split: str = "train", templat
 
     ``split``: ``"train"`` | ``"test"`` (disjoint input sets, see :func:`in_test_bucket`).
     ``templates``: ``"first"`` (only template 0: the toy runs) | ``"train"`` (all but the last template) |
-    ``"heldout"`` (only the last) | ``"all"``.
+    ``"heldout"`` (only the last) | ``"all"`` | ``"t<k>"`` (only template ``k``).
     ``unique``: no repeated prompt (for evaluation sets).
     """
     bad = [f for f in families if f not in FAMILIES]
     if bad or not families:
         raise LLMCoreError(f"unknown task families {bad}; valid: {sorted(FAMILIES)}")
-    if split not in ("train", "test") or templates not in ("first", "train", "heldout", "all"):
+    if split not in ("train", "test") or (templates not in ("first", "train", "heldout", "all")
+                                                           and not re.fullmatch(r"t\d", templates)):
         raise LLMCoreError(f"split must be train|test and templates first|train|heldout|all, got {split!r}, {templates!r}")
     rng = random.Random(f"{seed}:{split}:{templates}:{full}")
     out: list[Example] = []
@@ -148,6 +150,8 @@ def make_examples(families: Sequence[str], n: int, split: str = "train", templat
         k = len(fam.templates)
         if templates == "first":
             t = 0
+        elif re.fullmatch(r"t\d", templates):
+            t = min(int(templates[1:]), k - 1)
         elif templates == "heldout":
             t = k - 1
         else:
