@@ -15,13 +15,13 @@ import nbformat
 import pytest
 import yaml
 
-from llmcore.core.registry import MODULES
+from llmcore.core.registry import MODULES, rows
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG = yaml.safe_load((ROOT / "_config.yml").read_text(encoding="utf-8"))
 TOC = (ROOT / "_toc.yml").read_text(encoding="utf-8")
 CJK = re.compile(r"[\u4e00-\u9fff]")
-WRITTEN = [m for m in MODULES if (ROOT / m.chapter).is_file()]
+WRITTEN = [m for m in rows() if (ROOT / m.chapter).is_file()]
 
 
 def code_cells(nb) -> list:

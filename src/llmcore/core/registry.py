@@ -227,6 +227,22 @@ ALGORITHMS: tuple[Algorithm, ...] = (
 )
 
 
+def rows() -> list[Module]:
+    """One module per chapter (knowledge-map row): the first registered for that chapter.
+
+    A chapter may register several closed loops (``ppo`` and ``dpo`` share the PPO / DPO chapter).
+    """
+    seen: dict[str, Module] = {}
+    for m in MODULES:
+        seen.setdefault(m.chapter, m)
+    return list(seen.values())
+
+
+def modules_of(chapter: str) -> list[Module]:
+    """Every module registered for one chapter path."""
+    return [m for m in MODULES if m.chapter == chapter]
+
+
 def names() -> list[str]:
     return [m.name for m in MODULES]
 
@@ -264,16 +280,16 @@ def knowledge_map_markdown(has_chapter: Callable[[Module], bool] | None = None) 
     for part, (folder, en, zh) in PARTS.items():
         out += [f"### {folder[:2].lstrip('0')}. {zh} — {en}", "",
                 "| 领域 Area | 内容 Row | 要点 Key points | status 状态 |", "|---|---|---|---|"]
-        for m in MODULES:
+        for m in rows():
             if m.part != part:
                 continue
             if has_chapter(m):
                 row = f"{{doc}}`{m.title_en} · {m.title_zh} </{m.chapter[:-3]}>`"
-                status = f"✅ written · `{m.name}`"
+                status = "✅ written · " + ", ".join(f"`{x.name}`" for x in modules_of(m.chapter))
             else:
                 row, status = f"{m.title_en} · {m.title_zh}", "planned 计划中"
             out.append(f"| {m.area} | {row} | {m.key_points} | {status} |")
         out.append("")
-    n = sum(bool(has_chapter(m)) for m in MODULES)
-    out.append(f"**{n} of {len(MODULES)} rows written.**")
+    n = sum(bool(has_chapter(m)) for m in rows())
+    out.append(f"**{n} of {len(rows())} rows written.**")
     return "\n".join(out) + "\n"
