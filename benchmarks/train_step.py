@@ -61,9 +61,10 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=10, help="timed steps per side (after 2 warm-up steps)")
     ap.add_argument("--device", default="auto")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--threads", type=int, default=2, help="torch intra-op threads (1 is steadier on a busy machine)")
     a = ap.parse_args()
     dev = pick_device(a.device)
-    seed_everything(a.seed)
+    seed_everything(a.seed, threads=a.threads)
     cfg = ModelConfig(vocab_size=a.vocab, d_model=a.d_model, n_layers=a.layers, n_heads=a.heads,
                       n_kv_heads=a.kv_heads, max_seq_len=a.seq, tie_embeddings=False)
     ours = Llama(cfg).to(dev)

@@ -214,8 +214,10 @@ class AttentionResult:
     unigram: float = float("nan")
 
 
-def equivalence_checks(seed: int = 0, n: int = 70, d: int = 16, with_triton: bool = True) -> tuple[dict, dict]:
-    """Every variant (and the Triton kernel) against SDPA for MHA/GQA/MQA, causal and not."""
+def equivalence_checks(seed: int = 0, n: int = 70, d: int = 16, with_triton: bool = True,
+                       triton_n: int = 40) -> tuple[dict, dict]:
+    """Every variant against SDPA for MHA/GQA/MQA, causal and not: ``(2, 4, n, d)`` queries for the torch
+    variants, ``(1, 4, triton_n, d)`` for the Triton kernel (the CPU interpreter is slow)."""
     gen = torch.Generator().manual_seed(seed)
     errors, triton_errors = {}, {}
     for K in (4, 2, 1):
@@ -229,40 +231,48 @@ def equivalence_checks(seed: int = 0, n: int = 70, d: int = 16, with_triton: boo
             if with_triton:
                 from llmcore.architecture.flash_triton import flash_attention_triton
 
+                qt, kt, vt = q[:1, :, :triton_n], k[:1, :, :triton_n], v[:1, :, :triton_n]
                 triton_errors[f"triton K={K} causal={causal}"] = max_error_vs_sdpa(
-                    flash_attention_triton, q, k, v, causal)
+                    flash_attention_triton, qt, kt, vt, causal)
     return errors, triton_errors
 
 
 def kv_variants_table(toy: bool = True, seed: int = 0, device: str = "cpu") -> list[dict]:
-    """Train the tiny LM with 4 / 2 / 1 KV heads (same budget), and pool the MHA model to GQA/MQA."""
+    """Train the tiny LM's architecture with 4 / 2 / 1 KV heads (same budget and seed), then convert the
+    MHA model to GQA-2 / MQA by mean-pooling -- as is, and after a short uptraining (10% of the steps)."""
     from llmcore.architecture.pretrained import TINY_CONFIG, TINY_TRAIN, corpus_ids
     from llmcore.architecture.training import evaluate, random_windows, train
     from llmcore.core.seed import seed_everything
 
     train_ids, val_ids = corpus_ids()
-    tcfg = replace(TINY_TRAIN, steps=150 if toy else 2000, batch_size=16, seq_len=128, seed=seed)
-    cfg = replace(TINY_CONFIG, max_seq_len=tcfg.seq_len)
-    eval_windows = 80 if toy else None
+    # short windows, a high learning rate and untied embeddings: the fastest way off the unigram
+    # plateau on 2 CPU cores (the cached tiny LM of the previous chapter trains longer, tied)
+    tcfg = replace(TINY_TRAIN, steps=300 if toy else 3000, batch_size=32, seq_len=64, lr=2e-2, seed=seed)
+    cfg = replace(TINY_CONFIG, max_seq_len=tcfg.seq_len, tie_embeddings=False)
+    eval_windows = 200 if toy else None
 
-    def val(m):
-        return evaluate(m, val_ids, tcfg.seq_len, max_windows=eval_windows)
+    def batches(g):
+        return random_windows(train_ids, tcfg.batch_size, tcfg.seq_len, g)
+
+    def row(name, m):
+        return {"variant": name, "kv_heads": m.config.n_kv_heads,
+                "kv_bytes_per_token": kv_cache_bytes_per_token(m.config), "params": m.num_params(),
+                "val_loss": evaluate(m, val_ids, tcfg.seq_len, max_windows=eval_windows)}
 
     rows, models = [], {}
     for name, kv in (("MHA", 4), ("GQA-2", 2), ("MQA", 1)):
         seed_everything(seed)
-        c = replace(cfg, n_kv_heads=kv)
-        m = Llama(c).to(device)
-        train(m, replace(tcfg, desc=f"{name} ({kv} KV heads)"),
-              lambda g: random_windows(train_ids, tcfg.batch_size, tcfg.seq_len, g))
+        m = Llama(replace(cfg, n_kv_heads=kv)).to(device)
+        train(m, replace(tcfg, desc=f"{name} ({kv} KV heads)"), batches)
         models[name] = m
-        rows.append({"variant": name, "kv_heads": kv, "kv_bytes_per_token": kv_cache_bytes_per_token(c),
-                     "params": m.num_params(), "val_loss": val(m)})
-    for kv in (2, 1):  # conversion without any retraining (uptraining is an exercise)
+        rows.append(row(name, m))
+    up = replace(tcfg, steps=tcfg.steps // 10, warmup_steps=3, seed=seed + 1)
+    for kv, name in ((2, "GQA-2"), (1, "MQA")):
         pooled = mha_to_gqa(models["MHA"], kv)
-        rows.append({"variant": f"MHA→{'GQA-2' if kv == 2 else 'MQA'} (mean-pooled)", "kv_heads": kv,
-                     "kv_bytes_per_token": kv_cache_bytes_per_token(pooled.config),
-                     "params": pooled.num_params(), "val_loss": val(pooled)})
+        rows.append(row(f"MHA→{name} mean-pooled", pooled))
+        seed_everything(seed)
+        train(pooled, replace(up, desc=f"uptrain pooled {name}"), batches)
+        rows.append(row(f"MHA→{name} pooled + {up.steps} steps", pooled))
     return rows
 
 
@@ -302,8 +312,10 @@ def make_report(res: AttentionResult, toy: bool, device: str, seed: int) -> Repo
               "==", 0.25)
     rep.check("every trained variant learns (val loss below unigram - 0.5)",
               max(by[n]["val_loss"] for n in ("MHA", "GQA-2", "MQA")), "<", res.unigram - 0.5)
-    rep.check("GQA-2 within 0.15 nats of MHA at half the KV cache",
-              by["GQA-2"]["val_loss"] - by["MHA"]["val_loss"], "<", 0.15)
+    rep.metric("GQA-2 - MHA val loss", by["GQA-2"]["val_loss"] - by["MHA"]["val_loss"])
+    pooled, uptrained = res.kv_rows[3], res.kv_rows[4]
+    rep.check("uptraining recovers the mean-pooled GQA-2 (val loss drop)",
+              pooled["val_loss"] - uptrained["val_loss"], ">", 0.1)
     return rep
 
 

@@ -205,10 +205,11 @@ class Attention(nn.Module):
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
         if kv_cache is not None:
             k, v = kv_cache.update(self.layer_idx, k, v)  # (B, K, S, D)
-        k, v = repeat_kv(k, H // K), repeat_kv(v, H // K)
-        if self.cfg.attn_impl == "sdpa":
-            out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=mask is None and T > 1)
+        if self.cfg.attn_impl == "sdpa":  # fused kernel; enable_gqa lets K/V heads serve H/K query heads each
+            out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=mask is None and T > 1,
+                                                 enable_gqa=H != K)
         else:  # eager: the formula, written out
+            k, v = repeat_kv(k, H // K), repeat_kv(v, H // K)
             scores = (q @ k.transpose(-2, -1)) / math.sqrt(D)  # (B, H, T, S)
             if mask is None:
                 mask = torch.ones(T, k.shape[2], dtype=torch.bool, device=x.device).tril(k.shape[2] - T)
@@ -298,8 +299,8 @@ class Llama(nn.Module):
         x = self.model.embed_tokens(idx) if inputs_embeds is None else inputs_embeds
         B, T, _ = x.shape
         past = 0 if kv_cache is None else kv_cache.seq_len
-        if position_ids is None:
-            position_ids = torch.arange(past, past + T, device=x.device).expand(B, T)
+        if position_ids is None:  # (1, T): one RoPE table broadcast over the batch
+            position_ids = torch.arange(past, past + T, device=x.device)[None]
         cos, sin = rope_cos_sin(position_ids, self.config.head_dim, self.config.rope_theta)
         mask = None  # None = plain causal (the fast SDPA path)
         if attention_mask is not None or past > 0:
@@ -409,6 +410,11 @@ class Llama(nn.Module):
 
 
 def lm_loss(logits: torch.Tensor, labels: torch.Tensor, ignore_index: int = -100) -> torch.Tensor:
-    """Mean next-token cross-entropy (nats/token): ``logits[:, t]`` predicts ``labels[:, t + 1]``."""
-    return F.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]).float(),
-                           labels[:, 1:].reshape(-1), ignore_index=ignore_index)
+    """Mean next-token cross-entropy (nats/token): ``logits[:, t]`` predicts ``labels[:, t + 1]``.
+
+    The labels are shifted left (and padded with ``ignore_index``) rather than the logits sliced, as HF
+    does: no copy of the ``(B, T, vocab)`` logits.
+    """
+    shifted = F.pad(labels[:, 1:], (0, 1), value=ignore_index)
+    return F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), shifted.reshape(-1),
+                           ignore_index=ignore_index)

@@ -137,10 +137,11 @@ def layer_grad_norms(model: Llama) -> list[float]:
 
 
 def norm_position_runs(train_ids: torch.Tensor, toy: bool = True, seed: int = 0, device: str = "cpu",
-                       n_layers: int = 12, lr: float = 3e-3) -> dict[str, NormRun]:
+                       n_layers: int = 12, lr: float = 3e-3, steps: int | None = None,
+                       batch_size: int = 32) -> dict[str, NormRun]:
     """The same deep stack, Pre-LN and Post-LN, trained at constant ``lr`` with no warmup, no clipping."""
-    steps = 150 if toy else 1000
-    tcfg = TrainConfig(steps=steps, batch_size=8, seq_len=64, lr=lr, warmup_steps=0, min_lr_ratio=1.0,
+    steps = steps or (150 if toy else 1000)
+    tcfg = TrainConfig(steps=steps, batch_size=batch_size, seq_len=64, lr=lr, warmup_steps=0, min_lr_ratio=1.0,
                        grad_clip=None, weight_decay=0.0, seed=seed)
     runs = {}
     for pos in ("pre", "post"):
