@@ -137,7 +137,7 @@ def layer_grad_norms(model: Llama) -> list[float]:
 
 
 def norm_position_runs(train_ids: torch.Tensor, toy: bool = True, seed: int = 0, device: str = "cpu",
-                       n_layers: int = 12, lr: float = 3e-3, steps: int | None = None,
+                       n_layers: int = 8, lr: float = 3e-3, steps: int | None = None,
                        batch_size: int = 32) -> dict[str, NormRun]:
     """The same deep stack, Pre-LN and Post-LN, trained at constant ``lr`` with no warmup, no clipping."""
     steps = steps or (150 if toy else 1000)
