@@ -24,10 +24,11 @@ KERNEL = "python3"
 
 
 def chapter_paths(modules: str | None) -> list[Path]:
-    from llmcore.core.registry import MODULES, get
+    from llmcore.core.registry import get, rows
 
-    mods = [get(n.strip()) for n in modules.split(",") if n.strip()] if modules else list(MODULES)
-    return [ROOT / m.chapter for m in mods if (ROOT / m.chapter).is_file()]
+    mods = [get(n.strip()) for n in modules.split(",") if n.strip()] if modules else rows()
+    paths = dict.fromkeys(ROOT / m.chapter for m in mods)  # ppo and dpo share one chapter: run it once
+    return [p for p in paths if p.is_file()]
 
 
 def clean_metadata(nb) -> None:
