@@ -79,7 +79,7 @@ print(f"backend={backend} ({dev_type}), ranks={world}, toy={toy}, seed={seed}")
 # %% [markdown]
 # ## Launching real process groups from a notebook
 #
-# {func}`~llmcore.engineering.dist_utils.launch` starts `world` processes, joins them in a process
+# `launch` starts `world` processes, joins them in a process
 # group and returns each rank's return value. Three engineering details make it usable in a notebook
 # and in tests:
 #
@@ -87,7 +87,7 @@ print(f"backend={backend} ({dev_type}), ranks={world}, toy={toy}, seed={seed}")
 # * children come from a **forkserver** that imported torch once, so a group starts in ~0.1 s;
 # * the rendezvous store is opened *by the parent* on port 0: the OS picks a free port and the parent
 #   holds it, so two jobs on one machine cannot collide; and every collective has a timeout, so a rank
-#   that dies or hangs becomes one {class}`~llmcore.engineering.dist_utils.DistributedError`.
+#   that dies or hangs becomes one `DistributedError`.
 
 # %%
 show_source(D.launch)
@@ -128,7 +128,7 @@ except D.DistributedError as e:
 #   + \underbrace{\tfrac{n-1}{n} S}_{\text{all-gather}} = \frac{2(n-1)}{n}\,S ,
 # $$
 #
-# independent of $n$ for large $n$ — the reason ring all-reduce scales. {class}`~llmcore.engineering.dist_utils.Comm`
+# independent of $n$ for large $n$ — the reason ring all-reduce scales. `Comm`
 # implements the collectives on `isend`/`irecv` and counts every byte it hands to `isend`.
 
 # %%

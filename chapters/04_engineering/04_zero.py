@@ -106,7 +106,7 @@ assert [round(Z.zero_formula(7.5e9, 64, s)["total"] / 1e9, 1) for s in range(4)]
 show_source(Z.ZeroEngine.step, Z.ZeroEngine._make_hook)
 
 # %% [markdown]
-# ZeRO-3 replaces each `nn.Linear` by a {class}`~llmcore.engineering.zero.ShardedLinear` that owns only its
+# ZeRO-3 replaces each `nn.Linear` by a `ShardedLinear` that owns only its
 # slice. A custom autograd function gathers the full weight for the forward, frees it, gathers it again in
 # backward, and reduce-scatters the weight gradient straight into the owner's slice:
 
