@@ -286,17 +286,26 @@ def our_dpo_loss(policy, ref, pairs: Pairs, task: A.ArithConfig, beta: float, lo
         return float(dpo_loss(lc, lr, rc, rr, beta, loss_type, nc, nr))
 
 
+def _frozen_sft_start(cfg: DPOConfig, device: str, seed: int):
+    """Seed (one thread: a 100k-parameter model gains nothing from more), build the task and its
+    train / held-out split, and load the cached SFT model frozen. Shared by DPO and PPO-RLHF.
+
+    Returns ``(device, task, train, heldout, sft_model)``.
+    """
+    seed_everything(seed, threads=1)
+    dev = pick_device(device)
+    task = dpo_task(cfg)
+    train, heldout = A.split_problems(task)
+    sft = A.sft_model(task, dev, seed).eval()
+    for p in sft.parameters():
+        p.requires_grad_(False)
+    return dev, task, train, heldout, sft
+
 def dpo_experiment(toy: bool = True, device: str = "auto", seed: int = 0, cfg: DPOConfig | None = None,
                    trl_check: bool = True) -> DPOResult:
     """SFT (two styles) -> preference pairs labelled by the true reward -> DPO -> held-out win rate vs SFT."""
     cfg = cfg or (DPOConfig() if toy else DPOConfig(steps=400, n_pair_prompts=4096, n_eval_prompts=400))
-    seed_everything(seed, threads=1)  # one thread: a 100k-parameter model gains nothing from more
-    dev = pick_device(device)
-    task = dpo_task(cfg)
-    train, heldout = A.split_problems(task)
-    ref = A.sft_model(task, dev, seed).eval()
-    for p in ref.parameters():
-        p.requires_grad_(False)
+    dev, task, train, heldout, ref = _frozen_sft_start(cfg, device, seed)
     gen = torch.Generator(device=dev).manual_seed(seed + 1)
     rng = np.random.default_rng(seed + 1)
     pairs = make_pairs(ref, train[rng.choice(len(train), cfg.n_pair_prompts, replace=False)], task,
@@ -524,13 +533,7 @@ def rlhf_experiment(toy: bool = True, device: str = "auto", seed: int = 0, rm_cf
     """SFT -> pairs labelled by the true reward -> Bradley–Terry RM -> PPO-RLHF (KL on / off)."""
     rm_cfg = rm_cfg or RMConfig()
     ppo_cfg = ppo_cfg or (PPOConfig() if toy else PPOConfig(iters=200, prompts_per_iter=128))
-    seed_everything(seed, threads=1)
-    dev = pick_device(device)
-    task = dpo_task(dpo_cfg or DPOConfig())
-    train, heldout = A.split_problems(task)
-    sft = A.sft_model(task, dev, seed).eval()
-    for p in sft.parameters():
-        p.requires_grad_(False)
+    dev, task, train, heldout, sft = _frozen_sft_start(dpo_cfg or DPOConfig(), device, seed)
     gen = torch.Generator(device=dev).manual_seed(seed + 11)
     rng = np.random.default_rng(seed + 11)
     tr_pairs = make_pairs(sft, train[rng.choice(len(train), rm_cfg.n_pair_prompts, replace=False)], task,
