@@ -159,3 +159,29 @@ def test_lora_fraction_shrinks_with_width():
     tr, tot = P.count_params(m)
     # tied embeddings are one tensor in the model but the formula counts the vocab matrix once too
     assert abs(tr / tot - P.lora_fraction(64, 2)) < 1e-9
+
+
+def test_replay_data_mixes_new_task_and_sft_data():
+    from dataclasses import replace
+
+    cfg = replace(P.task_config(True, "upper", templates="t1"), n_train=200)
+    data = P.replay_data(cfg, S.toy_config(True), replay=0.5)
+    text = "".join(T.render([i for i in row.tolist() if i != T.PAD]) for row in data.idx)
+    assert text.count("caps ") == 100  # the new phrasing
+    assert text.count("upper: ") + text.count("=<|assistant|>") == 100  # replayed SFT conversations
+    assert int((data.doc >= 0).any(1).sum()) == len(data)
+
+
+def test_prompt_tuning_text_init(base):
+    pr = P.PromptTuning(copy.deepcopy(base), n_virtual=5, init_ids=[3, 7])
+    emb = base.model.embed_tokens.weight
+    assert torch.equal(pr.soft.detach(), emb[[3, 7, 3, 7, 3]])
+    assert pr.soft.requires_grad and not any(p.requires_grad for p in pr.model.parameters())
+
+
+def test_merge_grid_labels():
+    grid = P.merge_grid()
+    labels = {lab for lab, _ in grid}
+    assert labels == {"average", "task arithmetic", "TIES", "DARE-TIES"}
+    assert P.spec_label(P.MergeSpec("ties", lam=1.2, density=0.5)) == "k=50%, lam=1.2"
+    assert P.spec_label(P.MergeSpec("average")) == "lam=1/2"
