@@ -490,8 +490,8 @@ def task_finetune(base: Llama, cfg, base_cfg, lr: float = 3e-3, replay: float = 
     return model, losses
 
 
-#: Merge candidates: (method label, spec). The label's hyperparameters are chosen on the validation split.
 def merge_grid(seed: int = 0) -> list[tuple[str, MergeSpec]]:
+    """Merge candidates ``(method label, spec)``; per label, the best spec on the validation split is used."""
     grid = [("average", MergeSpec("average"))]
     grid += [("task arithmetic", MergeSpec("task_arithmetic", lam=lam)) for lam in (0.6, 0.8, 1.0, 1.2)]
     grid += [("TIES", MergeSpec("ties", lam=lam, density=k)) for k in (0.2, 0.5, 1.0) for lam in (0.8, 1.0, 1.2, 1.4)]
@@ -500,6 +500,7 @@ def merge_grid(seed: int = 0) -> list[tuple[str, MergeSpec]]:
 
 
 def spec_label(spec: MergeSpec) -> str:
+    """A merge's hyperparameters for tables, e.g. ``"k=50%, lam=1.2"``."""
     if spec.method == "average":
         return "lam=1/2"
     if spec.method == "ties":
