@@ -170,12 +170,14 @@ class PGConfig:
 
 
 #: A2C: one full-batch gradient step per short rollout, no ratio clipping, no advantage normalisation.
-#: The global gradient-norm clip is effectively off (100): with 0.5, the critic's large gradients share the
-#: norm with the actor's, and in our runs seed 1 climbed to ~440 then collapsed to ~200; unclipped, seeds
-#: 0-2 reach >= 475. A2C stays fragile: seed 3 collapses (~120) in every setting we tried, and an entropy
-#: bonus of 0.01 broke another seed.
-A2C_CONFIG = PGConfig(algo="a2c", total_steps=150_000, num_envs=16, num_steps=8, lr=2e-3, gae_lambda=0.95,
-                      update_epochs=1, num_minibatches=1, norm_adv=False, ent_coef=0.0, max_grad_norm=100.0)
+#: A2C is fragile on CartPole: with gamma = 0.99 and any one setting we tried, 1-5 of 10 seeds climbed and
+#: then collapsed or stalled. A slightly shorter horizon (gamma = 0.98: value targets <= 50 instead of
+#: <= 100, an easier critic), a tiny entropy bonus (0.001) and a loose gradient-norm clip (10; 0.5 shares
+#: the norm between the critic's large gradients and the actor's and slows the actor) ended >= 475 on
+#: seeds 0-9 alike (sweep on the 2-core CI machine, see the book's benchmarks page).
+A2C_CONFIG = PGConfig(algo="a2c", total_steps=150_000, num_envs=16, num_steps=8, lr=4e-3, gamma=0.98,
+                      gae_lambda=0.95, update_epochs=1, num_minibatches=1, norm_adv=False, ent_coef=0.001,
+                      max_grad_norm=10.0)
 #: PPO: several epochs of minibatch steps on the clipped surrogate.
 PPO_CONFIG = PGConfig(algo="ppo")
 
@@ -261,28 +263,33 @@ def train(cfg: PGConfig, seed: int = 0, device: str = "cpu", show_progress: bool
     return res
 
 
-def _train_job(job: tuple) -> TrainResult:
-    cfg, seed, device = job
-    return train(cfg, seed, device)
+def _call(job: tuple):
+    fn, args = job
+    return fn(*args)
 
 
-def train_many(jobs: list[tuple[PGConfig, int]], device: str = "cpu", workers: int | None = None) -> list[TrainResult]:
-    """Run independent ``(config, seed)`` training jobs, in ``workers`` processes (default: up to 2 CPUs).
+def run_jobs(jobs: list[tuple], workers: int | None = None, parallel: bool = True) -> list:
+    """Call each ``(fn, args)`` of ``jobs`` and return the results in order, in up to ``workers`` processes
+    (default: up to 2 CPUs). ``fn`` must be importable (module level) and seed itself.
 
-    Every run is seeded inside :func:`train` and uses one thread, so the results are identical to running
-    the jobs one after another (``workers=1``) — only the wall-clock changes. Uses the ``spawn`` start
-    method, safe from a notebook kernel.
+    Each job is seeded inside and uses one thread, so the results are identical to calling the jobs one
+    after another — only the wall-clock changes. Uses the ``spawn`` start method, safe from a notebook kernel.
     """
     import multiprocessing as mp
     import os
     from concurrent.futures import ProcessPoolExecutor
 
     workers = workers or min(2, os.cpu_count() or 1, len(jobs))
-    full = [(cfg, seed, device) for cfg, seed in jobs]
-    if workers <= 1 or str(device).startswith("cuda"):
-        return [_train_job(j) for j in full]
+    if workers <= 1 or not parallel:
+        return [_call(j) for j in jobs]
     with ProcessPoolExecutor(max_workers=workers, mp_context=mp.get_context("spawn")) as ex:
-        return list(ex.map(_train_job, full))
+        return list(ex.map(_call, jobs))
+
+
+def train_many(jobs: list[tuple[PGConfig, int]], device: str = "cpu", workers: int | None = None) -> list[TrainResult]:
+    """Run independent ``(config, seed)`` training jobs with :func:`run_jobs` (in processes unless on cuda)."""
+    return run_jobs([(train, (cfg, seed, device)) for cfg, seed in jobs], workers,
+                    parallel=not str(device).startswith("cuda"))
 
 
 # -- REINFORCE and the variance of the policy gradient ---------------------------------------------
@@ -470,22 +477,16 @@ def check_first_step_gradient(seed: int = 0) -> float:
     return max(float((a - b).abs().max()) for a, b in zip(g1, g2))
 
 
-def experiment(toy: bool = True, seed: int = 0, n_seeds: int = 3, device: str = "cpu",
-               a2c: PGConfig | None = None, ppo: PGConfig | None = None, show_progress: bool = False,
-               workers: int | None = None) -> PGResult:
-    """REINFORCE variance study, REINFORCE ± baseline, then A2C and PPO over ``n_seeds`` seeds."""
+def reinforce_study(seed: int = 0, show_progress: bool = False) -> tuple[list[VarianceResult], dict]:
+    """REINFORCE with and without a baseline (short runs), then the gradient variance of two fixed policies
+    (the initial one and the baseline run's trained one). Returns ``(variance results, returns per run)``."""
     import gymnasium as gym
 
     from llmcore.core.seed import seed_everything
 
-    a2c = a2c or (A2C_CONFIG if toy else replace(A2C_CONFIG, total_steps=500_000))
-    ppo = ppo or (PPO_CONFIG if toy else replace(PPO_CONFIG, total_steps=500_000))
-    seeds = list(range(seed, seed + n_seeds))
-    # 1) REINFORCE with and without a baseline (short runs; the trained policy is measured below)
     rf = {}
     pol_b, rf["with baseline"] = reinforce_train(ReinforceConfig(baseline=True), seed, show_progress)
     _, rf["without baseline"] = reinforce_train(ReinforceConfig(baseline=False), seed, show_progress)
-    # 2) gradient variance of a fixed policy: the initial one and the REINFORCE-trained one
     seed_everything(seed, threads=THREADS)
     env = gym.make("CartPole-v1")
     init = ActorCritic(4, 2)
@@ -493,9 +494,21 @@ def experiment(toy: bool = True, seed: int = 0, n_seeds: int = 3, device: str = 
            gradient_variance(pol_b, env, "after 30 REINFORCE updates", n_batches=30, batch_episodes=6,
                              fit_episodes=50, seed=seed)]
     env.close()
-    # 3) A2C and PPO
-    jobs = [(cfg, s) for cfg in (a2c, ppo) for s in seeds]
-    done = train_many(jobs, device, workers)
+    return var, rf
+
+
+def experiment(toy: bool = True, seed: int = 0, n_seeds: int = 3, device: str = "cpu",
+               a2c: PGConfig | None = None, ppo: PGConfig | None = None, show_progress: bool = False,
+               workers: int | None = None) -> PGResult:
+    """REINFORCE ± baseline and its gradient-variance study, then A2C and PPO over ``n_seeds`` seeds."""
+    a2c = a2c or (A2C_CONFIG if toy else replace(A2C_CONFIG, total_steps=500_000))
+    ppo = ppo or (PPO_CONFIG if toy else replace(PPO_CONFIG, total_steps=500_000))
+    seeds = list(range(seed, seed + n_seeds))
+    # the REINFORCE study and the A2C / PPO runs are independent, seeded jobs: run them side by side
+    parallel = workers != 1 and not str(device).startswith("cuda")
+    jobs = [(reinforce_study, (seed, show_progress and not parallel))]  # a worker's bars would go nowhere
+    jobs += [(train, (cfg, s, device)) for cfg in (a2c, ppo) for s in seeds]
+    (var, rf), *done = run_jobs(jobs, workers, parallel)
     runs = {"a2c": done[:n_seeds], "ppo": done[n_seeds:]}
     return PGResult(var, rf, runs, seeds, check_clip_objective(), check_first_step_gradient(seed))
 
@@ -515,6 +528,9 @@ def make_report(res: PGResult, toy: bool, device: str, seed: int) -> Report:
         rep.metric(f"{algo} steps to reach {TARGET:.0f} (worst seed)",
                    float("nan") if None in reach else max(reach))
         rep.check(f"{algo}: min over seeds of the last-100 mean return", float(np.min(scores)), ">=", TARGET)
+        budget = runs[0].stats.global_step
+        rep.check(f"{algo}: worst seed's steps to reach {TARGET:.0f} / budget",
+                  1.0 if None in reach else max(reach) / budget, "<=", 0.9)
     for v in res.variance:
         rep.check(f"baseline cuts gradient variance ({v.label}): ratio", v.ratio(), ">", 1.5)
     rep.check("PPO clipped objective vs piecewise closed form", res.clip_check, "<", 1e-12)
