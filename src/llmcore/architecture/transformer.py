@@ -138,9 +138,14 @@ def layer_grad_norms(model: Llama) -> list[float]:
 
 def norm_position_runs(train_ids: torch.Tensor, toy: bool = True, seed: int = 0, device: str = "cpu",
                        n_layers: int = 8, lr: float = 3e-3, steps: int | None = None,
-                       batch_size: int = 32) -> dict[str, NormRun]:
-    """The same deep stack, Pre-LN and Post-LN, trained at constant ``lr`` with no warmup, no clipping."""
+                       batch_size: int | None = None) -> dict[str, NormRun]:
+    """The same deep stack, Pre-LN and Post-LN, trained at constant ``lr`` with no warmup, no clipping.
+
+    Toy: 150 steps of 16 x 64 bytes (Post-LN stays at the unigram loss, Pre-LN goes ~0.34 nats below);
+    full: 1000 steps of 32 x 64 bytes.
+    """
     steps = steps or (150 if toy else 1000)
+    batch_size = batch_size or (16 if toy else 32)
     tcfg = TrainConfig(steps=steps, batch_size=batch_size, seq_len=64, lr=lr, warmup_steps=0, min_lr_ratio=1.0,
                        grad_clip=None, weight_decay=0.0, seed=seed)
     runs = {}
