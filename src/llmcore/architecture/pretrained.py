@@ -35,7 +35,7 @@ from llmcore.core.seed import seed_everything
 TINY_CONFIG = ModelConfig(vocab_size=264, d_model=64, n_layers=2, n_heads=4, n_kv_heads=4,
                           ffn_hidden=176, max_seq_len=256, tie_embeddings=True)
 #: Its training run (step counts, never wall-clock time).
-TINY_TRAIN = TrainConfig(steps=600, batch_size=16, seq_len=256, lr=4e-3, warmup_steps=30,
+TINY_TRAIN = TrainConfig(steps=600, batch_size=16, seq_len=256, lr=1e-2, warmup_steps=30,
                          min_lr_ratio=0.1, weight_decay=0.05, grad_clip=1.0, seed=0, desc="tiny LM")
 
 
