@@ -20,6 +20,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
+TOY_CELL_TIMEOUT_S = 900
 KERNEL = "python3"
 
 
@@ -59,6 +60,8 @@ def execute(py: Path, toy: bool, device: str, seed: int) -> float:
             str(src), str(out), parameters={"toy": toy, "device": device, "seed": seed},
             kernel_name=KERNEL, cwd=str(py.parent), progress_bar=False, log_output=False,
             request_save_on_cell_execute=False,
+            # toy cells take seconds; a cell still running after 15 min is a hung kernel, not work
+            execution_timeout=TOY_CELL_TIMEOUT_S if toy else None,
         )
         wall = time.perf_counter() - t0
         done = nbformat.read(out, as_version=4)
