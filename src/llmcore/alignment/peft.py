@@ -272,7 +272,10 @@ class PromptTuning(nn.Module):
         m = self.model
         x = m.model.embed_tokens(idx)
         virt = (pos < self.n_virtual) & (doc >= 0)
-        x = torch.where(virt[..., None], self.soft[pos.clamp(max=self.n_virtual - 1)], x)
+        # soft[pos] as a one-hot matmul: indexing's backward (an accumulating scatter over B*T duplicate
+        # indices) is not run-to-run deterministic with 2 CPU threads; a matmul's reduction is
+        onehot = torch.nn.functional.one_hot(pos.clamp(max=self.n_virtual - 1), self.n_virtual).to(self.soft.dtype)
+        x = torch.where(virt[..., None], onehot @ self.soft, x)
         cos, sin = rope_cos_sin(pos, m.config.head_dim, m.config.rope_theta)
         from llmcore.alignment.sft import packed_mask
 
