@@ -439,9 +439,8 @@ def adapt(base: Llama, method: Method, cfg, device: str | torch.device = "cpu"):
     ex, _ = S.training_data(cfg)
     data = S.pack(ex, cfg.seq_len + (method.n_virtual * 4 if method.kind == "prompt" else 0), cfg.mask_prompt,
                   n_virtual=method.n_virtual if method.kind == "prompt" else 0)
-    losses = S.train_packed(wrapper, data, cfg.steps, cfg.batch_rows, cfg.lr, cfg.warmup_steps, cfg.min_lr_ratio,
-                            0.0, cfg.grad_clip, cfg.seed, method.name,
-                            logits_fn=lambda w, idx, doc, pos: w.packed_logits(idx, doc, pos), params=params)
+    losses = S.finetune(wrapper, replace(cfg, weight_decay=0.0), method.name, params=params, data=data,
+                        logits_fn=lambda w, idx, doc, pos: w.packed_logits(idx, doc, pos))
     tr = sum(p.numel() for p in params)
     return wrapper, wrapper.logits, losses, tr, tr + sum(p.numel() for p in base.parameters())
 
@@ -482,14 +481,13 @@ def replay_data(cfg, base_cfg, replay: float = 0.5):
 def task_finetune(base: Llama, cfg, base_cfg, lr: float = 3e-3, replay: float = 0.5,
                   device: str | torch.device = "cpu") -> tuple[Llama, list[float]]:
     """One task-specific full fine-tune for merging (AdamW, the task's step budget, half the rows replayed SFT data)."""
-    from llmcore.alignment import sft as S
-    from llmcore.core.seed import seed_everything
+    from dataclasses import replace
 
-    seed_everything(cfg.seed)
+    from llmcore.alignment import sft as S
+
     model = copy.deepcopy(base).to(device)
-    losses = S.train_packed(model, replay_data(cfg, base_cfg, replay), cfg.steps, cfg.batch_rows, lr,
-                            cfg.warmup_steps, cfg.min_lr_ratio, cfg.weight_decay, cfg.grad_clip, cfg.seed,
-                            f"task fine-tune {cfg.families[0]}@{cfg.templates}")
+    losses = S.finetune(model, replace(cfg, lr=lr), f"task fine-tune {cfg.families[0]}@{cfg.templates}",
+                        data=replay_data(cfg, base_cfg, replay))
     return model, losses
 
 

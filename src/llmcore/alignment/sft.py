@@ -364,10 +364,12 @@ def ablation_config(toy: bool = True, seed: int = 0) -> SFTConfig:
 
 
 def finetune(model: torch.nn.Module, cfg: SFTConfig, desc: str = "fine-tune", logits_fn: Callable | None = None,
-             params: list[torch.nn.Parameter] | None = None) -> list[float]:
-    """Continue training ``model`` (in place) on ``cfg``'s data with ``cfg``'s budget; returns the losses."""
+             params: list[torch.nn.Parameter] | None = None, data: Packed | None = None) -> list[float]:
+    """Continue training ``model`` (in place) with ``cfg``'s budget on ``data`` (default: ``cfg``'s own
+    packed conversations); returns the losses."""
     seed_everything(cfg.seed)
-    _, data = training_data(cfg)
+    if data is None:
+        _, data = training_data(cfg)
     return train_packed(model, data, cfg.steps, cfg.batch_rows, cfg.lr, cfg.warmup_steps, cfg.min_lr_ratio,
                         cfg.weight_decay, cfg.grad_clip, cfg.seed, desc, logits_fn, params)
 
