@@ -196,6 +196,15 @@ for p, a, r in res.samples:
 # The held-out-template number is reported, not asserted: the toy model is trained on one phrasing per
 # family, and a 118k-parameter model trained from scratch does not transfer to a phrasing it never saw
 # (exercise 2).
+#
+# **Seeds — a known weakness of this recipe.** With seed 0 it reaches 0.99, but measured over seeds 0–5 (separate
+# runs on the 2-core machine) held-out exact match is 0.99, 0.647, 0.95, 0.997, 0.773, 0.677: with seeds 1, 4
+# and 5 one family stays on a loss plateau (final loss 0.17–0.32) while the other is solved, and the ≥ 0.95
+# check below fails. A small model often learns a task in a sudden drop after a plateau, and when the drop comes
+# depends on the seed. A longer, stronger recipe (3000 steps, peak lr $5\cdot10^{-3}$, weight decay 0.1)
+# reaches ≥ 0.98 with every seed 0–6, but it doubles the training time and its sharper model can no longer be
+# steered by prefix tuning in the PEFT chapter (exact match 0.0–0.03 for learning rates 0.03–1.0, against
+# 0.825 on this model), so the book keeps this recipe for now and says so here.
 
 # %%
 # NBVAL_CHECK_OUTPUT
