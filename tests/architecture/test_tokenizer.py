@@ -3,8 +3,11 @@
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from tokenizers.pre_tokenizers import ByteLevel
+from transformers import AutoTokenizer
 
-from llmcore.architecture.tokenizer import SPECIAL_TOKENS, BPETokenizer, ByteTokenizer
+from llmcore.architecture.tokenizer import SPECIAL_TOKENS, BPETokenizer, ByteTokenizer, bytes_to_unicode
+from llmcore.core.errors import LLMCoreError
 
 TEXT = ("Return the number of items in a container. The argument may be a sequence "
         "(such as a string, bytes, tuple, list, or range) or a collection. " * 20
@@ -54,3 +57,43 @@ def test_bpe_deterministic_and_save_load(bpe, tmp_path):
     loaded = BPETokenizer.load(bpe.save(tmp_path / "bpe.json"))
     assert loaded.encode(TEXT) == bpe.encode(TEXT)
     assert loaded.special == bpe.special
+
+
+# ---- Hugging Face layout: the same ids from PreTrainedTokenizerFast ---------------------------------
+@pytest.fixture(scope="module")
+def hf_pair(bpe, tmp_path_factory):
+    path = bpe.save_pretrained(tmp_path_factory.mktemp("bpe"))
+    return bpe, AutoTokenizer.from_pretrained(path)
+
+
+def test_bytes_to_unicode_is_gpt2s_map():
+    m = bytes_to_unicode()
+    assert len(set(m.values())) == 256 and m[ord("A")] == "A" and m[ord(" ")] == "Ġ" and m[ord("\n")] == "Ċ"
+    assert set(m.values()) == set(ByteLevel.alphabet())
+
+
+def test_hf_tokenizer_special_ids(hf_pair):
+    ours, hf = hf_pair
+    assert (hf.pad_token_id, hf.bos_token_id, hf.eos_token_id) == (ours.pad_id, ours.bos_id, ours.eos_id)
+    assert hf.convert_tokens_to_ids("<|assistant|>") == ours.special["<|assistant|>"]
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.text())
+def test_hf_tokenizer_gives_our_ids_on_arbitrary_unicode(hf_pair, s):
+    ours, hf = hf_pair
+    if any(sp in s for sp in SPECIAL_TOKENS):  # HF always matches added tokens; ours only with allow_special
+        return
+    ids = ours.encode(s)
+    assert hf(s, add_special_tokens=False)["input_ids"] == ids
+    assert hf.decode(ids) == s
+
+
+def test_from_pretrained_round_trip_and_bad_file(hf_pair, tmp_path):
+    ours, _ = hf_pair
+    back = BPETokenizer.from_pretrained(ours.save_pretrained(tmp_path / "t"))
+    assert back.merges == ours.merges and back.special == ours.special
+    (tmp_path / "bad").mkdir()
+    (tmp_path / "bad" / "tokenizer.json").write_text("{not json")
+    with pytest.raises(LLMCoreError, match="cannot read a BPE tokenizer"):
+        BPETokenizer.from_pretrained(tmp_path / "bad")

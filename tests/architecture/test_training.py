@@ -1,11 +1,14 @@
 """The training loop: schedule, clipping, learning, checkpoint."""
 
 import math
+from dataclasses import replace
 
+import pytest
 import torch
 
 from llmcore.architecture.llama import Llama, ModelConfig
 from llmcore.architecture.training import TrainConfig, evaluate, lr_at, random_windows, train
+from llmcore.core.errors import LLMCoreError
 
 
 def test_warmup_cosine_schedule():
@@ -43,3 +46,35 @@ def test_training_is_deterministic():
                     lambda g: random_windows(ids, 4, 16, g))
         out.append(res.loss)
     assert out[0] == out[1]
+
+
+def test_interrupted_run_resumes_exactly(tmp_path):
+    """6 steps in one go == 3 steps, a new process-like start (fresh model and optimizer), 3 more."""
+    ids = torch.tensor(list(b"pack my box with five dozen liquor jugs " * 20))
+    cfg = TrainConfig(steps=6, batch_size=4, seq_len=16, seed=2, warmup_steps=2)
+
+    def fresh():
+        torch.manual_seed(5)
+        return Llama(ModelConfig(vocab_size=264, d_model=32, n_layers=1, n_heads=2, max_seq_len=16))
+
+    straight = fresh()
+    full = train(straight, cfg, lambda g: random_windows(ids, 4, 16, g))
+    first = train(fresh(), replace(cfg, steps=3), lambda g: random_windows(ids, 4, 16, g),
+                  state_dir=tmp_path, save_every=3)
+    assert first.loss == full.loss[:3]
+    # the schedule of the 6-step run: resume from the 3-step state with the full config
+    state = torch.load(tmp_path / "state.pt", weights_only=True)
+    assert state["step"] == 3
+    resumed_model = fresh()
+    resumed = train(resumed_model, cfg, lambda g: random_windows(ids, 4, 16, g), state_dir=tmp_path, save_every=3)
+    assert resumed.loss == full.loss
+    for a, b in zip(straight.parameters(), resumed_model.parameters()):
+        assert torch.equal(a, b)
+
+
+def test_corrupt_training_state_is_one_clear_error(tmp_path):
+    (tmp_path / "state.pt").write_bytes(b"garbage")
+    model = Llama(ModelConfig(vocab_size=264, d_model=32, n_layers=1, n_heads=2, max_seq_len=16))
+    with pytest.raises(LLMCoreError, match="delete it"):
+        train(model, TrainConfig(steps=2, batch_size=2, seq_len=8), lambda g: random_windows(torch.arange(64), 2, 8, g),
+              state_dir=tmp_path, save_every=1)

@@ -11,6 +11,10 @@ Both share one interface: ``encode(text, add_bos=False, add_eos=False) -> list[i
   adjacent pair into a new token. Encoding replays the merges in the order they were learned.
   Any string round-trips, because every byte is in the base vocabulary.
 
+:meth:`BPETokenizer.save_pretrained` writes HF's ``tokenizer.json`` layout (plus ``tokenizer_config.json``),
+so ``transformers.PreTrainedTokenizerFast.from_pretrained`` / ``AutoTokenizer`` load the same tokenizer and
+encode every text to the same ids (the book LM ships this way).
+
 Special tokens appear in text as their literal names (``"<|user|>"``) and are encoded as one id
 only when ``allow_special=True``; otherwise they are plain text.
 """
@@ -209,3 +213,79 @@ class BPETokenizer(_Base):
     def load(cls, path: str | Path) -> BPETokenizer:
         d = json.loads(Path(path).read_text())
         return cls([tuple(m) for m in d["merges"]], tuple(d["specials"]))
+
+    # ---- Hugging Face layout ----------------------------------------------------------------------
+    def to_hf_json(self) -> dict:
+        """This tokenizer as HF ``tokenizers``' ``tokenizer.json``: our pre-split regex, then GPT-2's
+        byte-to-unicode map, a BPE model with our vocabulary and merges (in rank order), specials as
+        added tokens, and the byte-level decoder."""
+        b2u = bytes_to_unicode()
+
+        def word(i: int) -> str:
+            return "".join(b2u[b] for b in self.vocab[i])
+
+        return {
+            "version": "1.0", "truncation": None, "padding": None,
+            "added_tokens": [{"id": i, "content": s, "single_word": False, "lstrip": False, "rstrip": False,
+                              "normalized": False, "special": True} for s, i in self.special.items()],
+            "normalizer": None,
+            "pre_tokenizer": {"type": "Sequence", "pretokenizers": [
+                {"type": "Split", "pattern": {"Regex": PRETOKENIZE.pattern}, "behavior": "Isolated",
+                 "invert": False},
+                {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": True, "use_regex": False}]},
+            "post_processor": None,
+            "decoder": {"type": "ByteLevel", "add_prefix_space": True, "trim_offsets": True, "use_regex": True},
+            "model": {"type": "BPE", "dropout": None, "unk_token": None, "continuing_subword_prefix": None,
+                      "end_of_word_suffix": None, "fuse_unk": False, "byte_fallback": False,
+                      "ignore_merges": False,
+                      "vocab": {word(i): i for i in range(256 + len(self.merges))},
+                      "merges": [[word(a), word(b)] for a, b in self.merges]},
+        }
+
+    def save_pretrained(self, directory: str | Path) -> Path:
+        """Write ``tokenizer.json`` + ``tokenizer_config.json`` (what ``PreTrainedTokenizerFast`` reads)."""
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        (directory / "tokenizer.json").write_text(json.dumps(self.to_hf_json(), ensure_ascii=False))
+        names = {"<pad>": "pad_token", "<bos>": "bos_token", "<eos>": "eos_token", "<sep>": "sep_token"}
+        config = {"tokenizer_class": "PreTrainedTokenizerFast", "model_max_length": 1_000_000,
+                  "clean_up_tokenization_spaces": False,
+                  **{key: tok for tok, key in names.items() if tok in self.special},
+                  "additional_special_tokens": [s for s in self.special if s not in names]}
+        (directory / "tokenizer_config.json").write_text(json.dumps(config, indent=2))
+        return directory
+
+    @classmethod
+    def from_pretrained(cls, directory: str | Path) -> BPETokenizer:
+        """Read a ``tokenizer.json`` written by :meth:`save_pretrained` (merges back to byte-id pairs)."""
+        path = Path(directory) / "tokenizer.json"
+        try:
+            d = json.loads(path.read_text(encoding="utf-8"))
+            vocab = d["model"]["vocab"]
+            merges = [tuple(vocab[x] for x in (m.split(" ") if isinstance(m, str) else m)) for m in d["model"]["merges"]]
+            specials = tuple(t["content"] for t in sorted(d["added_tokens"], key=lambda t: t["id"]))
+        except (OSError, ValueError, KeyError, TypeError) as e:
+            raise LLMCoreError(f"cannot read a BPE tokenizer from {path}: {type(e).__name__}: {e}") from None
+        tok = cls(merges, specials)
+        if any(tok.vocab[i] != _unicode_to_bytes(w) for w, i in vocab.items()):
+            raise LLMCoreError(f"{path}: vocabulary and merges disagree (not written by save_pretrained?)")
+        return tok
+
+
+def bytes_to_unicode() -> dict[int, str]:
+    """GPT-2's reversible map from the 256 byte values to printable unicode characters (what HF's
+    ``ByteLevel`` pre-tokenizer uses to store byte-level tokens as strings)."""
+    keep = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), 256))
+    out, extra = {}, 0
+    for b in range(256):
+        if b in keep:
+            out[b] = chr(b)
+        else:
+            out[b] = chr(256 + extra)
+            extra += 1
+    return out
+
+
+def _unicode_to_bytes(word: str) -> bytes:
+    u2b = {u: b for b, u in bytes_to_unicode().items()}
+    return bytes(u2b[c] for c in word)

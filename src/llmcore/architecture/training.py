@@ -1,5 +1,5 @@
 r"""A reusable language-model training loop: AdamW, linear warmup + cosine decay, gradient clipping,
-a progress bar, periodic validation and a safetensors checkpoint.
+a progress bar, periodic validation, a safetensors checkpoint, and resumable training state.
 
 The loop is model- and data-agnostic: ``batch_fn(generator) -> (idx, labels)`` draws one batch
 (``labels`` in HF's convention: shifted inside the model, ``-100`` ignored) and the model returns
@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import math
+import pickle
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -21,6 +22,7 @@ from pathlib import Path
 
 import torch
 
+from llmcore.core.errors import LLMCoreError
 from llmcore.core.progress import progress
 
 
@@ -116,20 +118,29 @@ def train(model: torch.nn.Module, cfg: TrainConfig,
           batch_fn: Callable[[torch.Generator], tuple[torch.Tensor, torch.Tensor]],
           eval_fn: Callable[[torch.nn.Module], float] | None = None,
           on_backward: Callable[[int, torch.nn.Module], None] | None = None,
-          checkpoint_dir: str | Path | None = None) -> TrainResult:
+          checkpoint_dir: str | Path | None = None, state_dir: str | Path | None = None,
+          save_every: int = 0) -> TrainResult:
     """Train ``model`` for ``cfg.steps`` steps; return the history.
 
     ``on_backward(step, model)`` runs after ``loss.backward()`` and before clipping (read gradients
     there). ``checkpoint_dir``: the final model is written there with ``save_pretrained`` when the
     model has it (else ``model.safetensors`` of its state dict), plus ``train_state.json``.
+
+    ``state_dir`` + ``save_every``: every ``save_every`` steps the full training state (weights,
+    optimizer moments, the batch generator's state, the history) is written atomically to
+    ``state_dir/state.pt``; a later call with the same ``state_dir`` resumes from it and continues
+    exactly as if it had never stopped (same batches, same updates).
     """
     dev = next(model.parameters()).device
     gen = torch.Generator().manual_seed(cfg.seed)
     opt = make_optimizer(model, cfg)
     res = TrainResult()
+    start = 0
+    if state_dir is not None and (Path(state_dir) / "state.pt").is_file():
+        start = load_train_state(Path(state_dir) / "state.pt", model, opt, gen, res)
     model.train()
-    t0 = time.perf_counter()
-    bar = progress(range(cfg.steps), desc=cfg.desc)
+    t0 = time.perf_counter() - res.wall_s
+    bar = progress(range(start, cfg.steps), desc=cfg.desc, initial=start, total=cfg.steps)
     for step in bar:
         lr = lr_at(step, cfg)
         for g in opt.param_groups:
@@ -157,10 +168,40 @@ def train(model: torch.nn.Module, cfg: TrainConfig,
             if res.val:
                 post["val"] = f"{res.val[-1][1]:.3f}"
             bar.set_postfix(post)
+        if state_dir is not None and save_every and ((step + 1) % save_every == 0 or step + 1 == cfg.steps):
+            res.wall_s = time.perf_counter() - t0
+            save_train_state(Path(state_dir) / "state.pt", step + 1, model, opt, gen, res)
     res.wall_s = time.perf_counter() - t0
     if checkpoint_dir is not None:
         save_checkpoint(model, checkpoint_dir, cfg, res)
     return res
+
+
+def save_train_state(path: Path, step: int, model: torch.nn.Module, opt: torch.optim.Optimizer,
+                     gen: torch.Generator, res: TrainResult) -> None:
+    """Everything :func:`train` needs to resume after ``step`` steps, written atomically (tmp + rename)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    state = {"step": step, "model": model.state_dict(), "optimizer": opt.state_dict(),
+             "generator": gen.get_state(), "history": asdict(res)}
+    tmp = path.with_suffix(".tmp")
+    torch.save(state, tmp)
+    tmp.replace(path)
+
+
+def load_train_state(path: Path, model: torch.nn.Module, opt: torch.optim.Optimizer, gen: torch.Generator,
+                     res: TrainResult) -> int:
+    """Restore what :func:`save_train_state` wrote; return the step to continue from."""
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        model.load_state_dict(state["model"])
+        opt.load_state_dict(state["optimizer"])
+        gen.set_state(state["generator"])
+    except (RuntimeError, KeyError, OSError, EOFError, ValueError, pickle.UnpicklingError) as e:
+        raise LLMCoreError(f"training state {path} is unreadable ({type(e).__name__}); delete it to start "
+                           "the run from step 0") from None
+    for key, value in state["history"].items():
+        setattr(res, key, [tuple(v) for v in value] if key == "val" else value)
+    return int(state["step"])
 
 
 def save_checkpoint(model: torch.nn.Module, directory: str | Path, cfg: TrainConfig | None = None,
