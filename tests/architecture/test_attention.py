@@ -5,6 +5,7 @@ import torch
 
 from llmcore.architecture.attention import (
     PeakMemory,
+    equivalence_checks,
     flash_attention,
     grouped_query_attention,
     growth_exponent,
@@ -91,3 +92,19 @@ def test_naive_memory_quadratic_tiled_linear():
     assert growth_exponent(r["N"], r["naive"]) > 1.8
     assert growth_exponent(r["N"], r["flash"]) < 1.2
     assert r["flash"][-1] < r["naive"][-1] / 4
+
+
+def test_triton_kernel_runs_where_the_kernel_device_says():
+    """Under the interpreter the kernel takes CPU tensors; compiled, it needs CUDA tensors (a clear error
+    instead of handing the GPU kernel CPU pointers)."""
+    if triton_env.INTERPRET:
+        assert triton_env.kernel_device() == torch.device("cpu")
+        errors, triton_errors = equivalence_checks(seed=1, n=20, triton_n=16, device="cpu")
+        assert len(triton_errors) == 6 and max(triton_errors.values()) < 1e-5
+    else:  # pragma: no cover - needs a GPU
+        assert triton_env.kernel_device().type == "cuda"
+        from llmcore.architecture.flash_triton import flash_attention_triton
+
+        q, k, v = _qkv(1, n=16, d=16)
+        with pytest.raises(LLMCoreError, match="needs CUDA tensors"):
+            flash_attention_triton(q, k, v)

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import os
+import re
+import subprocess
+import sys
 import threading
 import time
 
@@ -13,6 +17,8 @@ from llmcore.engineering.dist_utils import (
     DistributedError,
     collectives_worker,
     failing_worker,
+    free_port,
+    init_from_env,
     launch,
     resolve_backend,
     ring_all_reduce_bytes,
@@ -103,3 +109,26 @@ def test_bad_arguments():
         launch(collectives_worker, 2, backend="mpi")
     with pytest.raises(LLMCoreError):
         resolve_backend("tpu", 2)
+
+
+def test_init_from_env_outside_torchrun_is_a_clear_error(monkeypatch):
+    for var in ("RANK", "WORLD_SIZE"):
+        monkeypatch.delenv(var, raising=False)
+    with pytest.raises(LLMCoreError, match="not started by torchrun"):
+        init_from_env()
+    monkeypatch.setenv("LLMCORE_BACKEND", "mpi")
+    with pytest.raises(LLMCoreError, match="LLMCORE_BACKEND"):
+        init_from_env()
+
+
+def test_distributed_chapter_runs_under_torchrun():
+    """The README's promise: `torchrun --nproc-per-node 2 -m llmcore.engineering.distributed` (gloo on CPU)."""
+    env = {**os.environ, "LLMCORE_BACKEND": "gloo", "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2",
+                           "--master-port", str(free_port()), "-m", "llmcore.engineering.distributed"],
+                          capture_output=True, text=True, timeout=300, env=env)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    lines = sorted(line for line in proc.stdout.splitlines() if line.startswith("rank "))
+    assert [line.split(":")[0] for line in lines] == ["rank 0/2", "rank 1/2"]
+    errors = [float(tok) for line in lines for tok in re.findall(r"\d\.\de[-+]\d\d", line)]
+    assert len(errors) == 10 and max(errors) < 1e-5

@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import os
+import re
+import subprocess
+import sys
+
 import pytest
 import torch
 
-from llmcore.engineering.dist_utils import Comm, launch
+from llmcore.engineering.dist_utils import Comm, free_port, launch
 from llmcore.engineering.zero import (
     FP32_ADAM,
     MIXED_PRECISION,
@@ -86,3 +91,22 @@ def test_engine_rejects_bad_stage():
     finally:
         dist.destroy_process_group()
     assert torch.is_tensor(torch.zeros(1))
+
+
+def test_zero_runs_under_torchrun():
+    """`torchrun --nproc-per-node 2 -m llmcore.engineering.zero` (gloo on CPU): every stage equals DDP's
+    losses, and each rank holds the formula's model-state bytes (within the 12 B of padding)."""
+    env = {**os.environ, "LLMCORE_BACKEND": "gloo", "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2",
+                           "--master-port", str(free_port()), "-m", "llmcore.engineering.zero"],
+                          capture_output=True, text=True, timeout=300, env=env)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    rows = [line for line in proc.stdout.splitlines() if line.startswith("rank ")]
+    assert len(rows) == 8, proc.stdout + proc.stderr[-1000:]
+    for line in rows:
+        match = re.search(r"DDP\| (\S+) .* device (\d+) B \(formula (\d+) B\)", line)
+        assert match, line
+        err, held, formula = match.groups()
+        assert float(err) < 1e-6
+        if "offload" not in line:
+            assert abs(int(held) - int(formula)) / int(formula) < 0.01

@@ -26,9 +26,11 @@ import torch.nn.functional as F
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 
+from llmcore.architecture.flash_triton import flash_attention_triton
 from llmcore.architecture.llama import Llama
 from llmcore.core.errors import LLMCoreError
 from llmcore.core.report import Report
+from llmcore.core.triton_env import kernel_device
 
 
 # ---- the variants ---------------------------------------------------------------------------------
@@ -215,23 +217,22 @@ class AttentionResult:
 
 
 def equivalence_checks(seed: int = 0, n: int = 70, d: int = 16, with_triton: bool = True,
-                       triton_n: int = 40) -> tuple[dict, dict]:
+                       triton_n: int = 40, device: str | torch.device = "cpu") -> tuple[dict, dict]:
     """Every variant against SDPA for MHA/GQA/MQA, causal and not: ``(2, 4, n, d)`` queries for the torch
-    variants, ``(1, 4, triton_n, d)`` for the Triton kernel (the CPU interpreter is slow)."""
-    gen = torch.Generator().manual_seed(seed)
+    variants (on ``device``), ``(1, 4, triton_n, d)`` for the Triton kernel (on the device it runs on:
+    the GPU when compiled, the CPU under the interpreter, which is slow)."""
+    gen = torch.Generator().manual_seed(seed)  # CPU generator: the same numbers on every device
     errors, triton_errors = {}, {}
     for K in (4, 2, 1):
-        q = torch.randn(2, 4, n, d, generator=gen)
-        k, v = torch.randn(2, K, n, d, generator=gen), torch.randn(2, K, n, d, generator=gen)
+        q = torch.randn(2, 4, n, d, generator=gen).to(device)
+        k, v = torch.randn(2, K, n, d, generator=gen).to(device), torch.randn(2, K, n, d, generator=gen).to(device)
         for causal in (False, True):
             for name, fn in VARIANTS.items():
                 kw = {"block_q": 32, "block_k": 16} if name.startswith("flash") else {}
                 errors[f"{name} K={K} causal={causal}"] = max_error_vs_sdpa(
                     lambda *a, fn=fn, kw=kw, **c: fn(*a, **kw, **c), q, k, v, causal)
             if with_triton:
-                from llmcore.architecture.flash_triton import flash_attention_triton
-
-                qt, kt, vt = q[:1, :, :triton_n], k[:1, :, :triton_n], v[:1, :, :triton_n]
+                qt, kt, vt = (t[:1, :, :triton_n].to(kernel_device()) for t in (q, k, v))
                 triton_errors[f"triton K={K} causal={causal}"] = max_error_vs_sdpa(
                     flash_attention_triton, qt, kt, vt, causal)
     return errors, triton_errors
@@ -282,7 +283,7 @@ def experiment(toy: bool = True, seed: int = 0, device: str = "cpu", with_triton
 
     seed_everything(seed)
     res = AttentionResult()
-    res.errors, res.triton_errors = equivalence_checks(seed, with_triton=with_triton)
+    res.errors, res.triton_errors = equivalence_checks(seed, with_triton=with_triton, device=device)
     ns = [256, 512, 1024, 2048] if toy else [512, 1024, 2048, 4096, 8192]
     res.memory = memory_sweep(ns, seed=seed)
     res.kv_rows = kv_variants_table(toy=toy, seed=seed, device=device)

@@ -74,6 +74,9 @@ def flash_attention_triton(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, ca
         raise LLMCoreError(f"need H % K == 0 and a power-of-two head size >= 16, got H={H}, K={Kh}, D={D}")
     if INTERPRET and q.is_cuda:
         raise LLMCoreError("TRITON_INTERPRET=1 runs kernels on CPU tensors; move q, k, v to the CPU")
+    if not INTERPRET and not (q.is_cuda and k.is_cuda and v.is_cuda):
+        raise LLMCoreError("the compiled Triton kernel needs CUDA tensors (move q, k, v with "
+                           ".to(triton_env.kernel_device())), or set TRITON_INTERPRET=1 before importing triton")
     q, k, v = (t.contiguous().float() for t in (q, k, v))
     o = torch.empty_like(q)
     grid = (triton.cdiv(N, block_m), B * H)

@@ -41,6 +41,11 @@ def interpreter_ready() -> bool:
     return isinstance(tl.zeros, InterpretedFunction)
 
 
+def kernel_device() -> torch.device:
+    """Where Triton kernels take their tensors: the CPU under the interpreter, the GPU when compiled."""
+    return torch.device("cpu") if INTERPRET else torch.device("cuda")
+
+
 def available() -> bool:
     """Triton is importable and can run here (compiled on CUDA, or interpreted on CPU)."""
     if triton is None:

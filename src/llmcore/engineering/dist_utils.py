@@ -99,8 +99,40 @@ def check_nccl(world: int) -> None:
 
 
 def worker_device(rank: int) -> torch.device:
-    """Inside a rank: its GPU under NCCL, else the CPU."""
-    return torch.device("cuda", rank) if dist.get_backend() == "nccl" else torch.device("cpu")
+    """Inside a rank: its GPU under NCCL (the one ``set_device`` chose: the *local* rank, which differs from
+    the global ``rank`` on a second node), else the CPU."""
+    return torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else torch.device("cpu")
+
+
+def sync(device: torch.device) -> None:
+    """Wait for queued GPU work before reading a clock (CUDA kernels run asynchronously); no-op on CPU."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def init_from_env() -> tuple[int, int]:
+    """Join the process group that ``torchrun`` describes in the environment (``env://`` rendezvous).
+
+    NCCL with one GPU per local rank when CUDA is present (``LLMCORE_BACKEND=gloo`` forces gloo), gloo on
+    CPU otherwise. Under NCCL it pins this process to GPU ``LOCAL_RANK`` *before* the group is created,
+    so multi-node jobs (``torchrun --nnodes 2 ...``) put rank 5 on its node's GPU 1, not on GPU 5.
+    Returns ``(rank, world)``.
+    """
+    want = os.environ.get("LLMCORE_BACKEND", "nccl" if torch.cuda.is_available() else "gloo")
+    if want not in ("gloo", "nccl"):
+        raise LLMCoreError(f"LLMCORE_BACKEND must be gloo or nccl, got {want!r}")
+    if "RANK" not in os.environ or "WORLD_SIZE" not in os.environ:
+        raise LLMCoreError("not started by torchrun (RANK/WORLD_SIZE unset): run "
+                           "`torchrun --nproc-per-node N -m <module>` or use launch()")
+    kwargs: dict[str, Any] = {}
+    if want == "nccl":
+        local = int(os.environ.get("LOCAL_RANK", "0"))
+        if local >= torch.cuda.device_count():
+            raise LLMCoreError(f"LOCAL_RANK={local} but this node has {torch.cuda.device_count()} GPU(s)")
+        torch.cuda.set_device(local)
+        kwargs["device_id"] = torch.device("cuda", local)
+    dist.init_process_group(want, **kwargs)
+    return dist.get_rank(), dist.get_world_size()
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -462,14 +494,17 @@ class Comm:
             sends = x.split(list(map(int, send_splits)))
             recvs = out.split(list(map(int, recv_splits)))
             recvs[r].copy_(sends[r])
-            works = []
+            # one batch of all sends and receives: NCCL runs them as one group, so a pair of ranks that
+            # both receive before they send cannot deadlock (posting irecvs first hangs under NCCL)
+            ops = []
             for j in range(n):
                 if j != r and recvs[j].numel():
-                    works.append(self._irecv(recvs[j], j))
-            for j in range(n):
+                    ops.append(dist.P2POp(dist.irecv, recvs[j], self._global(j), group=self.group))
                 if j != r and sends[j].numel():
-                    works.append(self._isend(sends[j], j))
-            for w in works:
+                    t = sends[j].contiguous()
+                    self._sent += nbytes(t)
+                    ops.append(dist.P2POp(dist.isend, t, self._global(j), group=self.group))
+            for w in dist.batch_isend_irecv(ops) if ops else []:
                 w.wait()
         self._log("all_to_all", tag, nbytes(x), s0)
         return out

@@ -17,15 +17,19 @@ Run it from a terminal with ``python run.py --module distributed``, or under ``t
 
 from __future__ import annotations
 
+import os
+import sys
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+import torch.distributed as dist
 
 from llmcore.core.errors import LLMCoreError
 from llmcore.core.report import Report
 from llmcore.engineering.dist_utils import (
     collectives_worker,
+    init_from_env,
     launch,
     resolve_backend,
     ring_all_reduce_bytes,
@@ -243,22 +247,22 @@ def run(toy: bool = True, device: str = "auto", seed: int = 0) -> Report:
     return rep
 
 
-def _torchrun_main() -> None:  # pragma: no cover - exercised by hand with torchrun
-    """``torchrun --nproc-per-node N -m llmcore.engineering.distributed``: TP/PP/EP on env:// rendezvous."""
-    import os
-
-    import torch.distributed as dist
-
-    backend = "nccl" if os.environ.get("LLMCORE_BACKEND") == "nccl" else "gloo"
-    dist.init_process_group(backend)
-    rank, world = dist.get_rank(), dist.get_world_size()
+def torchrun_main() -> None:
+    """``torchrun --nproc-per-node N -m llmcore.engineering.distributed``: TP/PP/EP on env:// rendezvous
+    (NCCL on GPUs, gloo on CPU; multi-node with torchrun's own ``--nnodes``/``--rdzv-endpoint`` flags)."""
+    rank, world = init_from_env()
     tp = tp_worker(rank, world, TPConfig())
     pp = pp_worker(rank, world, [PPConfig(micro_batches=4)])[0]
     ep = ep_worker(rank, world, EPConfig())
-    print(f"rank {rank}/{world}: TP out {tp['out_err']:.1e} grad {tp['max_grad_err']:.1e} | PP grad "
-          f"{pp['grad_err']:.1e} | EP out {ep['out_err']:.1e} grad {ep['grad_err']:.1e}", flush=True)
+    line = (f"rank {rank}/{world}: TP out {tp['out_err']:.1e} grad {tp['max_grad_err']:.1e} | PP grad "
+            f"{pp['grad_err']:.1e} | EP out {ep['out_err']:.1e} grad {ep['grad_err']:.1e}\n")
+    os.write(1, line.encode())  # one write per rank: the ranks' lines never interleave
     dist.destroy_process_group()
 
 
-if __name__ == "__main__":  # pragma: no cover
-    _torchrun_main()
+if __name__ == "__main__":
+    try:
+        torchrun_main()
+    except LLMCoreError as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)

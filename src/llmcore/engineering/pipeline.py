@@ -32,7 +32,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
-from llmcore.engineering.dist_utils import Comm, worker_device
+from llmcore.engineering.dist_utils import Comm, sync, worker_device
 
 
 @dataclass
@@ -106,11 +106,13 @@ def run_pipeline(rank: int, world: int, cfg: PPConfig, comm: Comm, stage: nn.Mod
                 x = xs[i]
             else:
                 x = comm.recv(torch.empty(mb, H, device=dev), rank - 1).requires_grad_(True)
+            sync(dev)
             t0 = time.perf_counter()
             out = stage(x)
             if last:
                 out = F.mse_loss(out, ys[i]) / m  # mean over the micro-batch; /m -> mean over the batch
                 loss_sum += out.item()
+            sync(dev)
             if cfg.pad:
                 _wait_until(t0 + cfg.t_forward_s)
             t1 = time.perf_counter()
@@ -121,8 +123,10 @@ def run_pipeline(rank: int, world: int, cfg: PPConfig, comm: Comm, stage: nn.Mod
         else:
             x, out = stash.pop(i)
             grad = None if last else comm.recv(torch.empty(mb, H, device=dev), rank + 1)
+            sync(dev)
             t0 = time.perf_counter()
             torch.autograd.backward(out, grad)
+            sync(dev)
             if cfg.pad:
                 _wait_until(t0 + cfg.t_backward_s)
             t1 = time.perf_counter()
@@ -156,7 +160,8 @@ def pp_worker(rank: int, world: int, cfgs: list[PPConfig]) -> list[dict[str, Any
             comm = Comm()
             res = run_pipeline(rank, world, cfg, comm, stage, list(X.chunk(cfg.micro_batches)),
                                list(Y.chunk(cfg.micro_batches)))
-            span = torch.tensor([res["events"][0][2], -res["events"][-1][3]], dtype=torch.float64)
+            # on the rank's device: an NCCL group only reduces CUDA tensors
+            span = torch.tensor([res["events"][0][2], -res["events"][-1][3]], dtype=torch.float64, device=dev)
             dist.all_reduce(span, op=dist.ReduceOp.MIN)  # the same makespan on every rank
             res["makespan"] = -span[1].item() - span[0].item()
             if best is None or res["makespan"] < best[0]["makespan"]:

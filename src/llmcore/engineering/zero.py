@@ -32,6 +32,8 @@ and recompute the segment in backward (:func:`checkpoint`).
 from __future__ import annotations
 
 import math
+import os
+import sys
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -41,8 +43,9 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
+from llmcore.core.errors import LLMCoreError
 from llmcore.core.report import Report
-from llmcore.engineering.dist_utils import Comm, ring_gather_bytes
+from llmcore.engineering.dist_utils import Comm, init_from_env, ring_gather_bytes, worker_device
 
 # -- model, data, memory formulas ----------------------------------------------------------------------
 
@@ -315,7 +318,7 @@ def _full_params(model: nn.Module, comm: Comm | None = None) -> torch.Tensor:
 
 def train_variant(name: str, rank: int, world: int, cfg: ZeroConfig) -> dict[str, Any]:
     """Train ``cfg.steps`` steps with one variant; return losses, final params, memory and bytes."""
-    dev = torch.device("cuda", rank) if cfg.device == "cuda" else torch.device("cpu")
+    dev = worker_device(rank) if cfg.device == "cuda" else torch.device("cpu")
     model = make_mlp(cfg.sizes, cfg.seed).to(dev)
     psi = sum(p.numel() for p in model.parameters())
     comm = Comm()
@@ -544,8 +547,8 @@ def experiment(toy: bool = True, device: str = "auto", seed: int = 0, worlds: tu
     ck = checkpoint_experiment(seed=seed, device="cuda" if dev_type == "cuda" else "cpu",
                                **({} if toy else {"depth": 32, "width": 1024, "batch": 1024}))
     res = ZeroResult(cfg, runs, ck, backend)
-    if dev_type == "cuda":  # offload's real saving on one GPU (NCCL, one rank)
-        one = replace(cfg, device="cuda")
+    if torch.cuda.is_available():  # offload's real saving on one GPU (NCCL, one rank): also on a 1-GPU Colab,
+        one = replace(cfg, device="cuda")  # where the multi-rank runs above fall back to gloo on the CPU
         r = launch(zero_worker, 1, (one, ("zero3", "zero3_offload")), backend="nccl")[0]
         res.cuda_offload = {v["name"]: v.get("cuda_max_allocated") for v in r}
     return res
@@ -679,3 +682,29 @@ def run(toy: bool = True, device: str = "auto", seed: int = 0) -> Report:
     rep = make_report(res, toy, device, seed)
     rep.figures += figures(res)
     return rep
+
+
+def torchrun_main() -> None:
+    """``torchrun --nproc-per-node N -m llmcore.engineering.zero``: every ZeRO stage against DDP on this
+    job's ranks (NCCL on GPUs, gloo on CPU; multi-node with torchrun's own flags)."""
+    rank, world = init_from_env()
+    dev_type = "cuda" if dist.get_backend() == "nccl" else "cpu"
+    runs = zero_worker(rank, world, ZeroConfig(device=dev_type), ("ddp", "zero1", "zero2", "zero3", "zero3_offload"))
+    ddp = runs[0]["losses"]
+    lines = []
+    for v in runs[1:]:
+        err = max(abs(a - b) for a, b in zip(v["losses"], ddp))
+        formula = zero_formula(v["psi"], world, int(v["name"][4]), FP32_ADAM)
+        held = v["memory"]["params"] + v["memory"]["grads"] + v["memory"]["optim"]
+        lines.append(f"rank {rank}/{world} {v['name']:<14} max|loss - DDP| {err:.1e}  model states on the device "
+                     f"{held} B (formula {formula['total']:.0f} B)\n")
+    os.write(1, "".join(lines).encode())  # one write per rank: the ranks' lines never interleave
+    dist.destroy_process_group()
+
+
+if __name__ == "__main__":
+    try:
+        torchrun_main()
+    except LLMCoreError as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
