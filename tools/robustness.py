@@ -69,6 +69,13 @@ def capability(kernel: str) -> str:
 
 def git_commit() -> str:
     out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True)
+    return out.stdout.strip() or "unknown"
+
+
+def code_version() -> str:
+    """The git tree hash of ``src/`` (+dirty): cells measured on the same library code are kept across
+    commits that change only chapters, docs or tools."""
+    out = subprocess.run(["git", "rev-parse", "--short", "HEAD:src"], cwd=ROOT, capture_output=True, text=True)
     dirty = subprocess.run(["git", "status", "--porcelain", "--", "src", "run.py"], cwd=ROOT, capture_output=True,
                            text=True).stdout.strip()
     return (out.stdout.strip() or "unknown") + ("+dirty" if dirty else "")
@@ -146,7 +153,8 @@ def write_page(result: dict) -> Path:
         "训练得到的数字随 CPU 向量内核、随机种子和库版本而变；本书的每条验收标准都必须在下表的每个格子里留有余量地通过。",
         "",
         f"- command: `{result['command']}`",
-        f"- date: {result['date']}; commit `{result['commit']}`; wall-clock {result['wall_s'] / 60:.1f} min",
+        f"- date: {result['date']}; commit `{result['commit']}` (library tree `{result.get('code_version', '?')}`); "
+        f"wall-clock {result['wall_s'] / 60:.1f} min",
         f"- hardware: {result['hardware']['cpu']} ({result['hardware']['cores']} cores); torch {result['torch']}, "
         f"Python {result['python']}",
         "- kernel sets: " + ", ".join(f"`{k}` → torch uses `{v}`" for k, v in result["capabilities"].items()),
@@ -206,18 +214,20 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: kernel sets are {', '.join(KERNELS)}", file=sys.stderr)
         return 2
     seeds = parse_seeds(args.seeds)
-    commit = git_commit()
+    commit, version = git_commit(), code_version()
     previous = json.loads(store.read_text()) if store.is_file() else {}
-    keep = [] if args.fresh or previous.get("commit") != commit else previous.get("cells", [])
+    keep = [] if args.fresh or previous.get("code_version") != version else previous.get("cells", [])
     done = {(c["module"], c["seed"], c["kernel"]) for c in keep}
     todo = [(m, s, k) for m in names for k in kernels for s in seeds if (m, s, k) not in done]
-    print(f"{len(todo)} cells to run ({len(keep)} kept from an earlier run of commit {commit})", flush=True)
+    print(f"{len(todo)} cells to run ({len(keep)} kept from an earlier run on the same src/ tree {version})",
+          flush=True)
 
     t0 = time.perf_counter()
     cells = list(keep)
     result = {
         "command": "python tools/robustness.py " + " ".join(argv if argv is not None else sys.argv[1:]),
         "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"), "commit": commit,
+        "code_version": version,
         "hardware": {"cpu": _cpu_name(), "cores": os.cpu_count()}, "torch": _torch_version(),
         "python": platform.python_version(), "capabilities": {k: capability(k) for k in kernels},
         "seeds": seeds, "cells": cells, "wall_s": previous.get("wall_s", 0.0) if keep else 0.0,
