@@ -26,7 +26,7 @@ MODE := --toy
 endif
 SELECT := $(if $(CHAPTERS),$(CHAPTERS),$(if $(MODULES),--modules $(MODULES),))
 
-.PHONY: help install book execute html widgets-js test lint unit nbval check-pages chromium smoke clean
+.PHONY: help install book execute html widgets-js test lint unit nbval check-pages chromium smoke pretrain robust clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN{FS=":.*## "}{printf "  make %-12s %s\n", $$1, $$2}'
@@ -82,6 +82,12 @@ chromium: ## install headless Chromium and CJK fonts (Debian) when missing
 
 test: lint unit nbval check-pages ## everything CI runs: ruff, pytest, nbval, HTML build, page checks
 	@echo "make test: all checks passed"
+
+pretrain: install ## re-run the book LM's pretraining recipe (resumable; ~45 min on 2 CPU cores) into src/llmcore/data/book_lm
+	$(PY) -m llmcore.architecture.book_lm --device $(if $(filter auto,$(DEVICE)),cpu,$(DEVICE))
+
+robust: install ## every written module x seeds 0-4 x CPU kernel sets (native, default, avx2) -> book/robustness.md (hours; resumable)
+	$(PY) tools/robustness.py $(if $(MODULES),--modules $(MODULES),)
 
 smoke: install ## every written module's toy closed loop -> output/smoke_reports/
 	$(PY) tools/smoke_test.py

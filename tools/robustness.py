@@ -36,6 +36,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
+from llmcore.core.device import cpu_name  # noqa: E402
 from llmcore.core.registry import MODULES  # noqa: E402
 
 OUT = ROOT / "output" / "robustness"
@@ -228,7 +229,7 @@ def main(argv: list[str] | None = None) -> int:
         "command": "python tools/robustness.py " + " ".join(argv if argv is not None else sys.argv[1:]),
         "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"), "commit": commit,
         "code_version": version,
-        "hardware": {"cpu": _cpu_name(), "cores": os.cpu_count()}, "torch": _torch_version(),
+        "hardware": {"cpu": cpu_name(), "cores": os.cpu_count()}, "torch": _torch_version(),
         "python": platform.python_version(), "capabilities": {k: capability(k) for k in kernels},
         "seeds": seeds, "cells": cells, "wall_s": previous.get("wall_s", 0.0) if keep else 0.0,
     }
@@ -250,16 +251,6 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{n_ok} / {len(cells)} cells pass every criterion; wrote {store.relative_to(ROOT)} and "
           f"{page.relative_to(ROOT)} ({result['wall_s'] / 60:.1f} min)")
     return 0 if n_ok == len(cells) else 1
-
-
-def _cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def _torch_version() -> str:

@@ -42,5 +42,13 @@ The tiny pretrained LM -- :mod:`llmcore.architecture.pretrained`::
     lm.model, lm.tokenizer, lm.metrics["val_loss"], lm.metrics["unigram_loss"]   # nats/byte
     train_ids, val_ids = corpus_ids()                 # stdlib-docstring corpus as byte ids
 
-Data -- :func:`llmcore.core.corpus.docstring_corpus` -> ``Corpus(train, val, n_docs, source)``.
+The pretrained book LM -- :mod:`llmcore.architecture.book_lm` (shipped as package data, HF layout)::
+
+    blm = load_book_lm(device="cpu")   # blm.model (Llama, 1.97M params), blm.tokenizer (BPE, 2048 ids), blm.log
+    book_lm_path()                     # the folder: LlamaForCausalLM / AutoTokenizer .from_pretrained(it) work
+    nats_per_byte(model, ids, token_byte_lengths(tok), seq_len)   # compare models across tokenizers
+
+Data (a shipped, sha256-checked snapshot of CPython 3.11.7's stdlib) -- :mod:`llmcore.core.corpus`:
+``docstring_corpus() -> Corpus(train, val, n_docs, source)``; ``book_corpus() -> BookCorpus`` (docstrings,
+language reference, source code; same validation docstrings).
 """

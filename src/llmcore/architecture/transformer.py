@@ -10,7 +10,9 @@ model), :mod:`~llmcore.architecture.training` (the loop), :mod:`~llmcore.archite
 2. our model vs HF ``LlamaForCausalLM`` with copied weights (max |logit difference|);
 3. the tiny LM's validation loss vs the unigram baseline;
 4. image-patch embeddings projected to the text width, fed to the decoder with text tokens;
-5. a deep stack trained without warmup: Post-LN vs Pre-LN (loss curves, per-layer gradient norms).
+5. a deep stack trained without warmup: Post-LN vs Pre-LN (loss curves, per-layer gradient norms);
+6. the shipped, pretrained book LM (:mod:`~llmcore.architecture.book_lm`): loaded by HF unchanged,
+   and its validation loss per byte against the tiny LM's on the same text.
 """
 
 from __future__ import annotations
@@ -20,10 +22,15 @@ from dataclasses import dataclass, field, replace
 
 import torch
 from torch import nn
+from transformers import AutoTokenizer, LlamaForCausalLM
 
+from llmcore.architecture.book_lm import BookLM, load_book_lm, nats_per_byte, token_byte_lengths
 from llmcore.architecture.llama import Llama, ModelConfig
+from llmcore.architecture.pretrained import corpus_ids, tiny_lm
 from llmcore.architecture.tokenizer import SPECIAL_TOKENS, BPETokenizer
 from llmcore.architecture.training import TrainConfig, random_windows, train
+from llmcore.core.corpus import SEPARATOR, book_corpus, docstring_corpus
+from llmcore.core.device import pick_device
 from llmcore.core.errors import LLMCoreError
 from llmcore.core.report import Report
 from llmcore.core.seed import seed_everything
@@ -167,6 +174,33 @@ def norm_position_runs(train_ids: torch.Tensor, toy: bool = True, seed: int = 0,
     return runs
 
 
+# ---- 6. the book LM --------------------------------------------------------------------------------
+@dataclass
+class BookLMCheck:
+    """The shipped book LM, measured here (not read from its log)."""
+
+    params: int
+    val_nats_per_byte: float  # on the held-out docstrings (the tiny LM's validation text)
+    hf_max_diff: float  # |logits| of LlamaForCausalLM.from_pretrained(shipped folder) vs ours
+    hf_tokenizer_equal: bool  # AutoTokenizer.from_pretrained(shipped folder) gives our ids on that text
+
+
+@torch.no_grad()
+def check_book_lm(lm: BookLM, n_check_tokens: int = 256) -> BookLMCheck:
+    """Validation nats/byte of the book LM, and the HF round trip of its shipped folder."""
+    val_text = SEPARATOR.join(book_corpus().docs_val)
+    ids = lm.tokenizer.encode(val_text)
+    seq_len = lm.log["pretrain_config"]["seq_len"]
+    _, per_byte = nats_per_byte(lm.model, torch.tensor(ids), token_byte_lengths(lm.tokenizer), seq_len)
+    hf_tok = AutoTokenizer.from_pretrained(lm.path)
+    hf = LlamaForCausalLM.from_pretrained(lm.path).eval()
+    x = torch.tensor([ids[:n_check_tokens]])
+    dev = next(lm.model.parameters()).device
+    diff = float((hf(x).logits - lm.model(x.to(dev)).cpu()).abs().max())
+    same = hf_tok(val_text, add_special_tokens=False)["input_ids"] == ids
+    return BookLMCheck(lm.model.num_params(), per_byte, diff, same)
+
+
 # ---- the closed loop -------------------------------------------------------------------------------
 @dataclass
 class TransformerResult:
@@ -178,13 +212,11 @@ class TransformerResult:
     lm_steps: int
     patch_max_diff: float
     norm_runs: dict[str, NormRun]
+    book: BookLMCheck
     samples: list[str] = field(default_factory=list)
 
 
 def experiment(toy: bool = True, seed: int = 0, device: str = "cpu") -> TransformerResult:
-    from llmcore.architecture.pretrained import corpus_ids, tiny_lm
-    from llmcore.core.corpus import docstring_corpus
-
     seed_everything(seed)
     corpus = docstring_corpus()
     n_train = 300_000 if toy else len(corpus.train)
@@ -205,8 +237,9 @@ def experiment(toy: bool = True, seed: int = 0, device: str = "cpu") -> Transfor
 
     train_ids, _ = corpus_ids()
     runs = norm_position_runs(train_ids, toy=toy, seed=seed, device=device)
+    book = check_book_lm(load_book_lm(device))
     return TransformerResult(tok, diff, lm.metrics["val_loss"], lm.metrics["unigram_loss"], lm.metrics["params"],
-                             lm.metrics["steps"], patch_diff, runs, samples)
+                             lm.metrics["steps"], patch_diff, runs, book, samples)
 
 
 def make_report(res: TransformerResult, toy: bool, device: str, seed: int) -> Report:
@@ -228,12 +261,17 @@ def make_report(res: TransformerResult, toy: bool, device: str, seed: int) -> Re
     rep.metric("Pre-LN last/first layer grad norm", pre.layer_grad_norms[-1] / pre.layer_grad_norms[0])
     gap = post.final_loss - pre.final_loss if post.final_loss == post.final_loss else float("inf")
     rep.check("deep Post-LN without warmup ends >= 0.3 nats above Pre-LN", gap, ">=", 0.3)
+    rep.metric("book LM params", res.book.params)
+    rep.metric("book LM val loss (nats/byte)", res.book.val_nats_per_byte)
+    rep.check("book LM: HF from_pretrained(shipped folder) logits equal ours", res.book.hf_max_diff, "<", 1e-4)
+    rep.check("book LM: HF AutoTokenizer ids equal ours on the validation text",
+              float(res.book.hf_tokenizer_equal), "==", 1.0)
+    rep.check("book LM val loss at least 0.4 nats/byte below the tiny LM's (same text)",
+              res.val_loss - res.book.val_nats_per_byte, ">=", 0.4)
     return rep
 
 
 def run(toy: bool = True, device: str = "auto", seed: int = 0) -> Report:
-    from llmcore.core.device import pick_device
-
     dev = pick_device(device)
     res = experiment(toy=toy, seed=seed, device=str(dev))
     return make_report(res, toy, str(dev), seed)

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import platform
+from pathlib import Path
+
 import torch
 
 from llmcore.core.errors import LLMCoreError
@@ -31,3 +34,14 @@ def pick_device(device: str = "auto") -> torch.device:
             raise LLMCoreError(f"device={device!r}: only {torch.cuda.device_count()} CUDA device(s) present")
         return dev
     raise LLMCoreError(f"unknown device {device!r}; valid: {', '.join(VALID_DEVICES)} (or cuda:N)")
+
+
+def cpu_name() -> str:
+    """The CPU's model name (``/proc/cpuinfo`` on Linux; ``platform.processor()`` elsewhere), for result records."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
