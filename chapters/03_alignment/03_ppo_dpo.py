@@ -57,12 +57,12 @@ import matplotlib.pyplot as plt
 import numpy as np
 import torch
 
-from llmcore.alignment import arith as A
 from llmcore.alignment import ppo_dpo as P
+from llmcore.alignment import sft, tasks
 from llmcore.core import pick_device, seed_everything, show_source, use_style
 
 dev = pick_device(device)
-seed_everything(seed)
+seed_everything(seed, threads=P.THREADS)  # one torch thread: see P.THREADS
 use_style()
 print(f"device={dev}, toy={toy}, seed={seed}, beta={beta}")
 
@@ -119,7 +119,7 @@ print(f"device={dev}, toy={toy}, seed={seed}, beta={beta}")
 # on held-out prompts.
 
 # %%
-show_source(P.true_reward, A.check)
+show_source(P.true_reward, tasks.check_arith)
 
 # %% [markdown]
 # ## The implementation
@@ -152,7 +152,7 @@ show_source(P.ppo_policy_loss, P.ppo_value_loss)
 show_source(P.RewardModel, P.ppo_rlhf)
 
 # %%
-rl = P.rlhf_experiment(toy=toy, device=device, seed=seed)
+rl = P.rlhf_experiment(toy=toy, device=dev, seed=seed)
 print(f"reward model: {rl.n_pairs} training pairs, pair accuracy train {rl.rm_acc_train:.3f}, "
       f"held-out {rl.rm_acc_heldout:.3f}")
 print(f"held-out true reward: SFT {rl.sft_heldout:.3f}, PPO (KL on) {rl.ppo_heldout:.3f}, "
@@ -201,7 +201,7 @@ plt.show()
 cfg = P.DPOConfig(beta=beta)
 if not toy:
     cfg = dataclasses.replace(cfg, steps=400, n_pair_prompts=4096, n_eval_prompts=400)
-res = P.dpo_experiment(toy=toy, device=device, seed=seed, cfg=cfg)
+res = P.dpo_experiment(toy=toy, device=dev, seed=seed, cfg=cfg)
 win = float(np.mean(res.dpo_prompt_reward > res.sft_prompt_reward))
 print(f"{res.n_pairs} preference pairs; DPO beats SFT on {win:.1%} of held-out prompts")
 
@@ -295,9 +295,9 @@ assert rl.rm_acc_heldout >= 0.90 and win >= 0.70
 # %% tags=["nbval-ignore-output"]
 import ipywidgets as widgets
 
-play_pairs = P.make_pairs(res.ref, A.split_problems(res.task)[0][:300], res.task, 4,
+play_pairs = P.make_pairs(res.ref, tasks.arith_split(res.task)[0][:300], res.task, 4,
                           torch.Generator().manual_seed(0))
-play_eval = A.split_problems(res.task)[1][:100]
+play_eval = tasks.arith_split(res.task)[1][:100]
 
 
 def play_beta(b: float = 0.5) -> None:
@@ -306,7 +306,7 @@ def play_beta(b: float = 0.5) -> None:
         p.requires_grad_(True)
     hist = P.train_dpo(pol, res.ref, play_pairs, res.task, dataclasses.replace(cfg, beta=b, steps=20),
                        desc=f"DPO beta={b}")
-    st = A.accuracy(pol.eval(), play_eval, res.task)
+    st = sft.arith_accuracy(pol.eval(), play_eval, res.task)
     fig, ax = plt.subplots(figsize=(6, 3))
     ax.plot(hist["logp_chosen"], label="chosen")
     ax.plot(hist["logp_rejected"], label="rejected")

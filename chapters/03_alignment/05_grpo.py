@@ -55,12 +55,12 @@ import matplotlib.pyplot as plt
 import numpy as np
 import torch
 
-from llmcore.alignment import arith as A
 from llmcore.alignment import grpo as G
+from llmcore.alignment import sft, tasks
 from llmcore.core import pick_device, seed_everything, show_source, use_style
 
 dev = pick_device(device)
-seed_everything(seed)
+seed_everything(seed, threads=G.THREADS)  # one torch thread: see G.THREADS
 use_style()
 print(f"device={dev}, toy={toy}, seed={seed}, G={group_size}, beta={beta}")
 
@@ -110,12 +110,12 @@ print(f"device={dev}, toy={toy}, seed={seed}, G={group_size}, beta={beta}")
 # out and never trained on.
 
 # %%
-show_source(A.check)
-task = A.ArithConfig()
-train, heldout = A.split_problems(task)
-print(f"{len(train)} training problems, {len(heldout)} held out; e.g. {A.prompt_text(*heldout[0])!r}")
-for ids in ([ord("4"), ord("2"), A.EOS], [ord("4"), ord("2")], list(b"42 ok") + [A.EOS]):
-    print(f"{A.decode_response(ids)}  ->  (correct, terse, verbose) = {A.check(37, 5, ids)}")
+show_source(tasks.check_arith)
+task = sft.ArithConfig()
+train, heldout = tasks.arith_split(task)
+print(f"{len(train)} training problems, {len(heldout)} held out; e.g. {tasks.arith_prompt_text(*heldout[0])!r}")
+for ids in ([ord("4"), ord("2"), tasks.EOS], [ord("4"), ord("2")], list(b"42 ok") + [tasks.EOS]):
+    print(f"{tasks.decode_arith_response(ids)}  ->  (correct, terse, verbose) = {tasks.check_arith(37, 5, ids)}")
 
 # %% [markdown]
 # ## The implementation
@@ -171,7 +171,7 @@ print(f"max |ours - TRL| advantage = {err_adv:.1e}; KL(p||q) = {exact_kl:.4f}, "
 cfg = G.GRPOConfig(group_size=group_size, beta=beta)
 if not toy:
     cfg = dataclasses.replace(cfg, steps=400, prompts_per_step=32)
-res = G.experiment(toy=toy, device=device, seed=seed, cfg=cfg)
+res = G.experiment(toy=toy, device=dev, seed=seed, cfg=cfg)
 print(f"held-out accuracy: SFT start {res.acc_start:.3f} -> GRPO {res.acc_grpo:.3f}; "
       f"SFT control {res.acc_sft_control:.3f}")
 

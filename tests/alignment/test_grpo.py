@@ -6,8 +6,10 @@ import numpy as np
 import pytest
 import torch
 
-from llmcore.alignment import arith as A
 from llmcore.alignment import grpo as G
+from llmcore.alignment import sft as S
+from llmcore.alignment import tasks as T
+from llmcore.architecture.llama import Llama
 from llmcore.core.errors import LLMCoreError
 
 
@@ -93,23 +95,23 @@ def test_grpo_loss_kl_term_and_sequence_mean():
 
 
 def test_verifier_and_reward():
-    ok = [ord("4"), ord("2"), A.EOS]
-    assert A.check(37, 5, ok) == (True, True, False)
-    assert A.check(37, 5, [ord("4"), ord("2")]) == (False, False, False)  # not closed by <eos>
-    assert A.check(37, 5, list(b"42 ok") + [A.EOS]) == (True, False, True)
-    assert A.check(37, 5, [ord("4"), ord("3"), A.EOS]) == (False, True, False)
-    resp = torch.tensor([ok, [ord("9"), A.EOS, A.EOS]])
+    ok = [ord("4"), ord("2"), T.EOS]
+    assert T.check_arith(37, 5, ok) == (True, True, False)
+    assert T.check_arith(37, 5, [ord("4"), ord("2")]) == (False, False, False)  # not closed by <eos>
+    assert T.check_arith(37, 5, list(b"42 ok") + [T.EOS]) == (True, False, True)
+    assert T.check_arith(37, 5, [ord("4"), ord("3"), T.EOS]) == (False, True, False)
+    resp = torch.tensor([ok, [ord("9"), T.EOS, T.EOS]])
     r, _ = G.reward_fn(np.array([[37, 5], [37, 5]]), resp, 0.1)
     assert torch.allclose(r, torch.tensor([1.1, 0.1]))
-    assert torch.equal(A.response_mask(resp), torch.tensor([[1.0, 1, 1], [1, 1, 0]]))
+    assert torch.equal(T.response_mask(resp), torch.tensor([[1.0, 1, 1], [1, 1, 0]]))
 
 
 def test_grpo_round_runs_on_policy_and_memory_accounting():
     """One on-policy round on an untrained tiny model: finite stats, no clipping; byte accounting."""
     torch.manual_seed(0)
-    task = A.ArithConfig(d_model=32, n_layers=1, n_heads=2)
-    policy = A.Llama(task.model_config())
-    ref = A.Llama(task.model_config())
+    task = S.ArithConfig(d_model=32, n_layers=1, n_heads=2)
+    policy = Llama(task.model_config())
+    ref = Llama(task.model_config())
     ref.load_state_dict(policy.state_dict())
     cfg = G.GRPOConfig(prompts_per_step=4, group_size=4, lr=1e-2, inner_epochs=1, beta=0.0)
     probs = np.array([[1, 2], [3, 4], [5, 6], [7, 8]])

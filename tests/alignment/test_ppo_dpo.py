@@ -8,8 +8,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from llmcore.alignment import arith as A
 from llmcore.alignment import ppo_dpo as P
+from llmcore.alignment import sft as S
+from llmcore.alignment import tasks as T
+from llmcore.architecture.llama import Llama
 from llmcore.core.errors import LLMCoreError
 
 
@@ -61,10 +63,10 @@ def test_dpo_and_ipo_by_hand():
 
 
 def test_true_reward():
-    resp = torch.tensor([[ord("4"), ord("2"), A.EOS, A.EOS, A.EOS, A.EOS],
-                         list(b"42 ok") + [A.EOS],
-                         [ord("4"), ord("3"), A.EOS, A.EOS, A.EOS, A.EOS],
-                         list(b"43 ok") + [A.EOS]])
+    resp = torch.tensor([[ord("4"), ord("2"), T.EOS, T.EOS, T.EOS, T.EOS],
+                         list(b"42 ok") + [T.EOS],
+                         [ord("4"), ord("3"), T.EOS, T.EOS, T.EOS, T.EOS],
+                         list(b"43 ok") + [T.EOS]])
     r = P.true_reward(np.array([[37, 5]] * 4), resp)
     assert torch.allclose(r, torch.tensor([1.5, 1.0, 0.5, 0.0]))
 
@@ -73,8 +75,8 @@ def test_true_reward():
 def test_dpo_loss_equals_trl_dpotrainer(loss_type):
     """Same models (ours copied to HF), same pairs: our loss == DPOTrainer._compute_loss to 1e-5."""
     torch.manual_seed(0)
-    task = A.ArithConfig(d_model=32, n_layers=1, n_heads=2, verbose_frac=0.5)
-    ref = A.Llama(task.model_config()).eval()
+    task = S.ArithConfig(d_model=32, n_layers=1, n_heads=2, verbose_frac=0.5)
+    ref = Llama(task.model_config()).eval()
     policy = copy.deepcopy(ref)
     with torch.no_grad():  # move the policy away from the reference so the loss is not log 2
         for p in policy.parameters():
@@ -82,7 +84,7 @@ def test_dpo_loss_equals_trl_dpotrainer(loss_type):
     probs = np.array([[37, 5], [12, 34], [99, 99], [0, 7]])
 
     def ids(text):
-        return A.TOK.encode(text) + [A.EOS] * (task.max_new_tokens - len(A.TOK.encode(text)))
+        return T.TOK.encode(text) + [T.EOS] * (task.max_new_tokens - len(T.TOK.encode(text)))
 
     chosen = torch.tensor([ids(str(a + b)) for a, b in probs])
     rejected = torch.tensor([ids(str(a + b + 1) + " ok") for a, b in probs])
@@ -96,12 +98,12 @@ def test_dpo_loss_equals_trl_dpotrainer(loss_type):
 
 def test_reward_model_reads_the_eos_state_and_ignores_padding():
     torch.manual_seed(0)
-    task = A.ArithConfig(d_model=32, n_layers=1, n_heads=2, verbose_frac=0.5)
-    rm = P.RewardModel(A.Llama(task.model_config()))
+    task = S.ArithConfig(d_model=32, n_layers=1, n_heads=2, verbose_frac=0.5)
+    rm = P.RewardModel(Llama(task.model_config()))
     torch.nn.init.normal_(rm.head.weight)
-    prompts = A.encode_prompts(np.array([[37, 5], [37, 5]]))
-    a = torch.tensor([[ord("4"), ord("2"), A.EOS, A.EOS, A.EOS, A.EOS, A.EOS]])
-    b = torch.tensor([[ord("4"), ord("2"), A.EOS, ord("x"), ord("y"), A.PAD, A.EOS]])  # junk after <eos>
+    prompts = T.encode_arith_prompts(np.array([[37, 5], [37, 5]]))
+    a = torch.tensor([[ord("4"), ord("2"), T.EOS, T.EOS, T.EOS, T.EOS, T.EOS]])
+    b = torch.tensor([[ord("4"), ord("2"), T.EOS, ord("x"), ord("y"), T.PAD, T.EOS]])  # junk after <eos>
     ra, rb = rm(prompts[:1], a), rm(prompts[:1], b)
     assert torch.allclose(ra, rb, atol=1e-6)
     h = rm.lm.hidden_states(torch.cat([prompts[:1], a], 1))
@@ -111,12 +113,12 @@ def test_reward_model_reads_the_eos_state_and_ignores_padding():
 def test_ppo_rlhf_runs_and_logs():
     """Two tiny PPO-RLHF iterations: every logged quantity is finite; KL starts at 0 (policy == reference)."""
     torch.manual_seed(0)
-    task = A.ArithConfig(d_model=32, n_layers=1, n_heads=2, verbose_frac=0.5)
-    sft = A.Llama(task.model_config()).eval()
+    task = S.ArithConfig(d_model=32, n_layers=1, n_heads=2, verbose_frac=0.5)
+    sft = Llama(task.model_config()).eval()
     for p in sft.parameters():
         p.requires_grad_(False)
     rm = P.RewardModel(copy.deepcopy(sft)).eval()
-    train, _ = A.split_problems(task)
+    train, _ = T.arith_split(task)
     res = P.ppo_rlhf(sft, rm, train, task, P.PPOConfig(iters=2, prompts_per_iter=8), seed=0)
     assert all(np.isfinite(v).all() for v in res.history.values())
     assert abs(res.history["kl"][0]) < 1e-5

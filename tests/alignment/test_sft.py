@@ -101,3 +101,26 @@ def test_training_learns_a_task():
     assert sum(losses[-10:]) / 10 < 0.6 * sum(losses[:10]) / 10
     answers = S.greedy_answers(model, T.make_examples(["upper"], 4, "test", "first"), 7)
     assert all(isinstance(a, str) for a in answers)
+
+
+def test_arith_warm_start_is_cached_and_a_corrupt_cache_is_retrained(tmp_path, monkeypatch):
+    """Trained, loaded and retrained-after-corruption warm starts are the same weights, and the global
+    RNG ends in the same state on every path (later draws do not depend on whether the cache hit)."""
+    monkeypatch.setenv("LLMCORE_OUTPUT", str(tmp_path))
+    cfg = S.ArithConfig(sft_steps=6, sft_batch=8)
+    fresh = S.arith_sft_model(cfg, "cpu", seed=3, cache=False)
+    after_fresh = torch.rand(2)
+    trained = S.arith_sft_model(cfg, "cpu", seed=3)
+    after_trained = torch.rand(2)
+    entry = next(p for p in (tmp_path / "checkpoints").iterdir() if p.name.startswith("arith_sft-"))
+    mtime = (entry / "model.safetensors").stat().st_mtime_ns
+    loaded = S.arith_sft_model(cfg, "cpu", seed=3)
+    after_loaded = torch.rand(2)
+    assert (entry / "model.safetensors").stat().st_mtime_ns == mtime  # a hit: not rewritten
+    for m in (trained, loaded):
+        assert all(torch.equal(a, b) for a, b in zip(fresh.state_dict().values(), m.state_dict().values()))
+    assert torch.equal(after_fresh, after_trained) and torch.equal(after_fresh, after_loaded)
+    (entry / "model.safetensors").write_bytes(b"\x00" * 40)  # a truncated file
+    again = S.arith_sft_model(cfg, "cpu", seed=3)
+    assert all(torch.equal(a, b) for a, b in zip(fresh.state_dict().values(), again.state_dict().values()))
+    assert torch.equal(fresh.state_dict()["model.embed_tokens.weight"], again.lm_head.weight)  # tied again

@@ -59,6 +59,16 @@ def test_pick_device():
     if not torch.cuda.is_available():
         with pytest.raises(LLMCoreError, match="no CUDA GPU"):
             pick_device("cuda")
+        with pytest.raises(LLMCoreError, match="no CUDA GPU"):
+            pick_device(torch.device("cuda", 0))
+
+
+def test_pick_device_is_idempotent_on_a_resolved_device():
+    for name in ("cpu", "auto") + (("cuda", "cuda:0") if torch.cuda.is_available() else ()):
+        dev = pick_device(name)
+        assert isinstance(dev, torch.device)
+        assert pick_device(dev) == dev and pick_device(pick_device(dev)) == dev
+    assert pick_device(torch.device("cpu")) == torch.device("cpu")
 
 
 def test_check_range():

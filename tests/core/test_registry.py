@@ -5,9 +5,11 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
-from llmcore.core import LLMCoreError
+from llmcore.core import LLMCoreError, registry
 from llmcore.core.registry import ALGORITHMS, MODULES, PARTS, get, knowledge_map_markdown, names, rows
+from llmcore.core.report import Report
 
 ROOT = Path(__file__).resolve().parents[2]
 KNOWLEDGE_MAP = ROOT.parent / "shared" / "KNOWLEDGE_MAP.md"
@@ -54,6 +56,29 @@ def test_knowledge_map_markdown_has_every_row():
     for m in rows():
         assert m.title_zh in md
     assert md.count("\n| ") == 27 + 6  # 27 rows and a header row per part
+
+
+def test_run_module_resolves_device_and_seed_once(monkeypatch):
+    """``run_module`` hands the closed loop a torch.device and a seeded, thread-fixed torch."""
+    seen = {}
+
+    def fake_run(toy, device, seed):
+        seen.update(device=device, seed=seed, threads=torch.get_num_threads(), draw=torch.rand(1))
+        return Report("grpo", "t", toy, str(device), seed)
+
+    monkeypatch.setattr(registry.Module, "load", lambda self: fake_run)
+    rep = registry.run_module("grpo", toy=True, device="cpu", seed=7)
+    assert seen["device"] == torch.device("cpu") and isinstance(seen["device"], torch.device)
+    assert seen["threads"] == 1 == get("grpo").threads  # grpo.THREADS
+    torch.manual_seed(7)
+    assert torch.equal(seen["draw"], torch.rand(1)) and rep.seed == 7
+    assert get("sft").threads == 2 and get("rag").threads == 2  # the default; unwritten modules too
+    assert isinstance(rep.device, str) and rep.device == "cpu"
+    with pytest.raises(LLMCoreError, match="unknown device"):
+        registry.run_module("grpo", device="tpu")
+    # multi-process loops keep the validated name ("auto" is a per-world-size backend choice there)
+    registry.run_module("zero", toy=True, device="auto", seed=1)
+    assert seen["device"] == "auto" and get("zero").spawns_ranks and not get("sft").spawns_ranks
 
 
 def run_cli(*args: str) -> subprocess.CompletedProcess:

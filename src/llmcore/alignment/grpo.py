@@ -20,7 +20,7 @@ token with Schulman's unbiased, always-positive k3 estimator:
 .. math::
     \hat{\mathbb D}^{k3} = \frac{\pi_\text{ref}}{\pi_\theta} - \log\frac{\pi_\text{ref}}{\pi_\theta} - 1 .
 
-The task is :mod:`llmcore.alignment.arith` (2-digit addition): reward = correct + ``format_weight`` x
+The task is :class:`llmcore.alignment.tasks.ArithTask` (2-digit addition): reward = correct + ``format_weight`` x
 (terse format). Shapes: ``N = prompts x G`` sampled responses, ``L`` response tokens.
 """
 
@@ -34,12 +34,13 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from llmcore.alignment import arith as A
-from llmcore.core.device import pick_device
+from llmcore.alignment import ppo_dpo as P
+from llmcore.alignment import sft as S
+from llmcore.alignment import tasks as T
+from llmcore.core.device import CPU
 from llmcore.core.errors import LLMCoreError, check_range
 from llmcore.core.progress import progress
 from llmcore.core.report import Report
-from llmcore.core.seed import seed_everything
 
 
 # ---- the math ---------------------------------------------------------------------------------------
@@ -124,7 +125,7 @@ class GRPOConfig:
 @dataclass
 class GRPOResult:
     cfg: GRPOConfig
-    task: A.ArithConfig
+    task: S.ArithConfig
     acc_start: float
     acc_grpo: float
     acc_sft_control: float
@@ -140,7 +141,7 @@ class GRPOResult:
 
 def reward_fn(problems: np.ndarray, responses: torch.Tensor, format_weight: float) -> tuple[torch.Tensor, dict]:
     """Verifiable reward ``(N,)``: 1 for a correct sum, + ``format_weight`` for the terse format."""
-    v = A.verify(problems, responses.cpu())
+    v = T.verify_arith(problems, responses.cpu())
     return v["correct"].float() + format_weight * v["terse"].float(), v
 
 
@@ -151,22 +152,22 @@ def model_state_bytes(models_trained: list[torch.nn.Module], models_frozen: list
     return frozen + trained
 
 
-def grpo_round(policy, ref, opt, problems: np.ndarray, cfg: GRPOConfig, task: A.ArithConfig,
+def grpo_round(policy, ref, opt, problems: np.ndarray, cfg: GRPOConfig, task: S.ArithConfig,
                gen: torch.Generator) -> dict[str, float]:
     """One GRPO round: sample G responses per prompt, score, normalise in groups, ``inner_epochs`` steps."""
     dev = next(policy.parameters()).device
-    prompts = A.encode_prompts(problems, task.n_digits).to(dev).repeat_interleave(cfg.group_size, 0)  # (N, P)
+    prompts = T.encode_arith_prompts(problems, task.n_digits).to(dev).repeat_interleave(cfg.group_size, 0)  # (N, P)
     probs_rep = np.repeat(problems, cfg.group_size, 0)
-    responses = A.sample(policy, prompts, task.max_new_tokens, cfg.temperature, generator=gen)  # (N, L)
-    mask = A.response_mask(responses)
+    responses = S.sample(policy, prompts, task.max_new_tokens, cfg.temperature, generator=gen)  # (N, L)
+    mask = T.response_mask(responses)
     rewards, v = reward_fn(probs_rep, responses, cfg.format_weight)
     adv = group_advantages(rewards, cfg.group_size, cfg.scale_rewards).to(dev)
     with torch.no_grad():
-        old_logp = A.token_logprobs(policy, prompts, responses)
-        ref_logp = A.token_logprobs(ref, prompts, responses)
+        old_logp = P.token_logprobs(policy, prompts, responses)
+        ref_logp = P.token_logprobs(ref, prompts, responses)
     policy.train()
     for _ in range(cfg.inner_epochs):
-        logp = A.token_logprobs(policy, prompts, responses)
+        logp = P.token_logprobs(policy, prompts, responses)
         loss, stats = grpo_loss(logp, old_logp, ref_logp, adv, mask, cfg.clip_eps, cfg.beta)
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -177,17 +178,21 @@ def grpo_round(policy, ref, opt, problems: np.ndarray, cfg: GRPOConfig, task: A.
             "zero_std_frac": float((rewards.view(-1, cfg.group_size).std(1) == 0).float().mean())}
 
 
-def experiment(toy: bool = True, device: str = "auto", seed: int = 0, cfg: GRPOConfig | None = None,
-               task: A.ArithConfig | None = None, control: bool = True) -> GRPOResult:
+#: torch threads for this module's runs (the registry and the chapter pass it to ``seed_everything``):
+#: one thread, a 100k-parameter model gains nothing from more.
+THREADS = 1
+
+
+def experiment(toy: bool = True, device: torch.device = CPU, seed: int = 0, cfg: GRPOConfig | None = None,
+               task: S.ArithConfig | None = None, control: bool = True) -> GRPOResult:
     """SFT warm start -> GRPO on the verifier's reward, and (control) the same budget of more SFT."""
     cfg = cfg or (GRPOConfig() if toy else GRPOConfig(steps=400, prompts_per_step=32))
-    task = task or A.ArithConfig(sft_steps=cfg.sft_max_steps, sft_target_acc=cfg.sft_target_acc)
+    task = task or S.ArithConfig(sft_steps=cfg.sft_max_steps, sft_target_acc=cfg.sft_target_acc)
     check_range("lr", cfg.lr, 0.0, 1.0)
-    seed_everything(seed, threads=1)  # one thread: a 100k-parameter model gains nothing from more
-    dev = pick_device(device)
-    train, heldout = A.split_problems(task)
-    start = A.sft_model(task, dev, seed)
-    acc0 = A.accuracy(start, heldout, task)["correct"]
+    dev = device  # resolved once by the caller (registry or chapter), with seed_everything(seed, THREADS)
+    train, heldout = T.arith_split(task)
+    start = S.arith_sft_model(task, dev, seed)
+    acc0 = S.arith_accuracy(start, heldout, task)["correct"]
 
     policy, ref = copy.deepcopy(start), copy.deepcopy(start).eval()
     for p in ref.parameters():
@@ -204,7 +209,7 @@ def experiment(toy: bool = True, device: str = "auto", seed: int = 0, cfg: GRPOC
             res.history.setdefault(k, []).append(val)
         if step % cfg.eval_every == 0 or step == cfg.steps:
             res.eval_steps.append(step)
-            res.eval_acc.append(A.accuracy(policy, heldout, task)["correct"])
+            res.eval_acc.append(S.arith_accuracy(policy, heldout, task)["correct"])
     res.grpo_s = time.perf_counter() - t0
     res.acc_grpo = res.eval_acc[-1]
     # memory held: GRPO = policy (trained) + reference; PPO-RLHF adds a value model and a reward model
@@ -221,12 +226,12 @@ def experiment(toy: bool = True, device: str = "auto", seed: int = 0, cfg: GRPOC
 
         def _eval(i: int) -> None:
             if (i + 1) % (cfg.eval_every * cfg.inner_epochs) == 0:
-                res.control_acc.append(A.accuracy(ctl, heldout, task)["correct"])
+                res.control_acc.append(S.arith_accuracy(ctl, heldout, task)["correct"])
 
-        A.sft_steps(ctl, train, ctl_task, cfg.steps * cfg.inner_epochs, rng_c, opt=opt_c, desc="SFT control",
-                    callback=_eval)
+        S.train_packed(ctl, S.arith_batches(train, ctl_task, rng_c), cfg.steps * cfg.inner_epochs, opt=opt_c,
+                       warmup=None, grad_clip=None, logits_fn=S.causal_logits, desc="SFT control", callback=_eval)
         res.control_s = time.perf_counter() - t0
-        res.acc_sft_control = A.accuracy(ctl, heldout, task)["correct"]
+        res.acc_sft_control = S.arith_accuracy(ctl, heldout, task)["correct"]
     return res
 
 
@@ -248,7 +253,7 @@ def make_report(res: GRPOResult, toy: bool, device: str, seed: int) -> Report:
     return rep
 
 
-def run(toy: bool = True, device: str = "auto", seed: int = 0) -> Report:
+def run(toy: bool = True, device: torch.device = CPU, seed: int = 0) -> Report:
     """Closed loop: SFT start -> GRPO with a verifier -> held-out accuracy, vs more SFT."""
     res = experiment(toy=toy, device=device, seed=seed)
-    return make_report(res, toy, str(pick_device(device)), seed)
+    return make_report(res, toy, str(device), seed)

@@ -27,15 +27,22 @@ from __future__ import annotations
 
 import copy
 import math
+import random
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import torch
 from torch import nn
 
+from llmcore.alignment import sft as S
+from llmcore.alignment import tasks as T
+from llmcore.alignment.sft import packed_mask
 from llmcore.architecture.llama import Llama, rope_cos_sin
 from llmcore.architecture.quantization import QuantLinear
+from llmcore.core.device import CPU
 from llmcore.core.errors import LLMCoreError
+from llmcore.core.report import Report
+from llmcore.core.seed import seed_everything
 
 
 # ---- LoRA -------------------------------------------------------------------------------------------------
@@ -277,8 +284,6 @@ class PromptTuning(nn.Module):
         onehot = torch.nn.functional.one_hot(pos.clamp(max=self.n_virtual - 1), self.n_virtual).to(self.soft.dtype)
         x = torch.where(virt[..., None], onehot @ self.soft, x)
         cos, sin = rope_cos_sin(pos, m.config.head_dim, m.config.rope_theta)
-        from llmcore.alignment.sft import packed_mask
-
         mask = packed_mask(doc)
         for layer in m.model.layers:
             x = layer(x, cos, sin, mask)
@@ -411,11 +416,6 @@ def adapt(base: Llama, method: Method, cfg, device: str | torch.device = "cpu"):
     Returns ``(module, logits_fn or None, losses, trainable, total)``; ``logits_fn(idx)`` is needed for
     greedy decoding of prefix / prompt tuned models.
     """
-    from dataclasses import replace
-
-    from llmcore.alignment import sft as S
-    from llmcore.core.seed import seed_everything
-
     seed_everything(cfg.seed)
     model = copy.deepcopy(base).to(device)
     cfg = replace(cfg, lr=method.lr)
@@ -431,8 +431,6 @@ def adapt(base: Llama, method: Method, cfg, device: str | torch.device = "cpu"):
     if method.kind == "prefix":
         wrapper = PrefixTuning(model, method.n_virtual).to(device)
     else:
-        from llmcore.alignment import tasks as T
-
         init = [T.BOS, T.USER, *T.TOK.encode(method.init_text)] if method.init_text else None
         wrapper = PromptTuning(model, method.n_virtual, init).to(device)
     params = [p for p in wrapper.parameters() if p.requires_grad]
@@ -448,10 +446,6 @@ def adapt(base: Llama, method: Method, cfg, device: str | torch.device = "cpu"):
 def task_config(toy: bool, family: str, seed: int = 0, templates: str = "heldout"):
     """The fixed fine-tuning budget for one new task: ``family`` asked in a phrasing (``templates``) the SFT
     model never saw, so it starts at 0 % although it has the skill."""
-    from dataclasses import replace
-
-    from llmcore.alignment import sft as S
-
     if toy:
         return S.SFTConfig(families=(family,), templates=templates, n_train=6000, steps=150, batch_rows=16,
                            seq_len=64, warmup_steps=10, data_seed=2, seed=seed)
@@ -463,11 +457,6 @@ def replay_data(cfg, base_cfg, replay: float = 0.5):
     """Packed rows of ``cfg``'s task conversations mixed with a ``replay`` share of the base model's own SFT
     data (``base_cfg``'s families and templates), shuffled. The replayed half keeps the shared skill in place,
     so the task vector mostly holds what is specific to the new task."""
-    import random
-
-    from llmcore.alignment import sft as S
-    from llmcore.alignment import tasks as T
-
     n_old = round(cfg.n_train * replay)
     new = T.make_examples(cfg.families, cfg.n_train - n_old, "train", cfg.templates, seed=cfg.data_seed,
                           full=cfg.full)
@@ -481,10 +470,6 @@ def replay_data(cfg, base_cfg, replay: float = 0.5):
 def task_finetune(base: Llama, cfg, base_cfg, lr: float = 3e-3, replay: float = 0.5,
                   device: str | torch.device = "cpu") -> tuple[Llama, list[float]]:
     """One task-specific full fine-tune for merging (AdamW, the task's step budget, half the rows replayed SFT data)."""
-    from dataclasses import replace
-
-    from llmcore.alignment import sft as S
-
     model = copy.deepcopy(base).to(device)
     losses = S.finetune(model, replace(cfg, lr=lr), f"task fine-tune {cfg.families[0]}@{cfg.templates}",
                         data=replay_data(cfg, base_cfg, replay))
@@ -532,7 +517,7 @@ class PEFTResult:
     tests: dict[str, list] = field(default_factory=dict)  # task -> held-out examples
 
 
-def experiment(toy: bool = True, seed: int = 0, device: str | torch.device = "cpu",
+def experiment(toy: bool = True, seed: int = 0, device: torch.device = CPU,
                tasks: tuple[tuple[str, str], ...] = (("upper", "t1"), ("add", "t2")),
                ranks: Sequence[int] = (1, 2, 4, 8)) -> PEFTResult:
     """Adapt the SFT model to task A with every method, sweep LoRA's rank, merge two task fine-tunes.
@@ -541,9 +526,6 @@ def experiment(toy: bool = True, seed: int = 0, device: str | torch.device = "cp
     method) and addition asked as ``"sum of {a}+{b}="`` (B) -- phrasings the SFT model (trained on
     ``"upper: {s}"`` and ``"{a}+{b}="``) never saw. The merge combines a fine-tune on A with one on B.
     """
-    from llmcore.alignment import sft as S
-    from llmcore.alignment import tasks as T
-
     base_cfg = S.toy_config(toy, seed)
     base, _ = S.sft_model(base_cfg, device=device)
     base = base.cpu()  # tiny: CPU-side copies; each method moves its own copy to ``device``
@@ -616,8 +598,6 @@ def experiment(toy: bool = True, seed: int = 0, device: str | torch.device = "cp
 
 
 def make_report(res: PEFTResult, toy: bool, device: str, seed: int):
-    from llmcore.core.report import Report
-
     rep = Report("peft", "PEFT (LoRA, Prefix Tuning, Merging) / 参数高效微调", toy, device, seed)
     for t, a in res.base_em.items():
         rep.metric(f"SFT model EM on {t} (before)", a)
@@ -646,10 +626,8 @@ def make_report(res: PEFTResult, toy: bool, device: str, seed: int):
     return rep
 
 
-def run(toy: bool = True, device: str = "auto", seed: int = 0):
+def run(toy: bool = True, device: torch.device = CPU, seed: int = 0):
     """The PEFT closed loop: adapt the SFT model to a new task five ways, sweep LoRA rank, merge two tasks."""
-    from llmcore.core.device import pick_device
-
-    dev = pick_device(device)
+    dev = device  # resolved once by the registry (run_module)
     res = experiment(toy=toy, seed=seed, device=dev)
     return make_report(res, toy, str(dev), seed)

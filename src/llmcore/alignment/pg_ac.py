@@ -28,6 +28,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 
+from llmcore.core.device import CPU
 from llmcore.core.errors import LLMCoreError, check_range
 from llmcore.core.progress import progress
 from llmcore.core.report import Report
@@ -538,11 +539,9 @@ def make_report(res: PGResult, toy: bool, device: str, seed: int) -> Report:
     return rep
 
 
-def run(toy: bool = True, device: str = "auto", seed: int = 0) -> Report:
+def run(toy: bool = True, device: torch.device = CPU, seed: int = 0) -> Report:
     """The PG/AC closed loop: REINFORCE variance, A2C and PPO on CartPole-v1 over 3 seeds."""
-    from llmcore.core.device import pick_device
-
-    dev = pick_device(device)
+    dev = device  # resolved once by the registry (run_module)
     # tiny MLPs and a CPU env: the CPU is faster than a GPU round-trip per env step
     res = experiment(toy=toy, seed=seed, device="cpu")
     rep = make_report(res, toy, str(dev), seed)

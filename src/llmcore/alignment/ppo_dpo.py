@@ -1,6 +1,6 @@
 r"""Preference alignment on the tiny LM: the Bradley–Terry loss, PPO's clipped losses, and DPO / IPO.
 
-The setting: 2-digit addition (:mod:`llmcore.alignment.arith`) where the SFT model answers in two styles,
+The setting: 2-digit addition (:class:`llmcore.alignment.tasks.ArithTask`) where the SFT model answers in two styles,
 terse ``"42"`` and verbose ``"42 ok"``. A **true reward** that ``llmcore`` can compute for any response
 stands in for human judgement:
 
@@ -41,20 +41,24 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from llmcore.alignment import arith as A
-from llmcore.core.device import pick_device
+from llmcore.alignment import sft as S
+from llmcore.alignment import tasks as T
+from llmcore.architecture.llama import Llama
+from llmcore.core.device import CPU
 from llmcore.core.errors import LLMCoreError
 from llmcore.core.progress import progress
 from llmcore.core.report import Report
-from llmcore.core.seed import seed_everything
 
 TERSE_BONUS = 0.5  #: weight of the style preference in the true reward
+#: torch threads for this module's runs (the registry and the chapter pass it to ``seed_everything``):
+#: one thread, a 100k-parameter model gains nothing from more.
+THREADS = 1
 
 
 # ---- rewards and losses ----------------------------------------------------------------------------
 def true_reward(problems: np.ndarray, responses: torch.Tensor) -> torch.Tensor:
     """The ground truth ``(B,)``: 1 for a correct sum + ``TERSE_BONUS`` for the terse style."""
-    v = A.verify(problems, responses.cpu())
+    v = T.verify_arith(problems, responses.cpu())
     return v["correct"].float() + TERSE_BONUS * v["terse"].float()
 
 
@@ -103,10 +107,31 @@ def dpo_loss(logp_c: torch.Tensor, logp_r: torch.Tensor, ref_c: torch.Tensor, re
     raise LLMCoreError(f"loss_type must be 'sigmoid' or 'ipo', got {loss_type!r}")
 
 
+def token_logprobs(model: Llama, prompts: torch.Tensor, responses: torch.Tensor,
+                   return_hidden: bool = False):
+    r"""Per-token :math:`\log\pi(y_t \mid x, y_{<t})` of ``responses (B, L)`` -> ``(B, L)``.
+
+    With ``return_hidden`` also the hidden states ``(B, L, d)`` at the positions that *predict* each
+    response token (the state a value head reads: :math:`V(x, y_{<t})`), and the entropies ``(B, L)``.
+    (One teacher-forced forward over prompt + response: ``generate`` gives tokens, not these.)
+    """
+    seq = torch.cat([prompts, responses], 1)
+    h = model.hidden_states(seq)
+    P, L = prompts.shape[1], responses.shape[1]
+    h_pred = h[:, P - 1:P - 1 + L]  # position P-1+t predicts response token t
+    logits = model.lm_head(h_pred).float()
+    logp_all = torch.log_softmax(logits, -1)
+    logp = logp_all.gather(-1, responses.unsqueeze(-1)).squeeze(-1)
+    if not return_hidden:
+        return logp
+    entropy = -(logp_all.exp() * logp_all).sum(-1)
+    return logp, h_pred, entropy
+
+
 def sequence_logprobs(model, prompts: torch.Tensor, responses: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """``(sum of response-token log-probs (B,), response lengths (B,))`` — tokens up to the first ``<eos>``."""
-    mask = A.response_mask(responses)
-    return (A.token_logprobs(model, prompts, responses) * mask).sum(1), mask.sum(1)
+    mask = T.response_mask(responses)
+    return (token_logprobs(model, prompts, responses) * mask).sum(1), mask.sum(1)
 
 
 # ---- preference data --------------------------------------------------------------------------------
@@ -120,14 +145,14 @@ class Pairs:
 
 
 @torch.no_grad()
-def make_pairs(model, problems: np.ndarray, task: A.ArithConfig, k: int, gen: torch.Generator) -> Pairs:
+def make_pairs(model, problems: np.ndarray, task: S.ArithConfig, k: int, gen: torch.Generator) -> Pairs:
     """Sample ``k`` responses per prompt at T=1, label by the true reward: best = chosen, worst = rejected.
 
     Prompts whose ``k`` responses all score the same are dropped (no preference).
     """
     dev = next(model.parameters()).device
-    prompts = A.encode_prompts(problems, task.n_digits).to(dev).repeat_interleave(k, 0)
-    resp = A.sample(model, prompts, task.max_new_tokens, 1.0, generator=gen).cpu()
+    prompts = T.encode_arith_prompts(problems, task.n_digits).to(dev).repeat_interleave(k, 0)
+    resp = S.sample(model, prompts, task.max_new_tokens, 1.0, generator=gen).cpu()
     r = true_reward(np.repeat(problems, k, 0), resp).view(-1, k)
     resp = resp.view(len(problems), k, -1)
     best, worst = r.argmax(1), r.argmin(1)
@@ -173,15 +198,15 @@ class DPOResult:
     task: object = None
 
 
-def dpo_task(cfg: DPOConfig) -> A.ArithConfig:
-    return A.ArithConfig(verbose_frac=cfg.verbose_frac, sft_steps=cfg.sft_max_steps, sft_target_acc=cfg.sft_target_acc)
+def dpo_task(cfg: DPOConfig) -> S.ArithConfig:
+    return S.ArithConfig(verbose_frac=cfg.verbose_frac, sft_steps=cfg.sft_max_steps, sft_target_acc=cfg.sft_target_acc)
 
 
-def train_dpo(policy, ref, pairs: Pairs, task: A.ArithConfig, cfg: DPOConfig, seed: int = 0,
+def train_dpo(policy, ref, pairs: Pairs, task: S.ArithConfig, cfg: DPOConfig, seed: int = 0,
               desc: str = "DPO") -> dict[str, list[float]]:
     """``cfg.steps`` of DPO/IPO on ``pairs``; logs loss, implicit-reward margin and chosen/rejected log-probs."""
     dev = next(policy.parameters()).device
-    prompts = A.encode_prompts(pairs.problems, task.n_digits).to(dev)
+    prompts = T.encode_arith_prompts(pairs.problems, task.n_digits).to(dev)
     ch, rj = pairs.chosen.to(dev), pairs.rejected.to(dev)
     with torch.no_grad():
         ref_c, len_c = sequence_logprobs(ref, prompts, ch)
@@ -207,20 +232,20 @@ def train_dpo(policy, ref, pairs: Pairs, task: A.ArithConfig, cfg: DPOConfig, se
 
 
 @torch.no_grad()
-def prompt_rewards(model, problems: np.ndarray, task: A.ArithConfig, k: int, gen: torch.Generator) -> np.ndarray:
+def prompt_rewards(model, problems: np.ndarray, task: S.ArithConfig, k: int, gen: torch.Generator) -> np.ndarray:
     """Mean true reward of ``k`` sampled (T=1) responses, per prompt ``(n,)``."""
     dev = next(model.parameters()).device
-    prompts = A.encode_prompts(problems, task.n_digits).to(dev).repeat_interleave(k, 0)
-    resp = A.sample(model, prompts, task.max_new_tokens, 1.0, generator=gen).cpu()
+    prompts = T.encode_arith_prompts(problems, task.n_digits).to(dev).repeat_interleave(k, 0)
+    resp = S.sample(model, prompts, task.max_new_tokens, 1.0, generator=gen).cpu()
     return true_reward(np.repeat(problems, k, 0), resp).view(-1, k).mean(1).numpy()
 
 
 @torch.no_grad()
-def sampled_kl(policy, ref, problems: np.ndarray, task: A.ArithConfig, k: int, gen: torch.Generator) -> float:
+def sampled_kl(policy, ref, problems: np.ndarray, task: S.ArithConfig, k: int, gen: torch.Generator) -> float:
     """Monte-Carlo sequence KL(π ‖ π_ref): mean of log π(y) - log π_ref(y) over y ~ π (k per prompt)."""
     dev = next(policy.parameters()).device
-    prompts = A.encode_prompts(problems, task.n_digits).to(dev).repeat_interleave(k, 0)
-    resp = A.sample(policy, prompts, task.max_new_tokens, 1.0, generator=gen)
+    prompts = T.encode_arith_prompts(problems, task.n_digits).to(dev).repeat_interleave(k, 0)
+    resp = S.sample(policy, prompts, task.max_new_tokens, 1.0, generator=gen)
     lp, _ = sequence_logprobs(policy, prompts, resp)
     lr, _ = sequence_logprobs(ref, prompts, resp)
     return float((lp - lr).mean())
@@ -233,13 +258,13 @@ def char_tokenizer():
     from transformers import PreTrainedTokenizerFast
 
     vocab = {chr(i): i for i in range(32, 127)}
-    vocab.update({"<pad>": A.PAD, "<bos>": A.BOS, "<eos>": A.EOS})
+    vocab.update({"<pad>": T.PAD, "<bos>": T.BOS, "<eos>": T.EOS})
     tk = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<pad>"))
     tk.pre_tokenizer = pre_tokenizers.Split(Regex("<pad>|<bos>|<eos>|."), behavior="isolated")
     return PreTrainedTokenizerFast(tokenizer_object=tk, pad_token="<pad>", eos_token="<eos>", bos_token="<bos>")
 
 
-def trl_dpo_loss(policy, ref, pairs: Pairs, task: A.ArithConfig, beta: float, loss_type: str = "sigmoid") -> float:
+def trl_dpo_loss(policy, ref, pairs: Pairs, task: S.ArithConfig, beta: float, loss_type: str = "sigmoid") -> float:
     """TRL's ``DPOTrainer`` loss on the same models (copied to HF ``LlamaForCausalLM``) and the same pairs.
 
     The pairs go in as text; TRL tokenizes them, appends ``<eos>``, collates ``[chosen; rejected]`` and
@@ -251,10 +276,10 @@ def trl_dpo_loss(policy, ref, pairs: Pairs, task: A.ArithConfig, beta: float, lo
     from trl import DPOTrainer
 
     def text(resp) -> str:
-        return A.decode_response(resp.tolist())[0]
+        return T.decode_arith_response(resp.tolist())[0]
 
     ds = Dataset.from_dict({
-        "prompt": ["<bos>" + A.prompt_text(int(a), int(b), task.n_digits) for a, b in pairs.problems],
+        "prompt": ["<bos>" + T.arith_prompt_text(int(a), int(b), task.n_digits) for a, b in pairs.problems],
         "chosen": [text(r) for r in pairs.chosen], "rejected": [text(r) for r in pairs.rejected]})
     hf, hf_ref = policy.to_hf(), ref.to_hf()
     with tempfile.TemporaryDirectory() as d:
@@ -272,12 +297,12 @@ def trl_dpo_loss(policy, ref, pairs: Pairs, task: A.ArithConfig, beta: float, lo
 def _as_text(resp: torch.Tensor) -> bool:
     """True when a response is printable ASCII closed by ``<eos>`` (so text -> TRL's tokenizer -> same ids)."""
     ids = resp.tolist()
-    return A.EOS in ids and all(32 <= t < 127 for t in ids[:ids.index(A.EOS)])
+    return T.EOS in ids and all(32 <= t < 127 for t in ids[:ids.index(T.EOS)])
 
 
-def our_dpo_loss(policy, ref, pairs: Pairs, task: A.ArithConfig, beta: float, loss_type: str = "sigmoid") -> float:
+def our_dpo_loss(policy, ref, pairs: Pairs, task: S.ArithConfig, beta: float, loss_type: str = "sigmoid") -> float:
     dev = next(policy.parameters()).device
-    prompts = A.encode_prompts(pairs.problems, task.n_digits).to(dev)
+    prompts = T.encode_arith_prompts(pairs.problems, task.n_digits).to(dev)
     with torch.no_grad():
         lc, nc = sequence_logprobs(policy, prompts, pairs.chosen.to(dev))
         lr, nr = sequence_logprobs(policy, prompts, pairs.rejected.to(dev))
@@ -286,22 +311,22 @@ def our_dpo_loss(policy, ref, pairs: Pairs, task: A.ArithConfig, beta: float, lo
         return float(dpo_loss(lc, lr, rc, rr, beta, loss_type, nc, nr))
 
 
-def _frozen_sft_start(cfg: DPOConfig, device: str, seed: int):
-    """Seed (one thread: a 100k-parameter model gains nothing from more), build the task and its
-    train / held-out split, and load the cached SFT model frozen. Shared by DPO and PPO-RLHF.
+def _frozen_sft_start(cfg: DPOConfig, device: torch.device, seed: int):
+    """Build the task and its train / held-out split, and load the cached SFT model frozen. Shared by
+    DPO and PPO-RLHF. ``device`` and the seeding (``seed_everything(seed, THREADS)``) are resolved once
+    by the caller (registry or chapter).
 
     Returns ``(device, task, train, heldout, sft_model)``.
     """
-    seed_everything(seed, threads=1)
-    dev = pick_device(device)
+    dev = device
     task = dpo_task(cfg)
-    train, heldout = A.split_problems(task)
-    sft = A.sft_model(task, dev, seed).eval()
+    train, heldout = T.arith_split(task)
+    sft = S.arith_sft_model(task, dev, seed).eval()
     for p in sft.parameters():
         p.requires_grad_(False)
     return dev, task, train, heldout, sft
 
-def dpo_experiment(toy: bool = True, device: str = "auto", seed: int = 0, cfg: DPOConfig | None = None,
+def dpo_experiment(toy: bool = True, device: torch.device = CPU, seed: int = 0, cfg: DPOConfig | None = None,
                    trl_check: bool = True) -> DPOResult:
     """SFT (two styles) -> preference pairs labelled by the true reward -> DPO -> held-out win rate vs SFT."""
     cfg = cfg or (DPOConfig() if toy else DPOConfig(steps=400, n_pair_prompts=4096, n_eval_prompts=400))
@@ -322,7 +347,7 @@ def dpo_experiment(toy: bool = True, device: str = "auto", seed: int = 0, cfg: D
     res.sft_prompt_reward = prompt_rewards(ref, ev, task, cfg.eval_samples, torch.Generator(device=dev).manual_seed(7))
     res.dpo_prompt_reward = prompt_rewards(policy, ev, task, cfg.eval_samples,
                                            torch.Generator(device=dev).manual_seed(7))
-    res.sft_stats, res.dpo_stats = A.accuracy(ref, ev, task), A.accuracy(policy, ev, task)
+    res.sft_stats, res.dpo_stats = S.arith_accuracy(ref, ev, task), S.arith_accuracy(policy, ev, task)
     res.kl_dpo = sampled_kl(policy, ref, ev, task, 4, torch.Generator(device=dev).manual_seed(8))
     if trl_check:
         ok = [i for i in range(len(pairs.problems)) if _as_text(pairs.chosen[i]) and _as_text(pairs.rejected[i])]
@@ -353,10 +378,10 @@ def dpo_report(res: DPOResult, toy: bool, device: str, seed: int) -> Report:
     return rep
 
 
-def run_dpo(toy: bool = True, device: str = "auto", seed: int = 0) -> Report:
+def run_dpo(toy: bool = True, device: torch.device = CPU, seed: int = 0) -> Report:
     """Closed loop: SFT -> pairs labelled by the true reward -> DPO; win rate vs SFT; loss = TRL's."""
     res = dpo_experiment(toy=toy, device=device, seed=seed)
-    return dpo_report(res, toy, str(pick_device(device)), seed)
+    return dpo_report(res, toy, str(device), seed)
 
 
 # ---- reward model (Bradley–Terry) ---------------------------------------------------------------------
@@ -373,7 +398,7 @@ class RewardModel(torch.nn.Module):
     def forward(self, prompts: torch.Tensor, responses: torch.Tensor) -> torch.Tensor:
         """``(B, P)``, ``(B, L)`` -> rewards ``(B,)`` read at the last response token (its ``<eos>``)."""
         h = self.lm.hidden_states(torch.cat([prompts, responses], 1))  # (B, P+L, d)
-        last = prompts.shape[1] + A.response_mask(responses).sum(1).long() - 1  # index of the final token
+        last = prompts.shape[1] + T.response_mask(responses).sum(1).long() - 1  # index of the final token
         return self.head(h[torch.arange(len(h)), last]).squeeze(-1)
 
 
@@ -386,13 +411,13 @@ class RMConfig:
     k_samples: int = 4
 
 
-def train_reward_model(sft, pairs: Pairs, task: A.ArithConfig, cfg: RMConfig, seed: int = 0) -> tuple[RewardModel, list[float]]:
+def train_reward_model(sft, pairs: Pairs, task: S.ArithConfig, cfg: RMConfig, seed: int = 0) -> tuple[RewardModel, list[float]]:
     """Fit ``RewardModel(copy of sft)`` to ``pairs`` with the Bradley–Terry loss; returns the model and losses."""
     dev = next(sft.parameters()).device
     rm = RewardModel(copy.deepcopy(sft)).to(dev).train()
     for p in rm.parameters():
         p.requires_grad_(True)
-    prompts = A.encode_prompts(pairs.problems, task.n_digits).to(dev)
+    prompts = T.encode_arith_prompts(pairs.problems, task.n_digits).to(dev)
     ch, rj = pairs.chosen.to(dev), pairs.rejected.to(dev)
     opt = torch.optim.AdamW(rm.parameters(), lr=cfg.lr, weight_decay=0.0)
     rng = np.random.default_rng(seed)
@@ -408,10 +433,10 @@ def train_reward_model(sft, pairs: Pairs, task: A.ArithConfig, cfg: RMConfig, se
 
 
 @torch.no_grad()
-def pair_accuracy(rm: RewardModel, pairs: Pairs, task: A.ArithConfig) -> float:
+def pair_accuracy(rm: RewardModel, pairs: Pairs, task: S.ArithConfig) -> float:
     """Fraction of pairs where ``r(chosen) > r(rejected)``."""
     dev = next(rm.parameters()).device
-    prompts = A.encode_prompts(pairs.problems, task.n_digits).to(dev)
+    prompts = T.encode_arith_prompts(pairs.problems, task.n_digits).to(dev)
     return float((rm(prompts, pairs.chosen.to(dev)) > rm(prompts, pairs.rejected.to(dev))).float().mean())
 
 
@@ -440,7 +465,7 @@ class PPOResult:
     policy: object = None
 
 
-def ppo_rlhf(sft, rm: RewardModel, train: np.ndarray, task: A.ArithConfig, cfg: PPOConfig, seed: int = 0,
+def ppo_rlhf(sft, rm: RewardModel, train: np.ndarray, task: S.ArithConfig, cfg: PPOConfig, seed: int = 0,
              desc: str = "PPO-RLHF") -> PPOResult:
     """PPO-RLHF: policy + value head (trained), reference and reward model (frozen); GAE from the RL chapter."""
     from llmcore.foundation_rl.gae import compute_gae
@@ -462,14 +487,14 @@ def ppo_rlhf(sft, rm: RewardModel, train: np.ndarray, task: A.ArithConfig, cfg: 
     for _ in progress(range(cfg.iters), desc=desc):
         # ---- rollout
         probs = train[rng.choice(len(train), cfg.prompts_per_iter, replace=False)]
-        prompts = A.encode_prompts(probs, task.n_digits).to(dev)
-        resp = A.sample(policy, prompts, task.max_new_tokens, 1.0, generator=gen)
-        mask = A.response_mask(resp)  # (B, L)
+        prompts = T.encode_arith_prompts(probs, task.n_digits).to(dev)
+        resp = S.sample(policy, prompts, task.max_new_tokens, 1.0, generator=gen)
+        mask = T.response_mask(resp)  # (B, L)
         B, L = resp.shape
         with torch.no_grad():
-            old_logp, h, ent = A.token_logprobs(policy, prompts, resp, return_hidden=True)
+            old_logp, h, ent = token_logprobs(policy, prompts, resp, return_hidden=True)
             old_v = value_head(h).squeeze(-1) * mask
-            ref_logp = A.token_logprobs(ref, prompts, resp)
+            ref_logp = token_logprobs(ref, prompts, resp)
             score = rm(prompts, resp)  # proxy reward (B,)
             true_r = true_reward(probs, resp)
             # ---- per-token rewards: -β KL_t everywhere, + RM score on the last token
@@ -488,7 +513,7 @@ def ppo_rlhf(sft, rm: RewardModel, train: np.ndarray, task: A.ArithConfig, cfg: 
             adv_w = (adv - mu) / (sd + 1e-8) * mask  # whitened over the batch's tokens
         # ---- learn
         for _ in range(cfg.epochs):
-            logp, h, _ = A.token_logprobs(policy, prompts, resp, return_hidden=True)
+            logp, h, _ = token_logprobs(policy, prompts, resp, return_hidden=True)
             v = value_head(h).squeeze(-1)
             pl, clip_frac = ppo_policy_loss(logp, old_logp, adv_w, mask, cfg.clip_eps)
             vl = ppo_value_loss(v, old_v, ret, mask, cfg.vf_clip)
@@ -528,7 +553,7 @@ def smooth(x, k: int = 5) -> np.ndarray:
     return np.convolve(np.asarray(x, float), np.ones(k) / k, "valid")
 
 
-def rlhf_experiment(toy: bool = True, device: str = "auto", seed: int = 0, rm_cfg: RMConfig | None = None,
+def rlhf_experiment(toy: bool = True, device: torch.device = CPU, seed: int = 0, rm_cfg: RMConfig | None = None,
                     ppo_cfg: PPOConfig | None = None, dpo_cfg: DPOConfig | None = None) -> RLHFResult:
     """SFT -> pairs labelled by the true reward -> Bradley–Terry RM -> PPO-RLHF (KL on / off)."""
     rm_cfg = rm_cfg or RMConfig()
@@ -585,7 +610,7 @@ def rlhf_report(res: RLHFResult, toy: bool, device: str, seed: int) -> Report:
     return rep
 
 
-def run(toy: bool = True, device: str = "auto", seed: int = 0) -> Report:
+def run(toy: bool = True, device: torch.device = CPU, seed: int = 0) -> Report:
     """Closed loop: SFT -> RM (Bradley–Terry) -> PPO-RLHF with and without the KL penalty."""
     res = rlhf_experiment(toy=toy, device=device, seed=seed)
-    return rlhf_report(res, toy, str(pick_device(device)), seed)
+    return rlhf_report(res, toy, str(device), seed)

@@ -21,27 +21,34 @@ Correct packing needs three things, all in :func:`pack` / :func:`packed_logits`:
 
 Then each document's logits inside a packed row equal its logits when run alone (tested to 1e-5).
 
+This module also holds the model kit's **one SFT loop**, :func:`train_packed` (packed rows or any
+batch source; the PEFT fine-tunes and the RL chapters' arithmetic warm start use it too), and that
+warm start (:class:`ArithConfig`, :func:`arith_sft_model`). Trained models are cached by
+:func:`llmcore.core.checkpoints.train_once`.
+
 Shapes: ``N`` rows, ``L`` row length (``seq_len``), ``V`` vocabulary.
 """
 
 from __future__ import annotations
 
 import copy
-import hashlib
 import json
 import math
-import shutil
-import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
 
+import numpy as np
 import torch
+import torch.nn.functional as F
+from safetensors.torch import load_file
 
 from llmcore.alignment import tasks as T
 from llmcore.architecture.llama import Llama, ModelConfig, lm_loss, rope_cos_sin
+from llmcore.core.checkpoints import train_once
+from llmcore.core.device import CPU
 from llmcore.core.errors import LLMCoreError
-from llmcore.core.paths import output_dir
 from llmcore.core.progress import progress
 from llmcore.core.report import Report
 from llmcore.core.seed import seed_everything
@@ -186,38 +193,74 @@ def lr_at(step: int, steps: int, lr: float, warmup: int, min_ratio: float) -> fl
     return lr * min_ratio + 0.5 * lr * (1 - min_ratio) * (1 + math.cos(math.pi * u))
 
 
-def train_packed(model: torch.nn.Module, data: Packed, steps: int, batch_rows: int, lr: float,
-                 warmup: int = 30, min_lr_ratio: float = 0.05, weight_decay: float = 0.01, grad_clip: float = 1.0,
-                 seed: int = 0, desc: str = "SFT", logits_fn: Callable | None = None,
-                 params: list[torch.nn.Parameter] | None = None) -> list[float]:
-    """AdamW on random batches of packed rows; returns the loss per step.
+def adamw(params: Sequence[torch.nn.Parameter], lr: float, weight_decay: float = 0.01,
+          betas: tuple[float, float] = (0.9, 0.98)) -> torch.optim.AdamW:
+    """AdamW that decays matrices only (norm gains and biases, ``dim < 2``, get no weight decay)."""
+    groups = [{"params": [p for p in params if p.dim() >= 2], "weight_decay": weight_decay},
+              {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0}]
+    return torch.optim.AdamW([g for g in groups if g["params"]], lr=lr, betas=betas)
 
-    ``logits_fn(model, idx, doc, pos)`` defaults to :func:`packed_logits`; ``params`` (default: all
-    parameters that require grad) are the trainable ones -- PEFT passes only its adapters.
+
+def causal_logits(model: Llama, idx: torch.Tensor, doc: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
+    """Logits ``(N, L, V)`` of rows that hold one conversation each: the model's plain causal forward
+    (``doc`` and ``pos`` are ignored; equal to :func:`packed_logits` up to float rounding)."""
+    return model(idx)
+
+
+def train_packed(model: torch.nn.Module, data: Packed | Callable[[int], Packed], steps: int, batch_rows: int = 16,
+                 lr: float = 3e-3, warmup: int | None = 30, min_lr_ratio: float = 0.05, weight_decay: float = 0.01,
+                 grad_clip: float | None = 1.0, seed: int = 0, desc: str = "SFT", logits_fn: Callable | None = None,
+                 params: list[torch.nn.Parameter] | None = None, opt: torch.optim.Optimizer | None = None,
+                 betas: tuple[float, float] = (0.9, 0.98), callback: Callable[[int], None] | None = None) -> list[float]:
+    r"""The book's one SFT loop: ``steps`` AdamW steps of prompt-masked cross-entropy; returns the loss per step.
+
+    Each step draws a batch ``b`` (rows ``idx, labels, doc, pos``, each ``(B, L)``), computes
+    ``logits_fn(model, idx, doc, pos) -> (B, L, V)`` and :func:`masked_loss` against ``labels``, then
+    steps the optimiser. Batches come from ``data``:
+
+    * a :class:`Packed` set: ``batch_rows`` random rows per step, drawn with a ``torch.Generator``
+      seeded by ``seed`` (the SFT and PEFT chapters);
+    * a callable ``step -> Packed`` that owns its own randomness (the arithmetic warm start,
+      :func:`arith_batches`, draws problems and response styles with a numpy generator).
+
+    ``logits_fn`` defaults to :func:`packed_logits`; ``params`` (default: all parameters that require
+    grad) are the trainable ones -- PEFT passes only its adapters. ``opt`` (default: :func:`adamw`
+    over ``params`` with ``weight_decay`` and ``betas``) may be shared across calls. ``warmup=None``
+    keeps the optimiser's learning rate constant; otherwise it follows :func:`lr_at` (linear warmup,
+    cosine decay over ``steps``). ``grad_clip=None`` skips clipping. ``callback(step)`` runs after
+    each step. The model is left in eval mode.
     """
     dev = next(model.parameters()).device
     logits_fn = logits_fn or packed_logits
     params = params if params is not None else [p for p in model.parameters() if p.requires_grad]
-    groups = [{"params": [p for p in params if p.dim() >= 2], "weight_decay": weight_decay},
-              {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0}]
-    opt = torch.optim.AdamW([g for g in groups if g["params"]], lr=lr, betas=(0.9, 0.98))
-    gen = torch.Generator().manual_seed(seed)
+    opt = opt or adamw(params, lr, weight_decay, betas)
+    if isinstance(data, Packed):
+        packed, gen = data, torch.Generator().manual_seed(seed)
+
+        def next_batch(step: int) -> Packed:
+            return packed.rows(torch.randint(0, len(packed), (batch_rows,), generator=gen))
+    else:
+        next_batch = data
     losses = []
     model.train()
     bar = progress(range(steps), desc=desc)
     for step in bar:
-        for g in opt.param_groups:
-            g["lr"] = lr_at(step, steps, lr, warmup, min_lr_ratio)
-        b = data.rows(torch.randint(0, len(data), (batch_rows,), generator=gen))
+        if warmup is not None:
+            for g in opt.param_groups:
+                g["lr"] = lr_at(step, steps, lr, warmup, min_lr_ratio)
+        b = next_batch(step)
         logits = logits_fn(model, b.idx.to(dev), b.doc.to(dev), b.pos.to(dev))
         loss = masked_loss(logits, b.labels.to(dev))
         opt.zero_grad(set_to_none=True)
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, grad_clip)
+        if grad_clip is not None:
+            torch.nn.utils.clip_grad_norm_(params, grad_clip)
         opt.step()
         losses.append(float(loss.detach()))
         if step % 20 == 0 or step + 1 == steps:
             bar.set_postfix(loss=f"{losses[-1]:.3f}")
+        if callback is not None:
+            callback(step)
     model.eval()
     return losses
 
@@ -231,7 +274,10 @@ def training_data(cfg: SFTConfig) -> tuple[list[T.Example], Packed]:
 
 
 def train_sft(cfg: SFTConfig, device: str | torch.device = "cpu", desc: str = "SFT") -> tuple[Llama, list[float]]:
-    """Train a fresh model on ``cfg``'s instruction data; return it (eval mode) and its loss curve."""
+    """Train a fresh model on ``cfg``'s instruction data; return it (eval mode) and its loss curve.
+
+    Seeds with ``cfg.seed`` first: a cached model must not depend on what ran before it.
+    """
     seed_everything(cfg.seed)
     _, data = training_data(cfg)
     model = Llama(cfg.model).to(device)
@@ -247,8 +293,10 @@ def greedy_answers(model: torch.nn.Module, examples: Sequence[T.Example], max_ne
                    batch_size: int = 256) -> list[str]:
     """Greedy responses to each example's prompt (prompts of equal length are batched, so no padding).
 
-    Default: ``model.generate`` (KV cache). ``logits_fn(idx) -> (B, T, V)`` instead re-runs the whole
-    sequence each step (for wrapped models: prefix / prompt tuning).
+    Default: ``model.generate`` (the kit's one generator, KV cache). ``logits_fn(idx) -> (B, T, V)``
+    instead re-runs the whole sequence each step: prefix- and prompt-tuned models are wrappers whose
+    forward injects learned keys/values or soft-prompt embeddings, which ``generate`` (a plain
+    ``Llama``'s cached decode) cannot call.
     """
     dev = next(model.parameters()).device
     was = model.training
@@ -297,40 +345,155 @@ def test_set(families: Sequence[str], n: int = 300, templates: str = "first", se
 
 
 # ---- the cached SFT model later chapters start from ---------------------------------------------------------
-def _key(cfg: SFTConfig) -> str:
-    blob = json.dumps({"cfg": asdict(cfg), "py": sys.version_info[:2], "torch": torch.__version__.split("+")[0],
-                       "v": 1}, sort_keys=True, default=str)
-    return hashlib.sha1(blob.encode()).hexdigest()[:10]
-
-
 def sft_model(cfg: SFTConfig | None = None, device: str | torch.device = "cpu", refresh: bool = False,
               **overrides) -> tuple[Llama, dict]:
     """The SFT'd tiny model for ``cfg`` (trained once, then loaded from ``output/checkpoints/sft-<hash>``).
 
     Returns ``(model in eval mode, metrics)``; metrics hold the loss curve and held-out exact match.
     ``overrides`` replace single :class:`SFTConfig` fields, e.g. ``sft_model(families=("add",))``.
+    Cached by :func:`llmcore.core.checkpoints.train_once` (a corrupt entry is retrained).
     """
     cfg = replace(cfg or SFTConfig(), **overrides)
-    path = output_dir("checkpoints") / f"sft-{_key(cfg)}"
-    if refresh and path.exists():
-        shutil.rmtree(path)
-    if not (path / "metrics.json").is_file():
+
+    def train(path: Path) -> None:
         t0 = time.perf_counter()
         model, losses = train_sft(cfg, "cpu" if str(device) == "cpu" else device)
         train_s = time.perf_counter() - t0
         acc, per = exact_match(model, test_set(cfg.families, templates=cfg.templates, full=cfg.full))
         metrics = {"loss": losses, "test_em": acc, "test_em_per_family": per, "train_s": train_s,
                    "params": model.num_params(), "config": asdict(cfg)}
-        tmp = path.with_name(path.name + ".tmp")
-        if tmp.exists():
-            shutil.rmtree(tmp)
-        model.save_pretrained(tmp)
-        (tmp / "metrics.json").write_text(json.dumps(metrics, default=str))
-        if path.exists():
-            shutil.rmtree(path)
-        tmp.replace(path)
-    model = Llama.from_pretrained(path, device=device).eval()
-    return model, json.loads((path / "metrics.json").read_text())
+        model.save_pretrained(path)
+        (path / "metrics.json").write_text(json.dumps(metrics, default=str))
+
+    def load(path: Path) -> tuple[Llama, dict]:
+        model = Llama.from_pretrained(path, device=device).eval()
+        return model, json.loads((path / "metrics.json").read_text())
+
+    return train_once("sft", cfg, train, load, version=1, refresh=refresh)
+
+
+# ---- the arithmetic warm start of the RL chapters (PPO/DPO, GRPO) --------------------------------------------
+@dataclass
+class ArithConfig(T.ArithTask):
+    """The arithmetic task (:class:`~llmcore.alignment.tasks.ArithTask`) and its SFT warm start."""
+
+    # model (≈ 120k parameters at the defaults)
+    d_model: int = 64
+    n_layers: int = 2
+    n_heads: int = 4
+    # SFT
+    sft_steps: int = 300  # optimiser steps of the warm start (at most, when sft_target_acc is set)
+    sft_target_acc: float | None = None  # stop at the first check where greedy accuracy on 200 *training*
+    #                                       problems reaches this (a deliberately partial warm start)
+    sft_check_every: int = 25  # steps between those checks
+    sft_batch: int = 64
+    sft_lr: float = 3e-3
+
+    def model_config(self) -> ModelConfig:
+        return ModelConfig(vocab_size=T.TOK.vocab_size, d_model=self.d_model, n_layers=self.n_layers,
+                           n_heads=self.n_heads, max_seq_len=32, bos_id=T.BOS, eos_id=T.EOS, pad_id=T.PAD)
+
+
+def arith_sft_batch(problems: np.ndarray, cfg: ArithConfig, rng: np.random.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """Teacher-forcing batch: ``(seq (B, T), labels (B, T))``; prompt and padding positions are ``-100``.
+
+    Each target is verbose (``"46 ok"``) with probability ``cfg.verbose_frac`` (drawn from ``rng``).
+    """
+    seqs, labels = [], []
+    width = cfg.max_new_tokens
+    for a, b in problems:
+        p = T.TOK.encode(T.arith_prompt_text(int(a), int(b), cfg.n_digits), add_bos=True)
+        r = T.TOK.encode(T.arith_target_text(int(a), int(b), bool(rng.random() < cfg.verbose_frac))) + [T.EOS]
+        r = r + [T.PAD] * (width - len(r))
+        seqs.append(p + r)
+        labels.append([-100] * len(p) + [t if t != T.PAD else -100 for t in r])
+    return torch.tensor(seqs), torch.tensor(labels)
+
+
+def arith_batches(train: np.ndarray, cfg: ArithConfig, rng: np.random.Generator) -> Callable[[int], Packed]:
+    """Batch source for :func:`train_packed`: ``cfg.sft_batch`` random training problems per step, one
+    conversation per row (``doc = 0``, positions ``0..L-1``; run with :func:`causal_logits`)."""
+    def next_batch(step: int) -> Packed:
+        seq, lab = arith_sft_batch(train[rng.integers(0, len(train), cfg.sft_batch)], cfg, rng)
+        return Packed(seq, lab, torch.zeros_like(seq), torch.arange(seq.shape[1]).expand_as(seq))
+    return next_batch
+
+
+def arith_optimizer(model: torch.nn.Module, lr: float) -> torch.optim.AdamW:
+    """The warm start's optimiser: AdamW, torch's default betas, no weight decay."""
+    return adamw(list(model.parameters()), lr, weight_decay=0.0, betas=(0.9, 0.999))
+
+
+@torch.no_grad()
+def sample(model: Llama, prompts: torch.Tensor, max_new_tokens: int, temperature: float = 1.0,
+           generator: torch.Generator | None = None) -> torch.Tensor:
+    """Responses ``(B, L)`` to ``prompts (B, P)``, ``L = max_new_tokens`` exactly.
+
+    A thin wrapper over ``model.generate`` (the kit's one generator, KV-cached): it strips the prompt
+    and pads rows that all stopped early with ``<eos>``, because the RL losses need a fixed width ``L``
+    (``generate`` returns as few columns as the longest row used).
+    """
+    out = model.generate(prompts, max_new_tokens, temperature=temperature, eos_id=T.EOS, generator=generator)
+    resp = out[:, prompts.shape[1]:]
+    if resp.shape[1] < max_new_tokens:  # generation stopped early: every row ended
+        resp = F.pad(resp, (0, max_new_tokens - resp.shape[1]), value=T.EOS)
+    return resp
+
+
+@torch.no_grad()
+def arith_accuracy(model: Llama, problems: np.ndarray, task: T.ArithTask, batch: int = 400) -> dict[str, float]:
+    """Greedy decoding on ``problems``: fraction correct, fraction in the terse/verbose format, mean length."""
+    dev = next(model.parameters()).device
+    stats = {"correct": 0.0, "terse": 0.0, "verbose": 0.0, "length": 0.0}
+    for i in range(0, len(problems), batch):
+        probs = problems[i:i + batch]
+        resp = sample(model, T.encode_arith_prompts(probs, task.n_digits).to(dev), task.max_new_tokens,
+                      temperature=0.0)
+        v = T.verify_arith(probs, resp.cpu())
+        for k in ("correct", "terse", "verbose"):
+            stats[k] += float(v[k].sum())
+        stats["length"] += float(T.response_mask(resp).sum())
+    return {k: v / len(problems) for k, v in stats.items()}
+
+
+def arith_sft_model(cfg: ArithConfig, device: str | torch.device = "cpu", seed: int = 0, cache: bool = True) -> Llama:
+    """The arithmetic SFT warm start for ``cfg`` (trained once, then loaded from
+    ``output/checkpoints/arith_sft-<hash>``; ``cache=False`` always trains and stores nothing).
+
+    The model is built after ``torch.manual_seed(seed)`` on both paths, so the global RNG is in the
+    same state whether the weights were trained or loaded.
+    """
+    torch.manual_seed(seed)
+    model = Llama(cfg.model_config())
+
+    def train(path: Path | None) -> None:
+        model.to(device)
+        train_set, _ = T.arith_split(cfg)
+        rng = np.random.default_rng(seed)
+        opt = arith_optimizer(model, cfg.sft_lr)
+        kw = {"opt": opt, "warmup": None, "grad_clip": None, "logits_fn": causal_logits, "desc": "SFT warm start"}
+        if cfg.sft_target_acc is None:
+            train_packed(model, arith_batches(train_set, cfg, rng), cfg.sft_steps, **kw)
+        else:
+            probe = train_set[:200]
+            for _ in range(0, cfg.sft_steps, cfg.sft_check_every):
+                train_packed(model, arith_batches(train_set, cfg, rng), cfg.sft_check_every, **kw)
+                if arith_accuracy(model, probe, cfg)["correct"] >= cfg.sft_target_acc:
+                    break
+        if path is not None:
+            model.save_pretrained(path)  # HF layout; a tied lm_head is stored once
+
+    def load(path: Path) -> Llama:
+        sd = load_file(str(path / "model.safetensors"))
+        if model.config.tie_embeddings:
+            sd["lm_head.weight"] = sd["model.embed_tokens.weight"]
+        model.load_state_dict(sd)
+        return model.to(device)
+
+    if not cache:
+        train(None)
+        return model
+    return train_once("arith_sft", {"cfg": cfg, "seed": seed}, train, load, version=3)
 
 
 # ---- the closed loop ---------------------------------------------------------------------------------------
@@ -366,7 +529,8 @@ def ablation_config(toy: bool = True, seed: int = 0) -> SFTConfig:
 def finetune(model: torch.nn.Module, cfg: SFTConfig, desc: str = "fine-tune", logits_fn: Callable | None = None,
              params: list[torch.nn.Parameter] | None = None, data: Packed | None = None) -> list[float]:
     """Continue training ``model`` (in place) with ``cfg``'s budget on ``data`` (default: ``cfg``'s own
-    packed conversations); returns the losses."""
+    packed conversations); returns the losses. Seeds with ``cfg.seed`` first, so each fine-tune is the
+    same whatever ran before it."""
     seed_everything(cfg.seed)
     if data is None:
         _, data = training_data(cfg)
@@ -424,7 +588,7 @@ def packing_max_diff(model: Llama, examples: Sequence[T.Example], seq_len: int =
     return worst
 
 
-def experiment(toy: bool = True, seed: int = 0, device: str | torch.device = "cpu",
+def experiment(toy: bool = True, seed: int = 0, device: torch.device = CPU,
                ablations: bool = True) -> SFTResult:
     """Main SFT run (cached), held-out exact match, HF cross-check, packing check, ablations."""
     cfg = toy_config(toy, seed)
@@ -476,11 +640,9 @@ def make_report(res: SFTResult, toy: bool, device: str, seed: int) -> Report:
     return rep
 
 
-def run(toy: bool = True, device: str = "auto", seed: int = 0) -> Report:
+def run(toy: bool = True, device: torch.device = CPU, seed: int = 0) -> Report:
     """The SFT closed loop: train (or load) the SFT model, evaluate, cross-check with HF, ablate data quality."""
-    from llmcore.core.device import pick_device
-
-    dev = pick_device(device)
+    dev = device  # resolved once by the registry (run_module)
     res = experiment(toy=toy, seed=seed, device=dev)
     rep = make_report(res, toy, str(dev), seed)
     rep.notes += [f"{p!r} -> {a!r} (reference {r!r})" for p, a, r in res.samples]

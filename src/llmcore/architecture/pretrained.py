@@ -8,17 +8,16 @@ Later chapters (decoding, SFT, PEFT, PPO/DPO/GRPO, inference, agents) start from
     lm.metrics                          # {"val_loss": ..., "unigram_loss": ..., ...} in nats/byte
 
 Deterministic: the corpus, the seed, the batch order and torch's thread count are fixed, so the
-same machine type gives the same weights. The checkpoint lives in
-``output/checkpoints/tiny_lm-<hash>/`` (HF ``LlamaForCausalLM`` layout: ``config.json`` +
-``model.safetensors``), where the hash covers every setting that changes the weights.
+same machine type gives the same weights. The checkpoint is cached by
+:func:`llmcore.core.checkpoints.train_once` in ``output/checkpoints/tiny_lm-<hash>/`` (HF
+``LlamaForCausalLM`` layout: ``config.json`` + ``model.safetensors``, plus ``metrics.json`` and the
+cache's manifest), where the hash covers every setting that changes the weights; a corrupt entry is
+retrained.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
-import shutil
-import sys
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
@@ -27,8 +26,9 @@ import torch
 from llmcore.architecture.llama import Llama, ModelConfig
 from llmcore.architecture.tokenizer import ByteTokenizer
 from llmcore.architecture.training import TrainConfig, evaluate, random_windows, train
+from llmcore.core.checkpoints import train_once
 from llmcore.core.corpus import docstring_corpus
-from llmcore.core.paths import output_dir
+from llmcore.core.errors import LLMCoreError
 from llmcore.core.seed import seed_everything
 
 #: The default tiny LM: byte-level, ~120k parameters, 256-token context.
@@ -64,12 +64,6 @@ def unigram_loss(train_ids: torch.Tensor, val_ids: torch.Tensor, vocab_size: int
     return float(-logp[val_ids].mean())
 
 
-def _key(cfg: ModelConfig, tcfg: TrainConfig) -> str:
-    blob = json.dumps({"model": asdict(cfg), "train": asdict(tcfg), "py": sys.version_info[:2],
-                       "torch": torch.__version__.split("+")[0], "v": 1}, sort_keys=True, default=str)
-    return hashlib.sha1(blob.encode()).hexdigest()[:10]
-
-
 def tiny_lm(device: str | torch.device = "cpu", config: ModelConfig | None = None,
             train_config: TrainConfig | None = None, refresh: bool = False, **overrides) -> PretrainedLM:
     """Load (or train once and cache) the tiny byte-level LM.
@@ -82,23 +76,22 @@ def tiny_lm(device: str | torch.device = "cpu", config: ModelConfig | None = Non
     m_fields, t_fields = set(asdict(cfg)), set(asdict(tcfg))
     bad = set(overrides) - m_fields - t_fields
     if bad:
-        from llmcore.core.errors import LLMCoreError
-
         raise LLMCoreError(f"unknown tiny_lm override(s) {sorted(bad)}")
     cfg = replace(cfg, **{k: v for k, v in overrides.items() if k in m_fields})
     tcfg = replace(tcfg, **{k: v for k, v in overrides.items() if k in t_fields})
-    path = output_dir("checkpoints") / f"tiny_lm-{_key(cfg, tcfg)}"
     tok = ByteTokenizer()
-    if refresh and path.exists():
-        shutil.rmtree(path)
-    if not (path / "metrics.json").is_file():
-        _train_tiny(cfg, tcfg, tok, path)
-    model = Llama.from_pretrained(path, device=device).eval()
-    metrics = json.loads((path / "metrics.json").read_text())
-    return PretrainedLM(model, tok, cfg, tcfg, metrics, path)
+
+    def load(path: Path) -> PretrainedLM:
+        model = Llama.from_pretrained(path, device=device).eval()
+        metrics = json.loads((path / "metrics.json").read_text())
+        return PretrainedLM(model, tok, cfg, tcfg, metrics, path)
+
+    return train_once("tiny_lm", {"model": cfg, "train": tcfg}, lambda path: _train_tiny(cfg, tcfg, tok, path),
+                      load, version=1, refresh=refresh)
 
 
 def _train_tiny(cfg: ModelConfig, tcfg: TrainConfig, tok: ByteTokenizer, path: Path) -> None:
+    """Pretrain on the docstring corpus and write the weights and metrics into ``path``."""
     seed_everything(tcfg.seed)
     train_ids, val_ids = corpus_ids(tok)
     model = Llama(cfg)
@@ -111,11 +104,5 @@ def _train_tiny(cfg: ModelConfig, tcfg: TrainConfig, tok: ByteTokenizer, path: P
         "train_bytes": len(train_ids), "val_bytes": len(val_ids),
         "loss_curve": res.loss,
     }
-    tmp = path.with_name(path.name + ".tmp")
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    model.save_pretrained(tmp)
-    (tmp / "metrics.json").write_text(json.dumps(metrics))
-    if path.exists():
-        shutil.rmtree(path)
-    tmp.replace(path)
+    model.save_pretrained(path)
+    (path / "metrics.json").write_text(json.dumps(metrics))

@@ -10,14 +10,20 @@ import torch
 from llmcore.core.errors import LLMCoreError
 
 VALID_DEVICES = ("auto", "cpu", "cuda")
+CPU = torch.device("cpu")  #: default ``device`` of ``experiment(cfg, device, seed)`` functions
 
 
-def pick_device(device: str = "auto") -> torch.device:
-    """Resolve ``"auto" | "cpu" | "cuda" | "cuda:N"`` to a ``torch.device``.
+def pick_device(device: str | torch.device = "auto") -> torch.device:
+    """Resolve ``"auto" | "cpu" | "cuda" | "cuda:N"`` (or a ``torch.device``) to a ``torch.device``.
 
+    Idempotent: ``pick_device(pick_device(x)) == pick_device(x)``, so code handed an already
+    resolved device may pass it through. The registry (``run_module``) and each chapter's setup cell
+    resolve the device once; ``experiment(cfg, device, seed)`` functions take the result.
     Asking for CUDA on a machine without a GPU is a clear :class:`LLMCoreError`,
     not a silent fall-back to the CPU.
     """
+    if isinstance(device, torch.device):
+        device = f"{device.type}:{device.index}" if device.index is not None else device.type
     name = str(device).strip().lower()
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")

@@ -12,8 +12,12 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+import torch
+
+from llmcore.core.device import pick_device
 from llmcore.core.errors import LLMCoreError
 from llmcore.core.report import Report
+from llmcore.core.seed import NUM_THREADS, seed_everything
 
 #: The book's parts: folder name under chapters/ and src/llmcore/, English and Chinese titles.
 PARTS: dict[str, tuple[str, str, str]] = {
@@ -31,7 +35,8 @@ class Module:
     """One registered module.
 
     ``run`` is ``"package.module:function"`` with signature
-    ``run(toy: bool, device: str, seed: int) -> Report``, or ``None`` while unwritten.
+    ``run(toy: bool, device: torch.device, seed: int) -> Report``, or ``None`` while unwritten.
+    :func:`run_module` resolves the device and the seed once before calling it.
     """
 
     name: str
@@ -44,6 +49,10 @@ class Module:
     run: str | None = None
     prerequisites: tuple[str, ...] = ()
     criteria: tuple[str, ...] = ()
+    #: the closed loop starts ``torch.distributed`` ranks: its ``device`` stays the validated name, since
+    #: ``"auto"`` there means "NCCL when there is one GPU per rank, else gloo on CPU" (a choice per world
+    #: size that one ``torch.device`` cannot express)
+    spawns_ranks: bool = False
 
     @property
     def title(self) -> str:
@@ -69,6 +78,13 @@ class Module:
             raise LLMCoreError(f"module {self.name!r} is on the knowledge map but not written yet")
         mod_name, func = self.run.split(":")
         return getattr(importlib.import_module(mod_name), func)
+
+    @property
+    def threads(self) -> int:
+        """torch threads for this module's runs: its code module's ``THREADS`` (default ``NUM_THREADS``)."""
+        if self.run is None:
+            return NUM_THREADS
+        return int(getattr(importlib.import_module(self.run.split(":")[0]), "THREADS", NUM_THREADS))
 
 
 _P1 = "foundation_rl"
@@ -163,7 +179,7 @@ MODULES: tuple[Module, ...] = (
     # ---- Part 4 -----------------------------------------------------------------------------
     Module("distributed", _P4, "01_distributed", "Distributed Training (Megatron)", "分布式训练",
            "并行策略 Parallelism", "TP/PP/EP (专家并行) 通信开销与 PD 分离架构", prerequisites=("transformer",),
-           run="llmcore.engineering.distributed:run",
+           run="llmcore.engineering.distributed:run", spawns_ranks=True,
            criteria=("TP/PP/EP outputs and gradients equal single-process (1e-5) on 2-4 gloo ranks",
                      "measured pipeline bubble within noise of (p-1)/(m+p-1)",
                      "bytes sent equal the analytic formula for every scheme",
@@ -175,7 +191,7 @@ MODULES: tuple[Module, ...] = (
            "CUDA Kernel 优化、混合精度与量化加速原理", prerequisites=("attention",)),
     Module("zero", _P4, "04_zero", "DeepSpeed ZeRO", "ZeRO 显存优化", "工程框架 Training frameworks",
            "ZeRO 系列显存优化与训练流水线", prerequisites=("distributed",),
-           run="llmcore.engineering.zero:run",
+           run="llmcore.engineering.zero:run", spawns_ranks=True,
            criteria=("ZeRO-1/2/3 loss equals DDP step for step (1e-6)",
                      "per-rank model-state bytes within 10% of the paper's formula (N = 1, 2, 4)",
                      "agrees with torch ZeroRedundancyOptimizer (ZeRO-1) and FSDP2 fully_shard (ZeRO-3)",
@@ -262,12 +278,20 @@ def written() -> list[Module]:
     return [m for m in MODULES if m.written]
 
 
-def run_module(name: str, toy: bool = True, device: str = "auto", seed: int = 0) -> Report:
-    """Run a module's closed loop and stamp the report with its wall-clock time."""
+def run_module(name: str, toy: bool = True, device: str | torch.device = "auto", seed: int = 0) -> Report:
+    """Run a module's closed loop and stamp the report with its wall-clock time.
+
+    The one place a run's device and seed are resolved: ``pick_device(device)`` and
+    ``seed_everything(seed, threads=module.threads)``; the closed loop gets the ``torch.device``
+    (multi-process modules, ``spawns_ranks``, get the validated name: see :class:`Module`).
+    """
     mod = get(name)
     fn = mod.load()
+    dev = pick_device(device)
+    seed_everything(seed, threads=mod.threads)
     t0 = time.perf_counter()
-    report = fn(toy=toy, device=device, seed=seed)
+    report = fn(toy=toy, device=str(device) if mod.spawns_ranks else dev, seed=seed)
+    report.device = str(report.device)
     report.wall_s = time.perf_counter() - t0
     return report
 

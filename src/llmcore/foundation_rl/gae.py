@@ -24,6 +24,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from llmcore.core.device import CPU
 from llmcore.core.errors import LLMCoreError, check_range
 from llmcore.core.report import Report
 
@@ -462,9 +463,7 @@ def make_report(res: GAEResult, toy: bool, device: str, seed: int) -> Report:
     return rep
 
 
-def run(toy: bool = True, device: str = "auto", seed: int = 0) -> Report:
+def run(toy: bool = True, device: torch.device = CPU, seed: int = 0) -> Report:
     """The GAE closed loop (NumPy/CPU torch; ``device`` is validated and recorded)."""
-    from llmcore.core.device import pick_device
-
-    dev = pick_device(device)
+    dev = device  # resolved once by the registry (run_module)
     return make_report(experiment(toy=toy, seed=seed), toy, str(dev), seed)

@@ -19,8 +19,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import numpy as np
+import torch
 from scipy.optimize import linprog
 
+from llmcore.core.device import CPU
 from llmcore.core.errors import LLMCoreError, check_range
 from llmcore.core.report import Report
 
@@ -284,11 +286,9 @@ def make_report(res: MDPResult, toy: bool, device: str, seed: int) -> Report:
     return rep
 
 
-def run(toy: bool = True, device: str = "auto", seed: int = 0) -> Report:
+def run(toy: bool = True, device: torch.device = CPU, seed: int = 0) -> Report:
     """The MDP closed loop (tabular, so ``device`` is validated and recorded but unused)."""
-    from llmcore.core.device import pick_device
-
-    dev = pick_device(device)
+    dev = device  # resolved once by the registry (run_module)
     res = experiment(toy=toy, seed=seed, show_progress=True)
     rep = make_report(res, toy, str(dev), seed)
     rep.notes.append("greedy policy:\n" + "\n".join(policy_grid(res.desc, res.pi_vi)))

@@ -7,7 +7,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+import torch
 
+from llmcore.core.device import CPU
 from llmcore.core.registry import ALGORITHMS, MODULES, get
 from llmcore.core.report import Report
 from llmcore.foundation_rl import mdp as M
@@ -152,8 +154,6 @@ def make_report(res: AgentsResult, toy: bool, device: str, seed: int) -> Report:
     return rep
 
 
-def run(toy: bool = True, device: str = "auto", seed: int = 0) -> Report:
-    from llmcore.core.device import pick_device
-
-    dev = pick_device(device)
+def run(toy: bool = True, device: torch.device = CPU, seed: int = 0) -> Report:
+    dev = device  # resolved once by the registry (run_module)
     return make_report(random_vs_trained(toy, seed), toy, str(dev), seed)

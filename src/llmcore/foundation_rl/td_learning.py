@@ -19,7 +19,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+import torch
 
+from llmcore.core.device import CPU
 from llmcore.core.errors import LLMCoreError, check_range
 from llmcore.core.progress import progress
 from llmcore.core.report import Report
@@ -184,11 +186,9 @@ def make_report(res: TDResult, toy: bool, device: str, seed: int) -> Report:
     return rep
 
 
-def run(toy: bool = True, device: str = "auto", seed: int = 0) -> Report:
+def run(toy: bool = True, device: torch.device = CPU, seed: int = 0) -> Report:
     """The TD closed loop (tabular, so ``device`` is validated and recorded but unused)."""
-    from llmcore.core.device import pick_device
-
-    dev = pick_device(device)
+    dev = device  # resolved once by the registry (run_module)
     res = experiment(toy=toy, seed=seed)
     rep = make_report(res, toy, str(dev), seed)
     rep.notes.append("Q-learning greedy path:\n" + "\n".join(draw_path(greedy_path(res.Qs["q_learning"][0]))))
