@@ -166,11 +166,13 @@ def needed_extras(code: str) -> set[str]:
     by_module = importlib.metadata.packages_distributions()
     need = set()
     for mod in sorted(third_party_imports(code)):
-        dists = {canonicalize_name(d) for d in by_module.get(mod, [])}
-        assert dists, f"{mod} is imported but not installed here: which distribution provides it?"
+        # not installed here (triton on macOS): assume the distribution is named like the module
+        dists = {canonicalize_name(d) for d in by_module.get(mod, [])} or {canonicalize_name(mod)}
         if dists & base:
             continue
-        covering = [k for k, reqs in extras.items() if dists & requirement_closure(reqs)]
+        # an extra's own requirements count whatever their platform marker says (triton: Linux only)
+        covering = [k for k, reqs in extras.items()
+                    if dists & (requirement_closure(reqs) | {canonicalize_name(Requirement(r).name) for r in reqs})]
         assert covering, f"{mod} ({', '.join(sorted(dists))}) is in no dependency or extra of pyproject.toml"
         need.add(covering[0])
     return need
