@@ -5,6 +5,8 @@ Run one module's checks with ``pytest tests/test_chapter_contract.py -k <module>
 
 from __future__ import annotations
 
+import ast
+import importlib.metadata
 import re
 import subprocess
 import sys
@@ -14,6 +16,8 @@ import jupytext
 import nbformat
 import pytest
 import yaml
+from packaging.requirements import Requirement
+from packaging.utils import canonicalize_name
 
 from llmcore.core.registry import MODULES, rows
 
@@ -22,6 +26,14 @@ CONFIG = yaml.safe_load((ROOT / "_config.yml").read_text(encoding="utf-8"))
 TOC = (ROOT / "_toc.yml").read_text(encoding="utf-8")
 CJK = re.compile(r"[\u4e00-\u9fff]")
 WRITTEN = [m for m in rows() if (ROOT / m.chapter).is_file()]
+URL = CONFIG["repository"]["url"]
+#: the install requirement in a chapter's .py (``@main``) and executed notebook (``@<commit>``)
+INSTALL_REQ = re.compile(rf'"llmcore(?:\[([a-z,]+)\])? @ git\+{re.escape(URL)}@([0-9A-Za-z._/-]+)"')
+#: every jupytext source that is executed into a committed notebook: the chapters and the book's notebook pages
+SOURCES = sorted({ROOT / m.chapter for m in WRITTEN} | set((ROOT / "book").glob("*.py")))
+NOTEBOOKS = sorted(p for p in ROOT.rglob("*.ipynb")
+                   if not {"_build", "output", "node_modules", ".venv"} & set(p.relative_to(ROOT).parts)
+                   and not any(part.startswith(".") for part in p.relative_to(ROOT).parts))
 
 
 def code_cells(nb) -> list:
@@ -66,12 +78,124 @@ def test_parameters_cell(chapter):
         assert re.search(rf"^{name} = {re.escape(value)}(?=\s|$)", src, re.M), f"parameters cell needs `{name} = {value}`"
 
 
+def install_cell(nb):
+    cells = [c for c in code_cells(nb) if "pip" in c.source and 'find_spec("llmcore")' in c.source]
+    assert len(cells) == 1, "needs one Colab install cell (pip install when find_spec(\"llmcore\") is None)"
+    return cells[0]
+
+
 def test_install_cell_uses_the_configured_repository(chapter):
     _, nb, _ = chapter
-    url = CONFIG["repository"]["url"]
-    install = [c for c in code_cells(nb) if "pip" in c.source and "find_spec(\"llmcore\")" in c.source]
-    assert install, "needs the Colab install cell"
-    assert f"git+{url}" in install[0].source, f"install cell must use repository.url {url}"
+    m = INSTALL_REQ.search(install_cell(nb).source)
+    assert m, f"install cell must install \"llmcore[...] @ git+{URL}@main\" (repository.url)"
+    assert m.group(2) == "main", "the .py installs @main; tools/execute.py pins the executed notebook to a commit"
+
+
+# --- which extras a chapter's install cell needs: the third-party imports it reaches, statically ---
+
+def _module_file(name: str) -> Path | None:
+    base = ROOT.joinpath("src", *name.split("."))
+    if (base / "__init__.py").is_file():
+        return base / "__init__.py"
+    return base.with_suffix(".py") if base.with_suffix(".py").is_file() else None
+
+
+def _imports(tree: ast.AST, package: str):
+    """Absolute names of every import in ``tree`` (function-local ones too: they run when called)."""
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            yield from (a.name for a in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:
+                parts = package.split(".")[: len(package.split(".")) - node.level + 1]
+                mod = ".".join(parts + ([node.module] if node.module else []))
+            else:
+                mod = node.module
+            yield mod
+            yield from (f"{mod}.{a.name}" for a in node.names)
+
+
+def third_party_imports(code: str) -> set[str]:
+    """Top-level non-stdlib modules reached from ``code``, following ``llmcore`` modules transitively.
+
+    An over-approximation (an import inside a function the chapter never calls still counts), so an
+    extra it asks for may be more than the run needs, never less.
+    """
+    todo, seen, found = list(_imports(ast.parse(code), "")), set(), set()
+    while todo:
+        name = todo.pop()
+        top = name.split(".")[0]
+        if top != "llmcore":
+            if top not in sys.stdlib_module_names and top != "__future__":
+                found.add(top)
+            continue
+        parts = name.split(".")
+        for i in range(1, len(parts) + 1):
+            sub = ".".join(parts[:i])
+            f = _module_file(sub)
+            if f is not None and f not in seen:
+                seen.add(f)
+                todo += _imports(ast.parse(f.read_text(encoding="utf-8")), sub if f.name == "__init__.py" else sub.rpartition(".")[0])
+    return found
+
+
+def requirement_closure(reqs: list[str]) -> set[str]:
+    """Canonical names of ``reqs`` and everything they depend on (installed metadata, no extras)."""
+    out, todo = set(), list(reqs)
+    while todo:
+        r = Requirement(todo.pop())
+        if r.marker is not None and not r.marker.evaluate({"extra": ""}):
+            continue
+        name = canonicalize_name(r.name)
+        if name in out:
+            continue
+        out.add(name)
+        try:
+            todo += importlib.metadata.requires(r.name) or []
+        except importlib.metadata.PackageNotFoundError:
+            pass
+    return out
+
+
+def needed_extras(code: str) -> set[str]:
+    """The smallest set of llmcore extras whose packages cover every third-party import ``code`` reaches."""
+    tomllib = pytest.importorskip("tomllib")
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))["project"]
+    extras = {k: v for k, v in project["optional-dependencies"].items() if k in ("hf", "kernels")}
+    base = requirement_closure(project["dependencies"])
+    by_module = importlib.metadata.packages_distributions()
+    need = set()
+    for mod in sorted(third_party_imports(code)):
+        # not installed here (triton on macOS): assume the distribution is named like the module
+        dists = {canonicalize_name(d) for d in by_module.get(mod, [])} or {canonicalize_name(mod)}
+        if dists & base:
+            continue
+        # an extra's own requirements count whatever their platform marker says (triton: Linux only)
+        covering = [k for k, reqs in extras.items()
+                    if dists & (requirement_closure(reqs) | {canonicalize_name(Requirement(r).name) for r in reqs})]
+        assert covering, f"{mod} ({', '.join(sorted(dists))}) is in no dependency or extra of pyproject.toml"
+        need.add(covering[0])
+    return need
+
+
+@pytest.mark.parametrize("py", SOURCES, ids=[p.stem for p in SOURCES])
+def test_install_cell_asks_for_exactly_the_extras_it_needs(py):
+    nb = jupytext.read(py)
+    m = INSTALL_REQ.search(install_cell(nb).source)
+    assert m, f"{py.name}: install cell must install \"llmcore[...] @ git+{URL}@main\""
+    asked = set(filter(None, (m.group(1) or "").split(",")))
+    code = "\n".join(c.source for c in code_cells(nb) if not c.source.lstrip().startswith(("!", "%")))
+    need = needed_extras(code)
+    assert asked == need, f"{py.name}: install cell asks for extras {sorted(asked)}, the imports need {sorted(need)}"
+
+
+def test_extras_analysis_sees_function_local_and_package_imports():
+    # hand-checked: llmcore.alignment.peft imports peft inside a function; the MDP module needs scipy only
+    assert "peft" in third_party_imports("from llmcore.alignment import peft")
+    reached = third_party_imports("from llmcore.foundation_rl import mdp")
+    assert {"scipy", "numpy", "gymnasium"} <= reached and "transformers" not in reached
+    assert needed_extras("from llmcore.foundation_rl import mdp") == set()
+    assert needed_extras("from llmcore.alignment.peft import apply_lora") == {"hf"}
 
 
 def test_imports_llmcore_and_shows_source(chapter):
@@ -112,7 +236,7 @@ def test_executed_notebook_is_fresh_and_clean(chapter):
     assert ipynb.is_file(), f"{ipynb.name} missing: run tools/execute.py {m.chapter}"
     done = nbformat.read(ipynb, as_version=4)
     ours = [c.source for c in code_cells(nb)]
-    theirs = [c.source for c in code_cells(done)]
+    theirs = [unpin(c.source) for c in code_cells(done)]
     assert ours == theirs, f"{ipynb.name} is stale: its code cells differ from {m.chapter}; re-execute it"
     md_ours = [c.source for c in nb.cells if c.cell_type == "markdown"]
     md_theirs = [c.source for c in done.cells if c.cell_type == "markdown"]
@@ -124,5 +248,30 @@ def test_executed_notebook_is_fresh_and_clean(chapter):
             assert o.output_type != "error", f"{ipynb.name} has an error output: {o.get('ename')}"
     checked = [c for c in code_cells(done) if c.source.startswith("# NBVAL_CHECK_OUTPUT")]
     assert all(c.outputs for c in checked), "the results cell printed nothing"
-    injected = [c for c in done.cells if "injected-parameters" in c.metadata.get("tags", [])]
-    assert all("remove-cell" in c.metadata["tags"] for c in injected), "injected parameters must be hidden"
+
+
+def unpin(source: str) -> str:
+    """An executed install cell with its pinned commit put back to ``@main`` (as in the .py)."""
+    return INSTALL_REQ.sub(lambda m: m.group(0).replace(f"@{m.group(2)}\"", '@main"'), source)
+
+
+def _is_full_clone() -> bool:
+    r = subprocess.run(["git", "rev-parse", "--is-shallow-repository"], cwd=ROOT, capture_output=True, text=True)
+    return r.returncode == 0 and r.stdout.strip() == "false"
+
+
+@pytest.mark.parametrize("ipynb", NOTEBOOKS, ids=[p.stem for p in NOTEBOOKS])
+def test_committed_notebook_has_one_parameters_cell_and_a_pinned_install(ipynb):
+    """A Colab reader edits the one parameters cell: no papermill injected cell may override it."""
+    done = nbformat.read(ipynb, as_version=4)
+    nbformat.validate(done)
+    tags = [c.metadata.get("tags", []) for c in done.cells]
+    assert sum("parameters" in t for t in tags) == 1, f"{ipynb.name}: needs exactly one cell tagged parameters"
+    assert not any("injected-parameters" in t for t in tags), \
+        f"{ipynb.name}: papermill's injected-parameters cell overrides the parameters cell (tools/execute.py folds it)"
+    m = INSTALL_REQ.search(install_cell(done).source)
+    assert m and re.fullmatch(r"[0-9a-f]{40}", m.group(2)), \
+        f"{ipynb.name}: install cell must pin the commit it was executed with (git+{URL}@<40-hex sha>)"
+    if _is_full_clone():
+        r = subprocess.run(["git", "cat-file", "-e", f"{m.group(2)}^{{commit}}"], cwd=ROOT, capture_output=True)
+        assert r.returncode == 0, f"{ipynb.name}: pinned commit {m.group(2)} is not in this repository's history"

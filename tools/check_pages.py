@@ -36,12 +36,26 @@ CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic
 ERROR_MARKERS = ["Traceback (most recent call last)", "Error displaying widget", "output traceback"]
 
 
+#: headless-capable browsers, in the order `make check-pages` looks for them (PATH names, then macOS apps)
+BROWSERS = ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable")
+MAC_APPS = ("/Applications/Chromium.app/Contents/MacOS/Chromium",
+            "/Applications/Google Chrome.app/Contents/MacOS/Google Chrome")
+
+
 def find_chromium() -> str:
-    for name in ("chromium", "chromium-browser", "google-chrome"):
+    """``$CHROMIUM`` (set by the Makefile), else the first browser of :data:`BROWSERS` / :data:`MAC_APPS` found."""
+    env = os.environ.get("CHROMIUM")
+    if env:
+        return env
+    for name in BROWSERS:
         path = shutil.which(name)
         if path:
             return path
-    sys.exit("error: headless Chromium not found; install it with `apt-get install -y chromium`")
+    for app in MAC_APPS:
+        if os.access(app, os.X_OK):
+            return app
+    sys.exit("error: headless Chromium or Chrome not found; install it (Debian: sudo apt-get install chromium "
+             "fonts-noto-cjk; macOS: brew install --cask chromium)")
 
 
 def serve(directory: Path) -> tuple[http.server.ThreadingHTTPServer, int]:

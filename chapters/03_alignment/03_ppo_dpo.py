@@ -47,7 +47,7 @@ import sys
 
 if importlib.util.find_spec("llmcore") is None:
     subprocess.check_call([sys.executable, "-m", "pip", "install", "-q",
-                           "llmcore[hf] @ git+https://github.com/llm-core/llm-core"])
+                           "llmcore[hf] @ git+https://github.com/llm-core/llm-core@main"])
 
 # %%
 import copy
