@@ -106,7 +106,8 @@ print(f"device={dev}, toy={toy}, seed={seed}")
 # $(1-\alpha^{k+1})/(1-\alpha)$.
 #
 # **Quantization.** Symmetric absmax INT8: $s = \max|W|/127$, $q = \mathrm{round}(W/s)$; asymmetric
-# (zero-point): $s = (\max - \min)/255$, $z = -128 - \mathrm{round}(\min/s)$; group-wise INT4 gives each group of
+# (zero-point): $s = (\max - \min)/255$ (stored in fp16, rounded *up* so that the grid still reaches $\max$ and
+# every weight stays within $s/2$), $z = -128 - \mathrm{round}(\min/s)$; group-wise INT4 gives each group of
 # $g$ weights its own $(s, z)$ with $q \in [0, 15]$ and packs two $q$ per byte (as GPTQ/AWQ
 # {cite}`frantar2023gptq,lin2024awq` checkpoints do). LLM.int8() {cite}`dettmers2022llmint8` multiplies the few
 # outlier input features in floating point and the rest in INT8. FP8 {cite}`micikevicius2022fp8` is a float with

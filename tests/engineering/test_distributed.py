@@ -34,6 +34,13 @@ def test_tensor_parallel_block_equals_single_process(world):
         assert r["params_local"] < r["params_full"]
 
 
+def test_tensor_parallel_gqa_block_equals_single_process():
+    """The kit's LLaMA block with 4 query and 2 key/value heads: each rank keeps its heads' GQA partner."""
+    for r in launch(tp_worker, 2, (TPConfig(n_kv_heads=2),)):
+        assert r["out_err"] < 1e-5 and r["x_grad_err"] < 1e-5 and r["max_grad_err"] < 1e-5, r["grad_err"]
+        assert r["sent_bytes"] == r["analytic_bytes"] and r["all_reduces"] == 4
+
+
 @pytest.mark.parametrize("world", [2, 4])
 def test_pipeline_equals_single_process_and_bubble_follows_formula(world):
     cfgs = [PPConfig(schedule=s, micro_batches=m) for s in ("gpipe", "1f1b") for m in (1, 4)]

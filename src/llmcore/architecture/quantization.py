@@ -3,6 +3,8 @@ r"""Weight quantization with real packed storage: INT8, INT4, LLM.int8, FP8.
 Every scheme returns a :class:`QTensor` that holds the *stored* tensors (``int8``, two INT4 values
 packed per ``uint8``, ``torch.float8_*``) plus their scales, so ``QTensor.nbytes`` is the true storage
 size, and ``QTensor.dequantize()`` gives the fp32 approximation back.
+(The INT8 KV cache is :class:`llmcore.architecture.kv_cache.Int8KVCache`; it stores each head vector
+with :func:`quantize_absmax`.)
 
 Symmetric (absmax) INT8, per tensor or per output channel (row)::
 
@@ -12,6 +14,9 @@ Asymmetric (zero-point) INT8 uses the full range of ``[min, max]``::
 
     s = (max - min) / 255       z = -128 - round(min / s)      q = clamp(round(W / s) + z, -128, 127)
     W ~ s * (q - z)
+
+The fp16-stored ``s`` of the asymmetric schemes is rounded *up* (never to nearest): the grid
+``s * (q - z)`` must reach ``max``, or the largest weights clamp and land more than ``s / 2`` away.
 
 Group-wise INT4 (as GPTQ/AWQ store it): each group of ``g`` consecutive weights of a row has its own
 ``s, z`` with ``q in [0, 15]``; two ``q`` share a byte: ``byte = q[2i] | q[2i+1] << 4``.
