@@ -22,6 +22,7 @@ import torch  # noqa: E402
 
 from llmcore.architecture import decoding as D  # noqa: E402
 from llmcore.architecture import quantization as Q  # noqa: E402
+from llmcore.architecture.generate import generate  # noqa: E402
 from llmcore.architecture.llama import Llama, ModelConfig  # noqa: E402
 from llmcore.core import pick_device, seed_everything  # noqa: E402
 
@@ -49,7 +50,7 @@ def main() -> None:
 
     rows = {}
     for name, kw in (("no cache (recompute)", dict(cache=None)), ("static KV cache", dict(cache="static"))):
-        res = D.generate(model, prompt, a.new_tokens, **kw)
+        res = generate(model, prompt, a.new_tokens, **kw)
         rows[name] = res
         print(f"{name:<24} {a.new_tokens / res.wall_s:9.1f} tok/s   wall {res.wall_s:7.2f} s   "
               f"cache {res.cache_bytes / 2**10:8.1f} KiB")

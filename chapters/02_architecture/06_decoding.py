@@ -60,6 +60,7 @@ import numpy as np
 import torch
 
 from llmcore.architecture import decoding as D
+from llmcore.architecture import kv_cache
 from llmcore.architecture import quantization as Q
 from llmcore.core import pick_device, seed_everything, show_source, use_style
 
@@ -105,7 +106,8 @@ print(f"device={dev}, toy={toy}, seed={seed}")
 # $(1-\alpha^{k+1})/(1-\alpha)$.
 #
 # **Quantization.** Symmetric absmax INT8: $s = \max|W|/127$, $q = \mathrm{round}(W/s)$; asymmetric
-# (zero-point): $s = (\max - \min)/255$, $z = -128 - \mathrm{round}(\min/s)$; group-wise INT4 gives each group of
+# (zero-point): $s = (\max - \min)/255$ (stored in fp16, rounded *up* so that the grid still reaches $\max$ and
+# every weight stays within $s/2$), $z = -128 - \mathrm{round}(\min/s)$; group-wise INT4 gives each group of
 # $g$ weights its own $(s, z)$ with $q \in [0, 15]$ and packs two $q$ per byte (as GPTQ/AWQ
 # {cite}`frantar2023gptq,lin2024awq` checkpoints do). LLM.int8() {cite}`dettmers2022llmint8` multiplies the few
 # outlier input features in floating point and the rest in INT8. FP8 {cite}`micikevicius2022fp8` is a float with
@@ -122,11 +124,16 @@ print(f"device={dev}, toy={toy}, seed={seed}")
 show_source(D.apply_repetition_penalty, D.apply_top_k, D.apply_top_p, D.process_logits)
 
 # %% [markdown]
-# The cache is one pre-allocated tensor per keys/values for all layers, shape `(L, B, K, S_max, D)`; the
-# model's attention calls `update(layer, k, v)` (its `kv_cache` hook) and receives views of the filled part.
+# Every cache of the book follows one protocol (`llmcore.architecture.kv_cache`): the model's attention
+# calls `update(layer, k, v)` (its `kv_cache` hook) and attends over what it returns; `seq_len` tells the
+# model where the new positions start; `crop(n)` rolls back. The static cache is one pre-allocated tensor per
+# keys/values for all layers, shape `(L, B, K, S_max, D)`, written in place; `update` returns views of the
+# filled part. The dynamic cache (`torch.cat` per step) and the INT8 cache (below) are the same protocol, and
+# so is the paged cache of the inference-engine chapter.
 
 # %%
-show_source(D.StaticKVCache.update, D.StaticKVCache.crop, D.speculative_generate)
+show_source(kv_cache.StaticKVCache.reserve, kv_cache.StaticKVCache.update, kv_cache.StaticKVCache.crop,
+            D.speculative_generate)
 
 # %%
 show_source(Q.quantize_int4, Q.pack_int4, Q.fp8_round, Q.llm_int8_matmul)
@@ -279,8 +286,8 @@ if res.cuda:
               f"peak {row['peak_mem'] / 2**20:7.2f} MiB  KV {row['kv_mem'] / 2**20:7.2f} MiB")
 else:
     prompt = torch.tensor([tok.encode(play_prompt)], device=dev)
-    for name, kw in (("fp32 cache", {}), ("int8 cache", {"cache_factory": Q.Int8KVCache.for_model})):
-        r = D.measure_decode(target, prompt, 64, **kw)
+    for name, kind in (("fp32 cache", "static"), ("int8 cache", "int8")):
+        r = D.measure_decode(target, prompt, 64, cache=kind)
         print(f"{name:<12} {r['tokens_per_s']:7.0f} tok/s, weights {r['weights_bytes']:,} B, "
               f"KV {r['cache_bytes']:,} B ({r['memory_source']})")
 

@@ -148,7 +148,10 @@ show_source(D.Comm.reduce_scatter, D.Comm.all_gather)
 # communication: $f$ is the identity forward and an all-reduce backward (the gradient of the replicated
 # input $X$ is the sum of partial gradients), $g$ is an all-reduce forward and the identity backward.
 # Attention splits by heads in the same way. A block therefore costs **2 all-reduces forward and 2
-# backward** of the activation $(B, T, d)$.
+# backward** of the activation $(B, T, d)$. The block split here is the book's own LLaMA block
+# ([Transformer chapter](../02_architecture/01_transformer.ipynb)): its SwiGLU MLP
+# $(\mathrm{SiLU}(XA) \odot XC)\,B$ splits $A$ and $C$ by columns alike, the product stays local, and the
+# count is the same; query and key/value heads are split together, so grouped-query attention stays local too.
 
 # %%
 show_source(TP._CopyToParallel, TP._ReduceFromParallel, TP.ColumnParallelLinear, TP.RowParallelLinear)
@@ -217,8 +220,8 @@ print(f"all process groups: {time.perf_counter() - t_start:.1f} s wall (shared 2
 #
 # Each rank builds the single-process reference with the same seed, runs it, and compares its own shard:
 # outputs, the input gradient, and every parameter gradient (a column-parallel weight is compared with
-# its rows of the reference gradient, a row-parallel weight with its columns, replicated LayerNorms and
-# biases with the whole gradient).
+# its rows of the reference gradient, a row-parallel weight with its columns, replicated RMSNorms with the
+# whole gradient).
 
 # %%
 print(f"TP: max |out - ref| = {max(r['out_err'] for r in res.tp):.1e}, "
@@ -278,8 +281,11 @@ print(f"ring vs library collectives: max |diff| = {worst:.1e}; all-reduce bytes 
 # prompt (compute-bound, produces the KV cache and the first token: TTFT) and **decode** produces one token
 # per step for every running request (memory-bound: TPOT). A *colocated* worker interleaves them, and every
 # prefill stalls the decodes in flight. A *disaggregated* system runs prefills on one worker and ships the
-# KV cache — $2 \times \text{layers} \times d \times \text{prompt length}$ values per request — to a
-# decode-only worker. Both systems below use the same two processes; ops are padded to a GPU-like cost model
+# KV cache — $2 \times \text{layers} \times \text{kv\_heads} \times \text{head\_dim} \times \text{prompt length}$
+# values per request ($= 2 \times \text{layers} \times d \times$ length here, as the model has as many key/value
+# heads as query heads) — to a decode-only worker. The served model is the book's `Llama` with the kit's
+# KV-cache protocol: the prefill fills a dynamic cache, the decode worker rebuilds one from the shipped tensor.
+# Both systems below use the same two processes; ops are padded to a GPU-like cost model
 # (prefill 6 ms + 0.3 ms/token, decode step 24 ms + 1 ms/request). The decode worker polls a
 # counter in the group's key-value store between steps to learn that a KV cache is on its way. The greedy tokens of both systems
 # are checked against single-process generation.

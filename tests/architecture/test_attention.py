@@ -55,7 +55,8 @@ def test_triton_kernel_equals_sdpa(K, causal):
 
 def test_mha_to_gqa_pooling_is_exact_when_heads_are_equal():
     torch.manual_seed(0)
-    m = Llama(ModelConfig(vocab_size=64, d_model=32, n_layers=2, n_heads=4, n_kv_heads=4)).eval()
+    m = Llama(ModelConfig(vocab_size=64, d_model=32, n_layers=2, n_heads=4, n_kv_heads=4,
+                          bos_id=None, eos_id=None, pad_id=None)).eval()
     with torch.no_grad():  # make heads 2j and 2j+1 identical: pooling them loses nothing
         for layer in m.model.layers:
             for proj in (layer.self_attn.k_proj, layer.self_attn.v_proj):

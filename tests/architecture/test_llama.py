@@ -146,6 +146,19 @@ def test_bad_config_is_a_clear_error():
         ModelConfig(norm_position="middle")
 
 
+@pytest.mark.parametrize("name", ["bos_id", "eos_id", "pad_id"])
+def test_special_token_ids_must_be_in_the_vocabulary(name):
+    """Issue 16: an id >= vocab_size used to be accepted and crash later in to_hf()."""
+    with pytest.raises(LLMCoreError, match=f"{name}=64 is not a token id of a vocabulary of 64"):
+        ModelConfig(vocab_size=64, **{"bos_id": None, "eos_id": None, "pad_id": None, name: 64})
+    with pytest.raises(LLMCoreError, match=name):
+        ModelConfig(vocab_size=64, **{"bos_id": None, "eos_id": None, "pad_id": None, name: -1})
+    cfg = ModelConfig(vocab_size=64, d_model=32, **{"bos_id": None, "eos_id": None, "pad_id": None, name: 63})
+    assert getattr(Llama(cfg).to_hf().config, name.replace("_id", "_token_id")) == 63  # the boundary is valid
+    with pytest.raises(LLMCoreError, match="bos_id=257"):
+        ModelConfig(vocab_size=100)  # the byte tokenizer's defaults do not fit a 100-token vocabulary
+
+
 def test_lm_loss_ignores_minus_100():
     logits = torch.randn(1, 4, 5)
     labels = torch.tensor([[1, 2, -100, 3]])

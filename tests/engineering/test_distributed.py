@@ -3,10 +3,21 @@
 from __future__ import annotations
 
 import pytest
+import torch
 
+from llmcore.architecture.kv_cache import DynamicKVCache, kv_cache_bytes
 from llmcore.engineering.dist_utils import launch
 from llmcore.engineering.expert_parallel import EPConfig, ep_worker
-from llmcore.engineering.pd_disagg import PDConfig, expected_kv_bytes, pd_worker, summarize
+from llmcore.engineering.pd_disagg import (
+    PDConfig,
+    build_model,
+    expected_kv_bytes,
+    kv_to_tensor,
+    pd_worker,
+    reference_tokens,
+    summarize,
+    tensor_to_kv,
+)
 from llmcore.engineering.pipeline import PPConfig, bubble_formula, measured_bubble, pp_worker, schedule_ops
 from llmcore.engineering.tensor_parallel import TPConfig, tp_worker
 
@@ -21,6 +32,13 @@ def test_tensor_parallel_block_equals_single_process(world):
         assert r["sent_bytes"] == r["analytic_bytes"]  # 4 ring all-reduces of B*T*d*4 bytes
         assert r["all_reduces"] == 4
         assert r["params_local"] < r["params_full"]
+
+
+def test_tensor_parallel_gqa_block_equals_single_process():
+    """The kit's LLaMA block with 4 query and 2 key/value heads: each rank keeps its heads' GQA partner."""
+    for r in launch(tp_worker, 2, (TPConfig(n_kv_heads=2),)):
+        assert r["out_err"] < 1e-5 and r["x_grad_err"] < 1e-5 and r["max_grad_err"] < 1e-5, r["grad_err"]
+        assert r["sent_bytes"] == r["analytic_bytes"] and r["all_reduces"] == 4
 
 
 @pytest.mark.parametrize("world", [2, 4])
@@ -87,3 +105,21 @@ def test_pd_disaggregation_tokens_bytes_and_tpot():
         if ratios[-1] < 1.0:
             break
     assert min(ratios) < 1.0, ratios
+
+
+def test_pd_ships_the_llama_kv_cache_through_the_protocol():
+    """Prefill here, ship the tensor, continue decoding from the rebuilt cache: same tokens as one process."""
+    cfg = PDConfig()
+    model = build_model(cfg)
+    prompt = torch.randint(0, cfg.lm.vocab_size, (11,), generator=torch.Generator().manual_seed(0))
+    cache = DynamicKVCache(cfg.lm.n_layers)
+    with torch.no_grad():
+        toks = [int(model(prompt[None], kv_cache=cache)[0, -1].argmax())]
+        shipped = kv_to_tensor(cache, cfg.lm.n_layers)
+        assert shipped.shape == (2, 2, 4, 11, 8)  # (layers, k/v, kv_heads, tokens, head_dim)
+        assert shipped.nbytes == kv_cache_bytes(2, 4, 8, 4, 11) == 2 * 2 * 4 * 8 * 4 * 11
+        remote = tensor_to_kv(shipped.clone())
+        for _ in range(5):
+            toks.append(int(model(torch.tensor([[toks[-1]]]), kv_cache=remote)[0, -1].argmax()))
+    assert toks == reference_tokens(model, prompt, 6)
+

@@ -5,7 +5,7 @@ API summary (stable; later chapters import these names)
 
 Model -- :mod:`llmcore.architecture.llama` (HF ``LlamaForCausalLM`` parameter names)::
 
-    from llmcore.architecture.llama import Llama, ModelConfig, KVCache, lm_loss
+    from llmcore.architecture.llama import Llama, ModelConfig, lm_loss
     cfg = ModelConfig(vocab_size=264, d_model=64, n_layers=2, n_heads=4, n_kv_heads=4,   # GQA/MQA: n_kv_heads < n_heads
                       ffn_hidden=176, max_seq_len=256, rope_theta=1e4, norm_eps=1e-6,
                       tie_embeddings=True, norm_position="pre", attn_impl="sdpa")     # or "post" / "eager"
@@ -15,11 +15,23 @@ Model -- :mod:`llmcore.architecture.llama` (HF ``LlamaForCausalLM`` parameter na
     h = model.hidden_states(idx)                     # (B, T, d_model) after the final norm (value/reward heads)
     model(inputs_embeds=e)                           # (B, T, d_model) instead of ids (image tokens, soft prompts)
     model(idx, attention_mask=m, position_ids=p)     # m (B, S) 1 = real, 0 = pad (left padding works)
-    cache = KVCache(cfg.n_layers); model(prompt, kv_cache=cache); model(next_tok, kv_cache=cache)
-    #   cache protocol: cache.update(layer, k, v) -> (k_all, v_all), cache.seq_len; k, v (B, n_kv, T, head_dim)
-    model.generate(idx, max_new_tokens, temperature=0.0, top_k=None, eos_id=None, use_cache=True)
+    model.generate(idx, max_new_tokens, temperature=0.0, top_k=None, eos_id=None, use_cache=True, generator=None)
     hf = model.to_hf(); model = Llama.from_hf(hf)    # transformers.LlamaForCausalLM, identical logits
     model.save_pretrained(d); Llama.from_pretrained(d)  # config.json + model.safetensors (HF loads it too)
+
+KV caches -- :mod:`llmcore.architecture.kv_cache` (one protocol; ``llama.KVCache`` is ``DynamicKVCache``)::
+
+    cache = DynamicKVCache(cfg.n_layers)             # or StaticKVCache.for_model(model, B, max_len), Int8KVCache...
+    model(prompt, kv_cache=cache); model(next_tok, kv_cache=cache)
+    #   protocol: update(layer, k, v) -> (k_all, v_all), seq_len, get(layer), crop(n), reset(), nbytes
+    #   k, v (B, n_kv, T, head_dim); bytes = 2 x layers x kv_heads x head_dim x bytes x tokens x batch
+    kv_cache_bytes(n_layers, n_kv_heads, head_dim, bytes_per_element, tokens, batch)
+
+Generation -- :mod:`llmcore.architecture.generate` (the one loop; ``Llama.generate`` wraps it)::
+
+    res = generate(model, prompt, max_new_tokens, SamplerConfig(greedy=False, temperature=0.8, top_k=50,
+                   top_p=0.95, repetition_penalty=1.1), cache="static", generator=g, eos_id=None)
+    res.tokens (B, T + new), res.step_s, res.cache_bytes, res.cache
 
 Tokenizers -- :mod:`llmcore.architecture.tokenizer`::
 

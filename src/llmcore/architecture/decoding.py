@@ -1,20 +1,18 @@
-r"""Decoding: samplers, beam search, a pre-allocated GQA-aware KV cache and speculative decoding.
+r"""Decoding strategies: beam search, speculative decoding, and the Decoding chapter's closed loop.
 
-Everything works on the tiny LLaMA of :mod:`llmcore.architecture.llama` (``Llama``), through its
-``kv_cache`` hook: any object with ``update(layer, k, v) -> (k_all, v_all)`` and ``seq_len`` can be
-passed as ``model(idx, kv_cache=cache)``. Shapes: ``B`` batch, ``V`` vocabulary, ``T`` new tokens,
-``S`` cached + new positions, ``K`` key/value heads, ``D`` head size, ``L`` layers.
+The pieces every chapter shares live in the model kit and are re-exported here for the chapter:
+the samplers and the one generation loop in :mod:`llmcore.architecture.generate`
+(:func:`generate`, :class:`SamplerConfig`, ``apply_*`` processors), the KV caches in
+:mod:`llmcore.architecture.kv_cache` (:class:`StaticKVCache`, :class:`Int8KVCache`, ...). Shapes:
+``B`` batch, ``V`` vocabulary, ``T`` new tokens, ``S`` cached + new positions, ``K`` key/value heads,
+``D`` head size, ``L`` layers.
 
-* **Samplers** (logits processors, in Hugging Face's order): repetition penalty, temperature,
-  top-k, top-p; then greedy ``argmax`` or a multinomial draw.
 * **Beam search**: keep the ``n`` best partial sequences by summed log-probability.
-* **KV cache**: :class:`StaticKVCache` allocates ``(L, B, K, S_max, D)`` once (contiguous), writes new
-  keys/values in place and can be cropped (speculative decoding rolls back rejected tokens). Its size is
-  $2 \cdot L \cdot K \cdot D \cdot \text{bytes} \cdot S \cdot B$ -- note ``K`` (key/value heads), not
-  the query heads: GQA/MQA shrink the cache by ``H / K``.
 * **Speculative decoding** (greedy): a small draft proposes ``k`` tokens, the target scores all of
   them in one forward pass and keeps the longest agreeing prefix plus its own next token, so the
-  output is *exactly* the target's greedy output.
+  output is *exactly* the target's greedy output. Both caches are cropped back after a rejection.
+* **Measurements**: cache size $2 \cdot L \cdot K \cdot D \cdot \text{bytes} \cdot S \cdot B$ against
+  :func:`kv_cache_bytes`, tokens/s, and (on CUDA) allocator peaks; weight/KV quantization perplexity.
 """
 
 from __future__ import annotations
@@ -22,227 +20,42 @@ from __future__ import annotations
 import copy
 import math
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
 
+from llmcore.architecture import quantization as Q
+from llmcore.architecture.generate import (  # noqa: F401  (re-exported for the chapter)
+    GenerationResult,
+    SamplerConfig,
+    _cuda_sync,
+    apply_repetition_penalty,
+    apply_temperature,
+    apply_top_k,
+    apply_top_p,
+    generate,
+    next_token,
+    process_logits,
+)
+from llmcore.architecture.kv_cache import (  # noqa: F401  (re-exported for the chapter)
+    DynamicKVCache,
+    Int8KVCache,
+    StaticKVCache,
+    kv_cache_bytes,
+)
+from llmcore.architecture.llama import Llama, ModelConfig
+from llmcore.architecture.pretrained import corpus_ids, tiny_lm
+from llmcore.architecture.training import evaluate
+from llmcore.core.device import pick_device
 from llmcore.core.errors import LLMCoreError, check_range
 from llmcore.core.progress import progress
+from llmcore.core.report import Report
+from llmcore.core.seed import seed_everything
 
 # =================================================================================================
-# Samplers (logits processors)
+# Beam search
 # =================================================================================================
-
-
-def apply_repetition_penalty(logits: torch.Tensor, input_ids: torch.Tensor, penalty: float) -> torch.Tensor:
-    r"""CTRL's penalty (Keskar et al. 2019): for every token already in ``input_ids``,
-    $\ell \leftarrow \ell / \theta$ if $\ell > 0$ else $\ell \cdot \theta$.  ``logits (B, V)``, ``input_ids (B, S)``."""
-    if penalty == 1.0:
-        return logits
-    if penalty <= 0:
-        raise LLMCoreError(f"repetition penalty must be > 0, got {penalty}")
-    score = torch.gather(logits, 1, input_ids)  # (B, S): the logits of tokens already seen
-    score = torch.where(score < 0, score * penalty, score / penalty)
-    return logits.scatter(1, input_ids, score)
-
-
-def apply_temperature(logits: torch.Tensor, temperature: float) -> torch.Tensor:
-    r"""$p_i \propto \exp(\ell_i / \tau)$: $\tau < 1$ sharpens, $\tau > 1$ flattens."""
-    if temperature <= 0:
-        raise LLMCoreError(f"temperature must be > 0 (use greedy for 0), got {temperature}")
-    return logits / temperature
-
-
-def apply_top_k(logits: torch.Tensor, k: int, min_tokens_to_keep: int = 1) -> torch.Tensor:
-    """Keep the ``k`` largest logits (ties with the k-th are kept too), set the rest to ``-inf``."""
-    k = min(max(int(k), min_tokens_to_keep), logits.shape[-1])
-    kth = torch.topk(logits, k).values[..., -1, None]  # (B, 1)
-    return logits.masked_fill(logits < kth, float("-inf"))
-
-
-def apply_top_p(logits: torch.Tensor, p: float, min_tokens_to_keep: int = 1) -> torch.Tensor:
-    r"""Nucleus sampling (Holtzman et al. 2020): keep the smallest set of most likely tokens whose
-    probability sums to at least $p$. Sorted ascending, a token is dropped when the cumulative
-    probability *up to and including it* is $\le 1 - p$."""
-    check_range("top_p", p, 0.0, 1.0)
-    sorted_logits, order = torch.sort(logits, descending=False)
-    cum = sorted_logits.softmax(dim=-1).cumsum(dim=-1)  # (B, V) ascending cumulative mass
-    remove_sorted = cum <= (1 - p)
-    remove_sorted[..., -min_tokens_to_keep:] = False
-    remove = remove_sorted.scatter(1, order, remove_sorted)  # back to vocabulary order
-    return logits.masked_fill(remove, float("-inf"))
-
-
-@dataclass
-class SamplerConfig:
-    """How the next token is chosen. ``greedy=True`` ignores everything but the repetition penalty."""
-
-    greedy: bool = True
-    temperature: float = 1.0
-    top_k: int | None = None  # None or 0: off
-    top_p: float | None = None  # None or 1.0: off
-    repetition_penalty: float = 1.0  # 1.0: off
-
-
-def process_logits(logits: torch.Tensor, input_ids: torch.Tensor, cfg: SamplerConfig) -> torch.Tensor:
-    """Apply the processors in Hugging Face ``generate``'s order: penalty, temperature, top-k, top-p."""
-    logits = apply_repetition_penalty(logits, input_ids, cfg.repetition_penalty)
-    if cfg.greedy:
-        return logits
-    if cfg.temperature != 1.0:
-        logits = apply_temperature(logits, cfg.temperature)
-    if cfg.top_k:
-        logits = apply_top_k(logits, cfg.top_k)
-    if cfg.top_p is not None and cfg.top_p < 1.0:
-        logits = apply_top_p(logits, cfg.top_p)
-    return logits
-
-
-def next_token(logits: torch.Tensor, input_ids: torch.Tensor, cfg: SamplerConfig,
-               generator: torch.Generator | None = None) -> torch.Tensor:
-    """``logits (B, V)`` of the last position -> next token ids ``(B,)``."""
-    logits = process_logits(logits.float(), input_ids, cfg)
-    if cfg.greedy:
-        return logits.argmax(-1)
-    return torch.multinomial(torch.softmax(logits, -1), 1, generator=generator)[:, 0]
-
-
-# =================================================================================================
-# KV cache
-# =================================================================================================
-
-
-def kv_cache_bytes(n_layers: int, n_kv_heads: int, head_dim: int, bytes_per_element: float,
-                   tokens: int, batch: int = 1) -> int:
-    r"""$2 \times L \times K \times D \times \text{bytes} \times \text{tokens} \times B$ (the 2 is keys + values).
-
-    Per token and per sequence it is $2 L K D \cdot \text{bytes}$ -- the usual "per-token" formula."""
-    return int(round(2 * n_layers * n_kv_heads * head_dim * bytes_per_element * tokens * batch))
-
-
-class StaticKVCache:
-    """A contiguous, pre-allocated key/value cache for all layers, GQA-aware.
-
-    ``k``/``v`` are single tensors of shape ``(L, B, K, max_len, D)`` allocated once; ``update`` writes
-    the new positions in place (no ``torch.cat``, no re-allocation) and returns views of the filled part
-    ``(B, K, S, D)``. Only ``K = n_kv_heads`` heads are stored -- the model repeats them for its query
-    heads *after* the cache, which is why GQA/MQA save cache memory. ``crop(n)`` forgets every position
-    ``>= n`` (speculative decoding's rollback).
-    """
-
-    def __init__(self, n_layers: int, batch: int, n_kv_heads: int, head_dim: int, max_len: int,
-                 dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu") -> None:
-        shape = (n_layers, batch, n_kv_heads, max_len, head_dim)
-        self.k = torch.zeros(shape, dtype=dtype, device=device)
-        self.v = torch.zeros(shape, dtype=dtype, device=device)
-        self.max_len = max_len
-        self.lens = [0] * n_layers  # filled positions per layer
-
-    @classmethod
-    def for_model(cls, model, batch: int, max_len: int, dtype: torch.dtype | None = None) -> StaticKVCache:
-        """A cache sized for ``model`` (our ``Llama``): its layers, KV heads, head size, dtype and device."""
-        c = model.config
-        p = next(model.parameters())
-        return cls(c.n_layers, batch, c.n_kv_heads, c.head_dim, max_len, dtype or p.dtype, p.device)
-
-    @property
-    def seq_len(self) -> int:
-        """Positions stored in every layer (the model reads it before layer 0 is updated)."""
-        return min(self.lens)
-
-    def update(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Write ``k, v (B, K, T, D)`` at positions ``[S_old, S_old + T)``; return ``(B, K, S_old + T, D)`` views."""
-        start, T = self.lens[layer], k.shape[2]
-        if start + T > self.max_len:
-            raise LLMCoreError(f"KV cache full: {start} + {T} positions > max_len={self.max_len}")
-        self.k[layer, :, :, start:start + T] = k
-        self.v[layer, :, :, start:start + T] = v
-        self.lens[layer] = start + T
-        return self.k[layer, :, :, :start + T], self.v[layer, :, :, :start + T]
-
-    def crop(self, n: int) -> None:
-        """Keep the first ``n`` positions (the rest will be overwritten)."""
-        if n > self.seq_len:
-            raise LLMCoreError(f"cannot crop to {n} > {self.seq_len} stored positions")
-        self.lens = [n] * len(self.lens)
-
-    @property
-    def nbytes(self) -> int:
-        """Bytes allocated (the whole pre-allocated buffer)."""
-        return self.k.nbytes + self.v.nbytes
-
-    def used_bytes(self) -> int:
-        """Bytes of the filled positions: the formula of :func:`kv_cache_bytes` with ``tokens = seq_len``."""
-        L, B, K, _, D = self.k.shape
-        return kv_cache_bytes(L, K, D, self.k.element_size(), self.seq_len, B)
-
-
-# =================================================================================================
-# Generation loops
-# =================================================================================================
-
-
-def _cuda_sync(dev: torch.device) -> None:
-    if dev.type == "cuda":
-        torch.cuda.synchronize(dev)
-
-
-@dataclass
-class GenerationResult:
-    tokens: torch.Tensor  # (B, T_prompt + new)
-    step_s: list[float] = field(default_factory=list)  # wall time of each decode step (incl. prefill first)
-    cache_bytes: int = 0  # bytes of the filled cache at the end (0 without a cache)
-
-    @property
-    def wall_s(self) -> float:
-        return float(sum(self.step_s))
-
-
-@torch.no_grad()
-def generate(model, prompt: torch.Tensor, max_new_tokens: int, sampler: SamplerConfig | None = None,
-             cache: str | None = "static", generator: torch.Generator | None = None,
-             cache_factory: Callable[..., object] | None = None, desc: str | None = None) -> GenerationResult:
-    """Autoregressive decoding of ``max_new_tokens`` tokens after ``prompt (B, T)``.
-
-    ``cache``: ``"static"`` (:class:`StaticKVCache`, pre-allocated), ``"dynamic"`` (the model's own
-    concatenating ``KVCache``) or ``None`` (recompute the whole sequence every step: $O(S^2)$ work per
-    step instead of $O(S)$). ``cache_factory(model, batch, max_len)`` overrides the cache type (e.g. INT8).
-    """
-    from llmcore.architecture.llama import KVCache
-
-    sampler = sampler or SamplerConfig()
-    model.eval()
-    B, T0 = prompt.shape
-    max_len = T0 + max_new_tokens
-    if cache_factory is not None:
-        kv = cache_factory(model, B, max_len)
-    elif cache == "static":
-        kv = StaticKVCache.for_model(model, B, max_len)
-    elif cache == "dynamic":
-        kv = KVCache(model.config.n_layers)
-    elif cache is None:
-        kv = None
-    else:
-        raise LLMCoreError(f"cache must be 'static', 'dynamic' or None, got {cache!r}")
-    dev = prompt.device
-    out = torch.empty(B, max_len, dtype=torch.long, device=dev)
-    out[:, :T0] = prompt
-    n, step_in, times = T0, prompt, []
-    steps = range(max_new_tokens)
-    for _ in (progress(steps, desc=desc, leave=False) if desc else steps):
-        _cuda_sync(dev)
-        t0 = time.perf_counter()
-        logits = model(step_in if kv is not None else out[:, :n], kv_cache=kv)[:, -1]
-        nxt = next_token(logits, out[:, :n], sampler, generator)
-        _cuda_sync(dev)
-        times.append(time.perf_counter() - t0)
-        out[:, n] = nxt
-        n += 1
-        step_in = out[:, n - 1:n]
-    nbytes = kv.used_bytes() if hasattr(kv, "used_bytes") else 0
-    return GenerationResult(out, times, nbytes)
 
 
 @torch.no_grad()
@@ -252,14 +65,13 @@ def beam_search(model, prompt: torch.Tensor, max_new_tokens: int, num_beams: int
     Beam score = $\sum_t \log p(y_t \mid y_{<t})$. Each step scores all ``num_beams x V`` one-token
     extensions and keeps the ``num_beams`` best. ``prompt (1, T)`` -> ``(sequences (n, T + new), scores (n,))``
     sorted best first (as HF ``generate(num_beams=n, num_return_sequences=n)`` with no EOS).
-    Uses a KV cache whose rows are re-ordered (``index_select``) when beams are re-ranked.
+    Uses a :class:`DynamicKVCache` whose rows are re-ordered (``reorder``) when beams are re-ranked.
+    A search over ``n`` hypotheses, not one sampled continuation, so it is not a mode of :func:`generate`.
     """
     if prompt.shape[0] != 1:
         raise LLMCoreError("beam_search takes one prompt (batch 1)")
     model.eval()
-    from llmcore.architecture.llama import KVCache
-
-    kv = KVCache(model.config.n_layers)
+    kv = DynamicKVCache(model.config.n_layers)
     seqs = prompt.expand(num_beams, -1).contiguous()
     scores = torch.zeros(num_beams, device=prompt.device)
     scores[1:] = -1e9  # all beams start identical: only the first one may expand at step 0
@@ -273,8 +85,7 @@ def beam_search(model, prompt: torch.Tensor, max_new_tokens: int, num_beams: int
         beam, tok = idx // V, idx % V
         seqs = torch.cat([seqs[beam], tok[:, None]], dim=1)
         scores = top
-        for i in range(len(kv.k)):  # re-order the cache rows to follow the surviving beams
-            kv.k[i], kv.v[i] = kv.k[i][beam], kv.v[i][beam]
+        kv.reorder(beam)  # the cache rows follow the surviving beams
         step_in = tok[:, None]
     return seqs, scores
 
@@ -313,7 +124,8 @@ def speculative_generate(target, draft, prompt: torch.Tensor, max_new_tokens: in
     ``[last, d_1..d_k]`` and yields its own greedy choices $p_0..p_k$; accept the longest prefix with
     $d_{i+1} = p_i$ (say $n$ tokens), then append $p_n$ -- the target's token at the first
     disagreement (or a bonus token when all $k$ agree). Each round emits $n + 1 \ge 1$ tokens and the
-    sequence is exactly the target's greedy sequence. Rejected positions are cropped from both caches.
+    sequence is exactly the target's greedy sequence. Rejected positions are cropped from both caches
+    (``crop`` of the cache protocol). Two models and a draft/verify round, so not a mode of :func:`generate`.
     """
     check_range("k", k, 1)
     if prompt.shape[0] != 1:
@@ -370,8 +182,7 @@ def param_bytes(model: torch.nn.Module) -> int:
     return total
 
 
-def measure_decode(model, prompt: torch.Tensor, max_new_tokens: int, cache: str | None = "static",
-                   cache_factory=None) -> dict:
+def measure_decode(model, prompt: torch.Tensor, max_new_tokens: int, cache: str | object | None = "static") -> dict:
     """Greedy-decode and report tokens/s, cache bytes and (on CUDA) ``torch.cuda.max_memory_allocated``.
 
     On CUDA: ``weights_mem`` is the allocator's count after loading the model, ``peak_mem`` the peak
@@ -384,7 +195,7 @@ def measure_decode(model, prompt: torch.Tensor, max_new_tokens: int, cache: str 
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats(dev)
         base = torch.cuda.memory_allocated(dev)
-    res = generate(model, prompt, max_new_tokens, cache=cache, cache_factory=cache_factory)
+    res = generate(model, prompt, max_new_tokens, cache=cache)
     out = {"tokens_per_s": max_new_tokens / res.wall_s, "wall_s": res.wall_s, "cache_bytes": res.cache_bytes,
            "weights_bytes": param_bytes(model), "memory_source": "byte accounting (CPU)"}
     if dev.type == "cuda":
@@ -396,14 +207,12 @@ def measure_decode(model, prompt: torch.Tensor, max_new_tokens: int, cache: str 
 
 def cuda_report(model, prompt: torch.Tensor, max_new_tokens: int = 256) -> dict:
     """The GPU-backed numbers: fp32 vs INT8-weight model, static cache vs INT8 cache (needs CUDA)."""
-    from llmcore.architecture import quantization as Q
-
     if prompt.device.type != "cuda":
         raise LLMCoreError("cuda_report needs a model and prompt on a CUDA device (device='cuda'); "
                            "no GPU is available here")
+    max_new_tokens = min(max_new_tokens, model.config.max_seq_len + 1 - prompt.shape[1])  # stay within RoPE's range
     rows = {"fp32 weights, fp32 cache": measure_decode(model, prompt, max_new_tokens)}
-    rows["fp32 weights, int8 cache"] = measure_decode(model, prompt, max_new_tokens,
-                                                      cache_factory=Q.Int8KVCache.for_model)
+    rows["fp32 weights, int8 cache"] = measure_decode(model, prompt, max_new_tokens, cache="int8")
     qm = Q.quantize_model(copy.deepcopy(model), "int8_channel")
     rows["int8 weights, fp32 cache"] = measure_decode(qm, prompt, max_new_tokens)
     return rows
@@ -430,8 +239,6 @@ def kv_cache_perplexity(model, tokens: torch.Tensor, seq_len: int, max_windows: 
 
 def perplexity(model, tokens: torch.Tensor, seq_len: int, max_windows: int | None = None) -> float:
     """``exp(mean next-token loss)`` over consecutive windows (see ``training.evaluate``)."""
-    from llmcore.architecture.training import evaluate
-
     return math.exp(evaluate(model, tokens, seq_len, max_windows=max_windows))
 
 
@@ -445,8 +252,6 @@ DRAFT_OVERRIDES = dict(d_model=32, n_layers=1, n_heads=2, n_kv_heads=2, ffn_hidd
 
 def load_models(device: str | torch.device = "cpu"):
     """The book's tiny pretrained LM (target) and a smaller draft trained the same way (both cached)."""
-    from llmcore.architecture.pretrained import tiny_lm
-
     return tiny_lm(device=device), tiny_lm(device=device, **DRAFT_OVERRIDES)
 
 
@@ -501,12 +306,6 @@ class DecodingResults:
 
 def experiment(toy: bool = True, device: str = "auto", seed: int = 0) -> DecodingResults:
     """Samplers vs HF, KV cache (equality, bytes, timing), speculative decoding, quantization, (CUDA)."""
-    from llmcore.architecture import quantization as Q
-    from llmcore.architecture.llama import Llama, ModelConfig
-    from llmcore.architecture.pretrained import corpus_ids
-    from llmcore.core.device import pick_device
-    from llmcore.core.seed import seed_everything
-
     dev = pick_device(device)
     seed_everything(seed)
     stage_s, t_stage = {}, [time.perf_counter()]
@@ -576,9 +375,9 @@ def experiment(toy: bool = True, device: str = "auto", seed: int = 0) -> Decodin
     lap("weight quantization")
     # INT8 KV cache: perplexity (every window attends to its dequantized keys/values), greedy agreement, bytes
     quant["fp32"]["ppl_int8_kv"] = kv_cache_perplexity(target, val_ids, target.config.max_seq_len, windows,
-                                                        Q.Int8KVCache)
+                                                        Int8KVCache)
     a = generate(target, prompt, n_new, cache="static")
-    q8 = generate(target, prompt, n_new, cache_factory=Q.Int8KVCache.for_model)
+    q8 = generate(target, prompt, n_new, cache="int8")
     agree = float((a.tokens[0, prompt.shape[1]:] == q8.tokens[0, prompt.shape[1]:]).float().mean())
     first_diff = int((a.tokens[0] != q8.tokens[0]).nonzero()[0]) - prompt.shape[1] if agree < 1 else n_new
     kv_int8 = {"fp32_bytes": a.cache_bytes, "int8_bytes": q8.cache_bytes, "token_agreement": agree,
@@ -599,8 +398,6 @@ def experiment(toy: bool = True, device: str = "auto", seed: int = 0) -> Decodin
 
 
 def make_report(res: DecodingResults, toy: bool, device: str, seed: int):
-    from llmcore.core.report import Report
-
     rep = Report("decoding", "Decoding Strategy / 解码策略", toy, device, seed)
     rep.metric("max |ours - HF| over samplers", max(res.sampler_diff.values()))
     rep.metric("beam search == HF generate(num_beams=4)", res.beam_equal)

@@ -28,7 +28,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from llmcore.architecture.generate import SamplerConfig, generate
+from llmcore.architecture.kv_cache import DynamicKVCache
 from llmcore.core.errors import LLMCoreError
+
+#: The dynamic (concatenating) cache of :mod:`llmcore.architecture.kv_cache`, under its old name here.
+KVCache = DynamicKVCache
 
 
 @dataclass
@@ -67,6 +72,11 @@ class ModelConfig:
             raise LLMCoreError(f"norm_position must be 'pre' or 'post', got {self.norm_position!r}")
         if self.attn_impl not in ("sdpa", "eager"):
             raise LLMCoreError(f"attn_impl must be 'sdpa' or 'eager', got {self.attn_impl!r}")
+        for name in ("bos_id", "eos_id", "pad_id"):  # an id the embedding has no row for breaks to_hf/generate
+            tid = getattr(self, name)
+            if tid is not None and (isinstance(tid, bool) or not isinstance(tid, int) or not 0 <= tid < self.vocab_size):
+                raise LLMCoreError(f"{name}={tid} is not a token id of a vocabulary of {self.vocab_size} "
+                                   f"(need 0 <= {name} < vocab_size, or None for no such token)")
 
     @property
     def head_dim(self) -> int:
@@ -159,30 +169,6 @@ def repeat_kv(x: torch.Tensor, n_rep: int) -> torch.Tensor:
     return x[:, :, None].expand(B, K, n_rep, S, D).reshape(B, K * n_rep, S, D)
 
 
-class KVCache:
-    """The simplest key/value cache: per layer, concatenate new keys/values along the sequence axis.
-
-    Protocol used by :class:`Attention` (a faster cache only needs the same two members):
-    ``update(layer, k, v) -> (k_all, v_all)`` with ``k, v`` of shape ``(B, K, T, D)`` (RoPE already
-    applied), and ``seq_len`` -- the number of positions stored so far.
-    """
-
-    def __init__(self, n_layers: int) -> None:
-        self.k: list[torch.Tensor | None] = [None] * n_layers
-        self.v: list[torch.Tensor | None] = [None] * n_layers
-
-    @property
-    def seq_len(self) -> int:
-        return 0 if self.k[0] is None else self.k[0].shape[2]
-
-    def update(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        if self.k[layer] is not None:
-            k = torch.cat([self.k[layer], k], dim=2)
-            v = torch.cat([self.v[layer], v], dim=2)
-        self.k[layer], self.v[layer] = k, v
-        return k, v
-
-
 class Attention(nn.Module):
     """Causal self-attention with RoPE and ``n_kv_heads`` key/value heads (MHA / GQA / MQA)."""
 
@@ -270,7 +256,7 @@ class Llama(nn.Module):
     * ``inputs_embeds (B, T, d)`` instead of ``idx`` (image tokens, soft prompts);
     * ``attention_mask (B, S)`` 1 = real token, 0 = padding (``S`` counts cached positions too);
     * ``position_ids (B, T)`` -- default ``start + arange(T)`` (``start`` = positions already cached);
-    * ``kv_cache`` -- a :class:`KVCache` (or anything with ``update``/``seq_len``), filled in place.
+    * ``kv_cache`` -- any cache of the :mod:`llmcore.architecture.kv_cache` protocol, filled in place.
     """
 
     def __init__(self, cfg: ModelConfig) -> None:
@@ -326,35 +312,14 @@ class Llama(nn.Module):
                  generator: torch.Generator | None = None) -> torch.Tensor:
         """Append ``max_new_tokens`` tokens to ``idx (B, T)``; greedy when ``temperature == 0``.
 
-        With ``use_cache`` the prompt is encoded once and each step feeds one token (KV cache);
-        without it every step re-runs the whole sequence. Rows that emit ``eos_id`` keep emitting it.
+        With ``use_cache`` the prompt is encoded once and each step feeds one token (a
+        :class:`~llmcore.architecture.kv_cache.DynamicKVCache`); without it every step re-runs the whole
+        sequence. Rows that emit ``eos_id`` keep emitting it; stops early when every row has. The loop is
+        :func:`llmcore.architecture.generate.generate`; this is its older keyword interface.
         """
-        was_training = self.training
-        self.eval()
-        cache = KVCache(self.config.n_layers) if use_cache else None
-        done = torch.zeros(idx.shape[0], dtype=torch.bool, device=idx.device)
-        step_in = idx
-        for _ in range(max_new_tokens):
-            if idx.shape[1] > self.config.max_seq_len:
-                raise LLMCoreError(f"sequence longer than max_seq_len={self.config.max_seq_len}")
-            logits = self(step_in if use_cache else idx, kv_cache=cache)[:, -1].float()
-            if temperature == 0:
-                nxt = logits.argmax(-1)
-            else:
-                logits = logits / temperature
-                if top_k is not None:
-                    kth = torch.topk(logits, min(top_k, logits.shape[-1])).values[:, -1:]
-                    logits = logits.masked_fill(logits < kth, float("-inf"))
-                nxt = torch.multinomial(torch.softmax(logits, -1), 1, generator=generator)[:, 0]
-            if eos_id is not None:
-                nxt = torch.where(done, torch.full_like(nxt, eos_id), nxt)
-                done |= nxt == eos_id
-            idx = torch.cat([idx, nxt[:, None]], dim=1)
-            step_in = nxt[:, None]
-            if eos_id is not None and bool(done.all()):
-                break
-        self.train(was_training)
-        return idx
+        sampler = SamplerConfig(greedy=temperature == 0, temperature=temperature or 1.0, top_k=top_k)
+        return generate(self, idx, max_new_tokens, sampler, cache="dynamic" if use_cache else None,
+                        generator=generator, eos_id=eos_id).tokens
 
     # ---- Hugging Face interop and checkpoints ------------------------------------------------------
     def to_hf(self):

@@ -1,8 +1,10 @@
-r"""Weight and KV-cache quantization with real packed storage: INT8, INT4, LLM.int8, FP8.
+r"""Weight quantization with real packed storage: INT8, INT4, LLM.int8, FP8.
 
 Every scheme returns a :class:`QTensor` that holds the *stored* tensors (``int8``, two INT4 values
 packed per ``uint8``, ``torch.float8_*``) plus their scales, so ``QTensor.nbytes`` is the true storage
 size, and ``QTensor.dequantize()`` gives the fp32 approximation back.
+(The INT8 KV cache is :class:`llmcore.architecture.kv_cache.Int8KVCache`; it stores each head vector
+with :func:`quantize_absmax`.)
 
 Symmetric (absmax) INT8, per tensor or per output channel (row)::
 
@@ -12,6 +14,9 @@ Asymmetric (zero-point) INT8 uses the full range of ``[min, max]``::
 
     s = (max - min) / 255       z = -128 - round(min / s)      q = clamp(round(W / s) + z, -128, 127)
     W ~ s * (q - z)
+
+The fp16-stored ``s`` of the asymmetric schemes is rounded *up* (never to nearest): the grid
+``s * (q - z)`` must reach ``max``, or the largest weights clamp and land more than ``s / 2`` away.
 
 Group-wise INT4 (as GPTQ/AWQ store it): each group of ``g`` consecutive weights of a row has its own
 ``s, z`` with ``q in [0, 15]``; two ``q`` share a byte: ``byte = q[2i] | q[2i+1] << 4``.
@@ -36,7 +41,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from llmcore.architecture.decoding import StaticKVCache
 from llmcore.core.errors import LLMCoreError
 
 SCALE_DTYPE = torch.float16  # scales and zero points are stored in fp16 (as GPTQ/AWQ checkpoints do)
@@ -73,6 +77,19 @@ def _safe(s: torch.Tensor) -> torch.Tensor:
     return s.clamp(min=1e-8).to(SCALE_DTYPE).float().clamp(min=torch.finfo(SCALE_DTYPE).tiny)
 
 
+def _safe_up(s: torch.Tensor) -> torch.Tensor:
+    """Like :func:`_safe` but rounds the scale *up* to the next fp16 value, never down.
+
+    The asymmetric schemes need the grid ``s * (q - z)``, ``q`` over ``n`` steps, to span ``[min, max]``:
+    ``n * s >= max - min``. Rounding ``s = (max - min) / n`` to nearest fp16 can make it smaller (by up to
+    a relative 2^-11), the top of the range then lies beyond the last grid point and is clamped -- an
+    error above ``s / 2`` (measured 0.58 s). Rounding up keeps every weight within ``s / 2``.
+    """
+    h = s.clamp(min=1e-8).to(SCALE_DTYPE)
+    h = torch.where(h.float() < s, torch.nextafter(h, torch.full_like(h, float("inf"))), h)
+    return h.float().clamp(min=torch.finfo(SCALE_DTYPE).tiny)
+
+
 def quantize_absmax(w: torch.Tensor, per_channel: bool = True) -> QTensor:
     """Symmetric INT8: ``s = max|W| / 127`` over the tensor or each row (output channel)."""
     w = w.detach().float()
@@ -94,7 +111,7 @@ def quantize_zeropoint(w: torch.Tensor, per_channel: bool = True) -> QTensor:
     else:
         lo, hi = w.amin().reshape(1, 1), w.amax().reshape(1, 1)
     lo, hi = lo.clamp(max=0), hi.clamp(min=0)
-    s = _safe((hi - lo) / 255.0)
+    s = _safe_up((hi - lo) / 255.0)  # rounded up: the grid must span [lo, hi]
     z = (-128 - torch.round(lo / s)).clamp(-128, 127)
     q = (torch.round(w / s) + z).clamp(-128, 127).to(torch.int8)
     return QTensor("int8_zeropoint" if per_channel else "int8_zeropoint_tensor", q, s.to(SCALE_DTYPE),
@@ -128,7 +145,7 @@ def quantize_int4(w: torch.Tensor, group_size: int = 16) -> QTensor:
         raise LLMCoreError(f"in_features={cols} must be a multiple of an even group_size={group_size}")
     g = w.view(rows, cols // group_size, group_size)
     lo, hi = g.amin(-1, keepdim=True).clamp(max=0), g.amax(-1, keepdim=True).clamp(min=0)
-    s = _safe((hi - lo) / 15.0)
+    s = _safe_up((hi - lo) / 15.0)  # rounded up: the grid must span [lo, hi]
     z = torch.round(-lo / s).clamp(0, 15)
     q = (torch.round(g / s) + z).clamp(0, 15).to(torch.uint8).view(rows, cols)
     return QTensor("int4_group", pack_int4(q), s.to(SCALE_DTYPE), z.to(torch.uint8), (rows, cols), group_size)
@@ -292,48 +309,6 @@ def linear_weight_bytes(model: nn.Module, skip: tuple[str, ...] = ("lm_head",)) 
             data += mod.weight.nbytes
             numel += mod.weight.numel()
     return {"data": data, "scales": scales, "total": data + scales, "numel": numel}
-
-
-# ---- INT8 KV cache -----------------------------------------------------------------------------------
-class Int8KVCache(StaticKVCache):
-    """:class:`StaticKVCache` that stores keys/values as INT8 with one fp16 absmax scale per
-    (layer, sequence, head, position) -- i.e. per head vector of ``D`` values -- and dequantizes on read."""
-
-    def __init__(self, n_layers: int, batch: int, n_kv_heads: int, head_dim: int, max_len: int,
-                 dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu") -> None:
-        shape = (n_layers, batch, n_kv_heads, max_len, head_dim)
-        self.k = torch.zeros(shape, dtype=torch.int8, device=device)
-        self.v = torch.zeros(shape, dtype=torch.int8, device=device)
-        self.k_scale = torch.ones(shape[:-1] + (1,), dtype=SCALE_DTYPE, device=device)
-        self.v_scale = torch.ones(shape[:-1] + (1,), dtype=SCALE_DTYPE, device=device)
-        self.out_dtype, self.max_len, self.lens = dtype, max_len, [0] * n_layers
-
-    @staticmethod
-    def _q(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        s = _safe(x.float().abs().amax(-1, keepdim=True) / 127.0)
-        return torch.round(x.float() / s).clamp(-127, 127).to(torch.int8), s.to(SCALE_DTYPE)
-
-    def update(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        start, T = self.lens[layer], k.shape[2]
-        if start + T > self.max_len:
-            raise LLMCoreError(f"KV cache full: {start} + {T} positions > max_len={self.max_len}")
-        sl = slice(start, start + T)
-        (self.k[layer, :, :, sl], self.k_scale[layer, :, :, sl]) = self._q(k)
-        (self.v[layer, :, :, sl], self.v_scale[layer, :, :, sl]) = self._q(v)
-        self.lens[layer] = start + T
-        n = start + T
-        kd = (self.k[layer, :, :, :n].float() * self.k_scale[layer, :, :, :n].float()).to(self.out_dtype)
-        vd = (self.v[layer, :, :, :n].float() * self.v_scale[layer, :, :, :n].float()).to(self.out_dtype)
-        return kd, vd
-
-    @property
-    def nbytes(self) -> int:
-        return self.k.nbytes + self.v.nbytes + self.k_scale.nbytes + self.v_scale.nbytes
-
-    def used_bytes(self) -> int:
-        L, B, K, _, D = self.k.shape
-        per_pos = 2 * L * B * K * (D * 1 + self.k_scale.element_size())  # int8 values + one fp16 scale
-        return per_pos * self.seq_len
 
 
 def quant_error(w: torch.Tensor, scheme: str, group_size: int = 16) -> dict[str, float]:

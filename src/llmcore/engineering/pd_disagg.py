@@ -10,12 +10,15 @@ Patel et al., 2024):
 
 A *colocated* worker interleaves both: every prefill it runs stalls all the decodes in flight, so TPOT
 jitters with the arrival of long prompts. A *disaggregated* system runs prefills on one worker, ships the
-KV cache (``2 x layers x heads x head_dim x prompt_len`` values per request) to a decode worker that
+KV cache (``2 x layers x kv_heads x head_dim x prompt_len`` values per request) to a decode worker that
 only decodes, and trades a KV transfer (and a separately provisioned prefill pool) for a steady TPOT.
 
 Both systems here use the same two processes (gloo ranks): colocated = two identical workers that split
-the requests, disaggregated = rank 0 prefills, rank 1 decodes. The model is a real tiny decoder (greedy
-tokens are checked against single-process generation); every prefill / decode step is padded to a
+the requests, disaggregated = rank 0 prefills, rank 1 decodes. The model is the book's ``Llama`` (tiny,
+random weights) with the kit's KV-cache protocol (:mod:`llmcore.architecture.kv_cache`): a prefill fills
+a :class:`~llmcore.architecture.kv_cache.DynamicKVCache`, the decode worker refills one from the shipped
+tensor through ``update``; greedy tokens are checked against the kit's single-process ``generate``.
+Every prefill / decode step is padded to a
 GPU-like cost model (:class:`CostModel`) so that timings show the scheduling effect rather than the
 2-core CPU's noise (``pad=False`` uses the raw compute time).
 """
@@ -23,88 +26,55 @@ GPU-like cost model (:class:`CostModel`) so that timings show the scheduling eff
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
 import torch
 import torch.distributed as dist
-import torch.nn.functional as F
-from torch import nn
 
+from llmcore.architecture.generate import generate
+from llmcore.architecture.kv_cache import DynamicKVCache, kv_cache_bytes
+from llmcore.architecture.llama import Llama, ModelConfig
 from llmcore.engineering.dist_utils import Comm
 
-# -- a tiny decoder with a KV cache ------------------------------------------------------------------
+# -- the model and its KV cache: the book's Llama through the cache protocol -------------------------
+
+#: The served model: the book's decoder (:class:`~llmcore.architecture.llama.Llama`), tiny and random
+#: (the experiment is about scheduling, not text); no special tokens in its 64-token vocabulary.
+PD_MODEL = ModelConfig(vocab_size=64, d_model=32, n_layers=2, n_heads=4, n_kv_heads=4, max_seq_len=512,
+                       bos_id=None, eos_id=None, pad_id=None)
 
 
-@dataclass
-class LMConfig:
-    vocab: int = 64
-    d_model: int = 32
-    n_heads: int = 4
-    n_layers: int = 2
-    max_len: int = 512
+def build_model(cfg: PDConfig) -> Llama:
+    """The same random ``Llama`` on every rank and in the reference (seeded by ``cfg.seed``)."""
+    torch.manual_seed(cfg.seed)
+    return Llama(cfg.lm).eval()
 
 
-class TinyDecoder(nn.Module):
-    """Pre-LN causal decoder. ``forward(tokens (T,), cache)`` -> ``(logits (T, V), cache)``;
-    ``cache`` is a list per layer of ``(k, v)``, each ``(heads, T_past, head_dim)``."""
-
-    def __init__(self, cfg: LMConfig):
-        super().__init__()
-        self.cfg = cfg
-        d = cfg.d_model
-        self.emb, self.pos = nn.Embedding(cfg.vocab, d), nn.Embedding(cfg.max_len, d)
-        self.ln1 = nn.ModuleList(nn.LayerNorm(d) for _ in range(cfg.n_layers))
-        self.qkv = nn.ModuleList(nn.Linear(d, 3 * d) for _ in range(cfg.n_layers))
-        self.o = nn.ModuleList(nn.Linear(d, d) for _ in range(cfg.n_layers))
-        self.ln2 = nn.ModuleList(nn.LayerNorm(d) for _ in range(cfg.n_layers))
-        self.mlp = nn.ModuleList(nn.Sequential(nn.Linear(d, 2 * d), nn.GELU(), nn.Linear(2 * d, d))
-                                 for _ in range(cfg.n_layers))
-        self.ln_f, self.head = nn.LayerNorm(d), nn.Linear(d, cfg.vocab)
-
-    @torch.no_grad()
-    def forward(self, tokens: torch.Tensor, cache: list | None = None):
-        H, dh = self.cfg.n_heads, self.cfg.d_model // self.cfg.n_heads
-        past = 0 if cache is None else cache[0][0].shape[1]
-        T = tokens.shape[0]
-        x = self.emb(tokens) + self.pos(torch.arange(past, past + T))
-        new_cache = []
-        for i in range(self.cfg.n_layers):
-            q, k, v = self.qkv[i](self.ln1[i](x)).view(T, 3, H, dh).permute(1, 2, 0, 3)  # each (H, T, dh)
-            if cache is not None:
-                k, v = torch.cat([cache[i][0], k], 1), torch.cat([cache[i][1], v], 1)
-            new_cache.append((k, v))
-            # causal within the new tokens; every past token is visible
-            mask = torch.ones(T, past + T, dtype=torch.bool).tril(diagonal=past)
-            a = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
-            x = x + self.o[i](a.transpose(0, 1).reshape(T, -1))
-            x = x + self.mlp[i](self.ln2[i](x))
-        return self.head(self.ln_f(x)), new_cache
+def reference_tokens(model: Llama, prompt: torch.Tensor, n_new: int) -> list[int]:
+    """Greedy decoding in one process with the kit's :func:`~llmcore.architecture.generate.generate`."""
+    return generate(model, prompt[None], n_new, cache="dynamic").tokens[0, len(prompt):].tolist()
 
 
-def generate(model: TinyDecoder, prompt: torch.Tensor, n_new: int) -> list[int]:
-    """Greedy decoding with the KV cache, in one process (the reference)."""
-    logits, cache = model(prompt)
-    out = [int(logits[-1].argmax())]
-    for _ in range(n_new - 1):
-        logits, cache = model(torch.tensor([out[-1]]), cache)
-        out.append(int(logits[-1].argmax()))
-    return out
+def kv_to_tensor(cache, n_layers: int) -> torch.Tensor:
+    """Stack a batch-1 cache (any of the protocol, read by ``get``) into one ``(layers, 2, K, T, D)`` tensor
+    for a single send."""
+    return torch.stack([torch.stack(cache.get(i))[:, 0] for i in range(n_layers)])
 
 
-def kv_to_tensor(cache: list) -> torch.Tensor:
-    """Stack a cache into one ``(layers, 2, heads, T, head_dim)`` tensor for a single send."""
-    return torch.stack([torch.stack([k, v]) for k, v in cache])
+def tensor_to_kv(t: torch.Tensor) -> DynamicKVCache:
+    """Inverse of :func:`kv_to_tensor`: a cache holding the shipped ``(layers, 2, K, T, D)`` keys/values,
+    filled through the protocol's ``update`` (a static or paged cache would be filled the same way)."""
+    cache = DynamicKVCache(t.shape[0])
+    for i in range(t.shape[0]):
+        cache.update(i, t[i, 0][None], t[i, 1][None])
+    return cache
 
 
-def tensor_to_kv(t: torch.Tensor) -> list:
-    return [(t[i, 0], t[i, 1]) for i in range(t.shape[0])]
-
-
-def kv_bytes(cfg: LMConfig, prompt_len: int) -> int:
-    """``2 x layers x heads x head_dim x prompt_len x 4`` bytes (fp32)."""
-    return 2 * cfg.n_layers * cfg.d_model * prompt_len * 4
+def kv_bytes(lm: ModelConfig, prompt_len: int) -> int:
+    """``2 x layers x kv_heads x head_dim x prompt_len x 4`` bytes (fp32, one sequence)."""
+    return kv_cache_bytes(lm.n_layers, lm.n_kv_heads, lm.head_dim, 4, prompt_len, 1)
 
 
 # -- workload and cost model --------------------------------------------------------------------------
@@ -138,7 +108,7 @@ class PDConfig:
     pad: bool = True
     repeats: int = 2  # timing: per rate keep the least-disturbed repeat (smallest total makespan)
     seed: int = 0
-    lm: LMConfig = field(default_factory=LMConfig)
+    lm: ModelConfig = field(default_factory=lambda: replace(PD_MODEL))
     cost: CostModel = field(default_factory=CostModel)
 
 
@@ -151,7 +121,7 @@ def make_workload(cfg: PDConfig, rate: float, seed: int) -> list[dict[str, Any]]
     for i in range(cfg.n_requests):
         L = cfg.long_len if rng.random() < cfg.p_long else cfg.short_len
         reqs.append({"id": i, "arrival": float(t[i]),
-                     "prompt": torch.from_numpy(rng.integers(0, cfg.lm.vocab, L)).long()})
+                     "prompt": torch.from_numpy(rng.integers(0, cfg.lm.vocab_size, L)).long()})
     return reqs
 
 
@@ -175,22 +145,26 @@ class _Clock:
             time.sleep(left)
 
 
+@torch.no_grad()
 def _decode_step(model, running: list[dict], cfg: PDConfig, clock: _Clock) -> None:
     """One decode step for every running request (one new token each), padded to the cost model."""
     t0 = time.perf_counter()
     for r in running:
-        logits, r["cache"] = model(torch.tensor([r["tokens"][-1]]), r["cache"])
-        r["tokens"].append(int(logits[-1].argmax()))
+        logits = model(torch.tensor([[r["tokens"][-1]]]), kv_cache=r["cache"])  # the cache grows in place
+        r["tokens"].append(int(logits[0, -1].argmax()))
     _pad(t0, cfg.cost.decode(len(running)), cfg.pad)
     now = clock.now()
     for r in running:
         r["times"].append(now)
 
 
+@torch.no_grad()
 def _prefill(model, req: dict, cfg: PDConfig, clock: _Clock) -> None:
+    """Run the prompt once: fills a fresh KV cache and yields the first token."""
     t0 = time.perf_counter()
-    logits, req["cache"] = model(req["prompt"])
-    req["tokens"] = [int(logits[-1].argmax())]
+    req["cache"] = DynamicKVCache(model.config.n_layers)
+    logits = model(req["prompt"][None], kv_cache=req["cache"])
+    req["tokens"] = [int(logits[0, -1].argmax())]
     _pad(t0, cfg.cost.prefill(len(req["prompt"])), cfg.pad)
     req["times"] = [clock.now()]
 
@@ -229,7 +203,7 @@ def serve_prefill(model, reqs: list[dict], cfg: PDConfig, clock: _Clock, comm: C
     for r in sorted(reqs, key=lambda r: r["arrival"]):
         clock.sleep_until(r["arrival"])
         _prefill(model, r, cfg, clock)
-        kv = kv_to_tensor(r.pop("cache"))
+        kv = kv_to_tensor(r.pop("cache"), cfg.lm.n_layers)
         header = torch.tensor([r["id"], len(r["prompt"]), r["tokens"][0]], dtype=torch.int64)
         works += [comm.send(header, 1, tag="pd.header"), comm.send(kv, 1, tag="pd.kv_cache")]
         bell.add(key, 1)  # ring: one more KV cache is on its way
@@ -241,14 +215,14 @@ def serve_prefill(model, reqs: list[dict], cfg: PDConfig, clock: _Clock, comm: C
 def serve_decode(model, cfg: PDConfig, clock: _Clock, comm: Comm, key: str) -> list[dict]:
     """Rank 1: between decode steps, admit every request whose KV cache was shipped, then run one batched
     decode step; block only when nothing is running."""
-    L, H, dh = cfg.lm.n_layers, cfg.lm.n_heads, cfg.lm.d_model // cfg.lm.n_heads
+    L, K, D = cfg.lm.n_layers, cfg.lm.n_kv_heads, cfg.lm.head_dim
     bell = _doorbell()
     running, done, admitted = [], [], 0
     while admitted < cfg.n_requests or running:
         shipped = bell.add(key, 0)  # non-blocking read of the counter
         while admitted < shipped or (not running and admitted < cfg.n_requests):
             rid, plen, first = comm.recv(torch.empty(3, dtype=torch.int64), 0).tolist()
-            kv = comm.recv(torch.empty(L, 2, H, plen, dh), 0)
+            kv = comm.recv(torch.empty(L, 2, K, plen, D), 0)
             running.append({"id": rid, "tokens": [first], "cache": tensor_to_kv(kv), "times": [clock.now()]})
             admitted += 1
         _decode_step(model, running, cfg, clock)
@@ -262,8 +236,7 @@ def pd_worker(rank: int, world: int, cfg: PDConfig) -> list[dict[str, Any]]:
     """For each arrival rate: the colocated system, then the disaggregated one (2 ranks)."""
     if world != 2:
         raise ValueError("the PD experiment uses exactly 2 ranks (prefill + decode)")
-    torch.manual_seed(cfg.seed)
-    model = TinyDecoder(cfg.lm).eval()
+    model = build_model(cfg)
     comm = Comm()
     results = []
     for k, rate in enumerate(cfg.rates):
@@ -304,12 +277,11 @@ def _serve_both(rank: int, model, reqs: list[dict], cfg: PDConfig, comm: Comm, k
 
 def summarize(ranks: list[list[dict]], cfg: PDConfig) -> list[dict[str, Any]]:
     """Merge the two ranks' records per rate: TTFT and TPOT per request, and their means / p90."""
-    torch.manual_seed(cfg.seed)
-    model = TinyDecoder(cfg.lm).eval()
+    model = build_model(cfg)
     out = []
     for k, rate in enumerate(cfg.rates):
         reqs = make_workload(cfg, rate, cfg.seed + k)
-        ref = {r["id"]: generate(model, r["prompt"], cfg.n_new) for r in reqs}
+        ref = {r["id"]: reference_tokens(model, r["prompt"], cfg.n_new) for r in reqs}
         row: dict[str, Any] = {"rate": rate}
         for mode in ("colocated", "disaggregated"):
             if mode == "colocated":

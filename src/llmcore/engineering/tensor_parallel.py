@@ -8,14 +8,16 @@ Megatron splits one transformer block over :math:`n` ranks (Shoeybi et al., 2019
   of the input and produces a partial sum of the whole output.
 
 An MLP ``GeLU(X A) B`` is column-then-row, so the GeLU stays local and the block needs exactly one
-all-reduce forward and one backward. Two conjugate autograd operators carry that communication:
+all-reduce forward and one backward. The book's LLaMA block has a SwiGLU MLP ``(silu(X A) * X C) B``:
+``A`` and ``C`` are split by columns alike and the product stays local, so the count is the same. Two conjugate autograd operators carry that communication:
 
 * :math:`f`: identity forward, **all-reduce** backward (before a column-parallel layer: the gradient
   of the replicated input is the sum of the ranks' partial gradients);
 * :math:`g`: **all-reduce** forward, identity backward (after a row-parallel layer).
 
 Attention is split the same way by heads: Q/K/V column-parallel (rank ``r`` owns heads
-``r·h/n … (r+1)·h/n - 1``), the output projection row-parallel.
+``r·h/n … (r+1)·h/n - 1``), the output projection row-parallel. The block that is split is the kit's
+:class:`llmcore.architecture.llama.Block` (RMSNorm, RoPE, GQA, SwiGLU); RMSNorms are replicated.
 
 Per block and per step the communication is 2 all-reduces forward and 2 backward of the activation
 ``(batch, seq, d_model)``, i.e. :math:`4 \cdot 2(n-1)/n \cdot B T d \cdot` bytes per rank for ring
@@ -24,6 +26,7 @@ all-reduce.
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass
 from typing import Any
 
@@ -31,50 +34,21 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from llmcore.architecture.llama import MLP, Attention, Block, ModelConfig, apply_rope, rope_cos_sin
 from llmcore.engineering.dist_utils import Comm, ring_all_reduce_bytes, worker_device
 
-# -- the reference (single-process) block ---------------------------------------------------------
+# -- the reference (single-process) block: the book's LLaMA block -------------------------------------
+#
+# The reference is :class:`llmcore.architecture.llama.Block` itself (RMSNorm, RoPE, GQA attention, SwiGLU).
+# The parallel classes below are not another decoder: each holds only this rank's *shards* of that block's
+# weights and adds the f/g communication, which is why they cannot simply be the kit's modules.
 
 
-class Attention(nn.Module):
-    """Causal multi-head self-attention with separate Q/K/V/O projections. ``x``: ``(B, T, d)``."""
-
-    def __init__(self, d_model: int, n_heads: int):
-        super().__init__()
-        self.n_heads, self.d_head = n_heads, d_model // n_heads
-        self.q, self.k, self.v = (nn.Linear(d_model, d_model) for _ in range(3))
-        self.o = nn.Linear(d_model, d_model)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        B, T, _ = x.shape
-
-        def heads(t):  # (B, T, h*dh) -> (B, h, T, dh)
-            return t.view(B, T, -1, self.d_head).transpose(1, 2)
-
-        a = F.scaled_dot_product_attention(heads(self.q(x)), heads(self.k(x)), heads(self.v(x)), is_causal=True)
-        return self.o(a.transpose(1, 2).reshape(B, T, -1))
-
-
-class MLP(nn.Module):
-    def __init__(self, d_model: int, d_ff: int):
-        super().__init__()
-        self.fc1, self.fc2 = nn.Linear(d_model, d_ff), nn.Linear(d_ff, d_model)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc2(F.gelu(self.fc1(x)))
-
-
-class Block(nn.Module):
-    """Pre-LN transformer block: ``x + Attn(LN(x))`` then ``h + MLP(LN(h))``."""
-
-    def __init__(self, d_model: int, n_heads: int, d_ff: int):
-        super().__init__()
-        self.ln1, self.ln2 = nn.LayerNorm(d_model), nn.LayerNorm(d_model)
-        self.attn, self.mlp = Attention(d_model, n_heads), MLP(d_model, d_ff)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        h = x + self.attn(self.ln1(x))
-        return h + self.mlp(self.ln2(h))
+def reference_block(cfg: TPConfig) -> Block:
+    """One Pre-LN LLaMA block (the kit's) with ``cfg``'s sizes; no vocabulary (the block alone is split)."""
+    mcfg = ModelConfig(vocab_size=1, d_model=cfg.d_model, n_layers=1, n_heads=cfg.n_heads,
+                       n_kv_heads=cfg.n_kv_heads, ffn_hidden=cfg.d_ff, bos_id=None, eos_id=None, pad_id=None)
+    return Block(mcfg, 0)
 
 
 # -- the f / g conjugate operators -----------------------------------------------------------------
@@ -157,53 +131,62 @@ class RowParallelLinear(nn.Module):
 
 
 class ParallelMLP(nn.Module):
-    """Column-parallel ``fc1`` → local GeLU → row-parallel ``fc2``: one all-reduce each way."""
+    """SwiGLU ``down(silu(gate(x)) * up(x))``: gate and up column-parallel (one shared f), the product and
+    SiLU local, down row-parallel: one all-reduce each way, as Megatron's GeLU MLP."""
 
     def __init__(self, mlp: MLP, comm: Comm):
         super().__init__()
-        self.fc1 = ColumnParallelLinear.from_linear(mlp.fc1, comm)
-        self.fc2 = RowParallelLinear.from_linear(mlp.fc2, comm)
+        self.comm = comm
+        self.gate_proj = ColumnParallelLinear.from_linear(mlp.gate_proj, comm)
+        self.up_proj = ColumnParallelLinear.from_linear(mlp.up_proj, comm)
+        self.down_proj = RowParallelLinear.from_linear(mlp.down_proj, comm)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc2(F.gelu(self.fc1(x)))
+        xp = copy_to_parallel(x, self.comm)  # one f for gate and up
+        return self.down_proj(F.silu(F.linear(xp, self.gate_proj.weight)) * F.linear(xp, self.up_proj.weight))
 
 
 class ParallelAttention(nn.Module):
-    """Heads split across ranks: Q/K/V column-parallel, output projection row-parallel."""
+    """Heads split across ranks: Q/K/V column-parallel (rank ``r`` owns query heads ``r·H/n …`` and key/value
+    heads ``r·K/n …``, so each local query head keeps its GQA partner), RoPE local, output row-parallel."""
 
     def __init__(self, attn: Attention, comm: Comm):
         super().__init__()
-        if attn.n_heads % comm.world:
-            raise ValueError(f"n_heads={attn.n_heads} is not divisible by the TP size {comm.world}")
-        self.comm, self.d_head = comm, attn.d_head
-        # f once for the three projections: fold it into a shared copy_to_parallel of the input
-        self.q, self.k, self.v = (ColumnParallelLinear.from_linear(lin, comm) for lin in (attn.q, attn.k, attn.v))
-        self.o = RowParallelLinear.from_linear(attn.o, comm)
+        H, K = attn.cfg.n_heads, attn.cfg.n_kv_heads
+        if H % comm.world or K % comm.world:
+            raise ValueError(f"n_heads={H} and n_kv_heads={K} must be divisible by the TP size {comm.world}")
+        self.comm, self.head_dim = comm, attn.cfg.head_dim
+        self.q_proj, self.k_proj, self.v_proj = (ColumnParallelLinear.from_linear(lin, comm)
+                                                 for lin in (attn.q_proj, attn.k_proj, attn.v_proj))
+        self.o_proj = RowParallelLinear.from_linear(attn.o_proj, comm)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
         B, T, _ = x.shape
         xp = copy_to_parallel(x, self.comm)  # one f for Q, K and V
 
-        def heads(lin):  # local heads only: (B, h/n, T, dh)
-            return F.linear(xp, lin.weight, lin.bias).view(B, T, -1, self.d_head).transpose(1, 2)
+        def heads(lin):  # local heads only: (B, heads/n, T, D)
+            return F.linear(xp, lin.weight, lin.bias).view(B, T, -1, self.head_dim).transpose(1, 2)
 
-        a = F.scaled_dot_product_attention(heads(self.q), heads(self.k), heads(self.v), is_causal=True)
-        return self.o(a.transpose(1, 2).reshape(B, T, -1))
+        q, k, v = heads(self.q_proj), heads(self.k_proj), heads(self.v_proj)
+        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        a = F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=q.shape[1] != k.shape[1])
+        return self.o_proj(a.transpose(1, 2).reshape(B, T, -1))
 
 
 class ParallelBlock(nn.Module):
-    """The same pre-LN block with attention and MLP tensor-parallel; LayerNorms replicated."""
+    """The same Pre-LN block with attention and MLP tensor-parallel; RMSNorms replicated."""
 
     def __init__(self, block: Block, comm: Comm):
         super().__init__()
-        self.ln1, self.ln2 = (nn.LayerNorm(block.ln1.normalized_shape) for _ in range(2))
-        self.ln1.load_state_dict(block.ln1.state_dict())
-        self.ln2.load_state_dict(block.ln2.state_dict())
-        self.attn, self.mlp = ParallelAttention(block.attn, comm), ParallelMLP(block.mlp, comm)
+        if not block.pre:
+            raise ValueError("the tensor-parallel block is Pre-LN")
+        self.input_layernorm = copy.deepcopy(block.input_layernorm)
+        self.post_attention_layernorm = copy.deepcopy(block.post_attention_layernorm)
+        self.self_attn, self.mlp = ParallelAttention(block.self_attn, comm), ParallelMLP(block.mlp, comm)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        h = x + self.attn(self.ln1(x))
-        return h + self.mlp(self.ln2(h))
+    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+        h = x + self.self_attn(self.input_layernorm(x), cos, sin)
+        return h + self.mlp(self.post_attention_layernorm(h))
 
 
 # -- the check: TP block == single-process block, outputs and gradients -----------------------------
@@ -216,18 +199,20 @@ class TPConfig:
     d_model: int = 32
     n_heads: int = 4
     d_ff: int = 64
+    n_kv_heads: int | None = None  # None: MHA; fewer: GQA (must divide by the TP size too)
     seed: int = 0
 
 
 def shard_of_grad(name: str, full_grad: torch.Tensor, rank: int, world: int) -> torch.Tensor:
     """The slice of a reference parameter's gradient that the TP parameter ``name`` should hold."""
-    col = any(name.startswith(p) for p in ("attn.q.", "attn.k.", "attn.v.", "mlp.fc1."))
-    row_w = name in ("attn.o.weight", "mlp.fc2.weight")
+    col = any(name.startswith(p) for p in ("self_attn.q_proj.", "self_attn.k_proj.", "self_attn.v_proj.",
+                                          "mlp.gate_proj.", "mlp.up_proj."))
+    row_w = name in ("self_attn.o_proj.weight", "mlp.down_proj.weight")
     if col:
         return full_grad.chunk(world, dim=0)[rank]
     if row_w:
         return full_grad.chunk(world, dim=1)[rank]
-    return full_grad  # LayerNorms and row-parallel biases are replicated
+    return full_grad  # RMSNorms (and row-parallel biases, where a layer has them) are replicated
 
 
 def analytic_tp_bytes(cfg: TPConfig, world: int) -> float:
@@ -239,18 +224,20 @@ def tp_worker(rank: int, world: int, cfg: TPConfig) -> dict[str, Any]:
     """Build the reference block on every rank (same seed), shard it, compare forward and backward."""
     dev = worker_device(rank)
     torch.manual_seed(cfg.seed)
-    ref = Block(cfg.d_model, cfg.n_heads, cfg.d_ff).to(dev)
+    ref = reference_block(cfg).to(dev)
     x = torch.randn(cfg.batch, cfg.seq, cfg.d_model).to(dev)
     target = torch.randn(cfg.batch, cfg.seq, cfg.d_model).to(dev)
+    cos, sin = rope_cos_sin(torch.arange(cfg.seq, device=dev)[None], ref.self_attn.cfg.head_dim,
+                            ref.self_attn.cfg.rope_theta)
 
     x_ref = x.clone().requires_grad_(True)
-    y_ref = ref(x_ref)
+    y_ref = ref(x_ref, cos, sin)
     F.mse_loss(y_ref, target).backward()
 
     comm = Comm()
     tp = ParallelBlock(ref, comm)
     x_tp = x.clone().requires_grad_(True)
-    y_tp = tp(x_tp)
+    y_tp = tp(x_tp, cos, sin)
     F.mse_loss(y_tp, target).backward()
 
     ref_grads = dict(ref.named_parameters())
