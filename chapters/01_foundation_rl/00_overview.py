@@ -106,7 +106,7 @@ print(f"device={dev}, toy={toy}, seed={seed}")
 # | MDP part | in an LLM |
 # |---|---|
 # | state $s_t$ | the prompt followed by the $t$ tokens generated so far |
-# | action $a_t$ | the next token, one of $|\mathcal V|$ (32k–150k) vocabulary entries |
+# | action $a_t$ | the next token, one of the vocabulary's 32k–150k entries |
 # | policy $\pi_\theta(a_t\mid s_t)$ | the model's softmax over the vocabulary |
 # | transition $P$ | deterministic and *known*: $s_{t+1} = s_t \Vert a_t$ (append the token) |
 # | reward | usually 0 until the episode ends at EOS (or at a length limit), then a score of the whole reply: a reward model (RLHF), a verifier (GRPO on maths), a unit test |

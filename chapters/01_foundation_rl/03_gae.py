@@ -20,7 +20,7 @@
 # 向量化实现与朴素循环逐元素一致，并实测优势估计的偏差随 λ 下降、方差随 λ 上升。这里的
 # `compute_gae` 正是后面 A2C / PPO / PPO-RLHF 使用的同一个函数。最后用 A2C 在 CartPole 上对 λ 做扫描
 # （每个 λ 3 个随机种子），看偏差–方差的取舍如何体现为训练的稳定性：λ = 0 时训练停滞甚至崩溃，
-# λ 接近 1 时学得又快又稳。
+# λ ≥ 0.9 时学得又快又稳。
 #
 # **Learning goals**
 # - write Monte-Carlo, n-step and λ-returns, and GAE, as operations on `(T, N)` rollout tensors;
@@ -266,10 +266,13 @@ for lm in st.lams:
 # With λ = 0 the advantage is the one-step TD error of a critic that starts random and learns slowly
 # from equally poor targets: the actor follows the critic's errors, and runs stall or collapse to
 # episodes of about 10 steps (the pole falls at once). Raising λ lets the real rewards through; around
-# λ = 0.95 every seed learns quickly. At λ = 1 the estimate is the Monte-Carlo return minus $V$: it
-# learns too, but the seeds spread more (variance). The criterion in the report: at λ = 0.95 every
-# seed's last-100 return is above every λ = 0 seed's, and the λ = 0.95 mean exceeds the λ = 0 mean by
-# more than 100.
+# λ = 0.95 the seeds learn quickly (a sweep over 8 seeds on the CI machine: λ = 0 ended at 9–81, mean
+# 27; λ = 0.5 at 9–199, mean 79; λ = 0.9 at 156–232; λ = 0.95 at 96–234, mean 200). At λ = 1 the
+# estimate is the Monte-Carlo return minus $V$: on CartPole, whose episodes are short early on and whose
+# reward is a constant +1 per step, its extra variance costs little at this budget (8 seeds: 173–247,
+# mean 216), so the sweep shows the *bias* side of the trade-off clearly and the variance side only
+# weakly; the chain MDP above shows both. The criteria in the report: the λ = 0.95 mean exceeds the
+# λ = 0 mean by more than 100, λ = 0's mean stays below 75 and λ = 0.95's rises above 150.
 #
 # ## Results / 结果
 #
@@ -357,8 +360,8 @@ widgets.interact(play, g=widgets.FloatSlider(value=0.95, min=0.5, max=0.999, ste
 #   λ = 1 the MC return minus $V$; bias falls and variance rises with λ.
 # - 终止不再自举，时间截断要把 $\gamma V(s_\text{final})$ 补进奖励。 · Terminations do not bootstrap; a
 #   time-limit cut owes $\gamma V(s_\text{final})$.
-# - 在 A2C 上，λ = 0 训练停滞或崩溃，λ ≈ 0.95 快而稳。 · In A2C, λ = 0 stalls or collapses; λ ≈ 0.95 learns
-#   fast and reliably.
+# - 在 A2C 上，λ = 0 训练停滞或崩溃，λ ≥ 0.9 学得快且稳定。 · In A2C on CartPole, λ = 0 stalls or
+#   collapses; λ ≥ 0.9 learns fast and reliably.
 # ```
 #
 # ## Exercises / 练习
@@ -403,7 +406,8 @@ widgets.interact(play, g=widgets.FloatSlider(value=0.95, min=0.5, max=0.999, ste
 # 5. Normalisation is applied after GAE, so the identities hold. It rescales the gradient and shifts
 #    the advantages by a constant: a constant shift is a baseline (same expected direction), the scale
 #    changes the step size.
-# 6. Anywhere in roughly 0.9–0.99 works; the curves differ less than the seeds do.
+# 6. On this budget anything from about 0.9 up to 1 works and the curves differ less than the seeds do;
+#    the cliff is at small λ, where the untrained critic's bias dominates.
 # :::
 #
 # ## References / 参考文献

@@ -121,10 +121,10 @@ def plot_token_mdp(ax) -> None:
     x = 0.2
     prefix = prompt
     for k in range(len(steps) + 1):
-        label = prefix if k < len(steps) else prefix
+        label = prefix
         w = 0.3 + 0.16 * len(label)
         ax.add_patch(FancyBboxPatch((x, 1.6), w, 0.7, boxstyle="round,pad=0.05", fc="#e8eef7", ec="k", lw=0.8))
-        ax.text(x + w / 2, 1.95, label.replace("<eos>", "⏎"), ha="center", va="center", fontsize=9,
+        ax.text(x + w / 2, 1.95, label, ha="center", va="center", fontsize=9,
                 family="monospace")
         ax.text(x + w / 2, 2.55, f"$s_{k}$" + (" = prompt" if k == 0 else ""), ha="center", fontsize=9)
         if k == len(steps):

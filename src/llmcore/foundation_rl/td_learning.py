@@ -204,7 +204,7 @@ def plot_bias_mdp(ax) -> None:
                                                                         "color": "0.4"})
     ax.add_patch(Rectangle((-0.2, -1.4), 0.6, 2.8, fc="0.8", ec="k"))
     ax.text(0.1, -1.5, "end", ha="center", va="top", fontsize=9)
-    ax.text(1.3, 1.35, "10 actions, each r ~ N(-0.1, 1)", ha="center", fontsize=9)
+    ax.text(1.9, 1.3, "10 actions,\neach r ~ N(-0.1, 1)", ha="center", fontsize=9)
     ax.text(3.5, -1.3, r"true values: $Q(A,\mathrm{LEFT}) = -0.1 < Q(A,\mathrm{RIGHT}) = 0$", ha="center", fontsize=9)
 
 
