@@ -310,7 +310,8 @@ widgets.interact(play, episodes=widgets.IntSlider(value=1000, min=100, max=6000,
 # ```{admonition} Hardware and cost card · 硬件与成本
 # :class: tip
 # - **Toy (this page):** FrozenLake 4×4, 6000 Q-learning episodes + 2 × 1000 evaluation episodes:
-#   about 6 s and 0.3 GB peak RAM on the 2-core CI CPU (`python run.py --module overview --toy`).
+#   the whole page executes in 9 s (38 s while the machine was shared with a training run), peak RAM
+#   0.38 GB, on the 2-core CI CPU.
 # - **Full (`toy=False`):** 8×8 lake, 60000 episodes: about 10× the toy, a minute on one CPU core.
 #   Tabular NumPy code: a GPU does not help.
 # ```
