@@ -216,7 +216,7 @@ plt.show()
 # greedy path becomes and stays the optimal one. SARSA's stays below its line (about −28 against −21
 # here): with a constant step α = 0.5 its Q-table never converges, its greedy path keeps moving between
 # safe but longer detours from episode to episode and run to run, and each detour costs extra steps. With
-# a step size that decays to 0 (and ε fixed) SARSA would approach the upper line.
+# a step size that decays to 0 (and ε fixed) SARSA should approach the upper line.
 #
 # ### The paths, drawn on the grid / 在网格上画出路径
 #
