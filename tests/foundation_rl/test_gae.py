@@ -134,3 +134,11 @@ def test_bad_input():
 def test_run_report_passes():
     rep = G.run(toy=True, device="cpu", seed=0)
     assert rep.passed, rep.failures()
+
+
+def test_lambda_weights_hand_case_and_sums():
+    assert G.lambda_weights(0.5, 4) == pytest.approx([0.5, 0.25, 0.125, 0.0625])
+    assert G.lambda_weights(0.5, 4, remaining=2) == pytest.approx([0.5, 0.5, 0.0, 0.0])  # tail mass on n=2
+    assert G.lambda_weights(0.0, 3) == pytest.approx([1.0, 0.0, 0.0])
+    for lam in (0.0, 0.3, 0.9, 1.0):
+        assert G.lambda_weights(lam, 12, remaining=10).sum() == pytest.approx(1.0)

@@ -80,3 +80,31 @@ def test_bad_input():
 def test_run_report_passes():
     rep = M.run(toy=True, device="cpu", seed=0)
     assert rep.passed, rep.failures()
+
+
+def test_stochastic_evaluation_hand_case_and_deterministic_special_case():
+    mdp = two_state_mdp(0.9)
+    # uniform policy: V(s1) = 2 / 0.1 = 20; V(s0) = 0.5 * (1 + 0.9 V(s0)) + 0.5 * (0 + 0.9 * 20)
+    #  => V(s0) (1 - 0.45) = 0.5 + 9  => V(s0) = 9.5 / 0.55
+    V, Q = M.evaluate_stochastic(mdp, np.full((2, 2), 0.5))
+    assert V == pytest.approx([9.5 / 0.55, 20.0])
+    assert np.allclose(V, (0.5 * Q).sum(1))
+    for pi in ([0, 0], [1, 0]):
+        V_det, _ = M.evaluate_stochastic(mdp, M.policy_matrix(np.array(pi), 2))
+        assert np.allclose(V_det, M.policy_evaluation_exact(mdp, np.array(pi)))
+    with pytest.raises(LLMCoreError, match="matrix of probabilities"):
+        M.evaluate_stochastic(mdp, np.full((2, 2), 0.7))
+
+
+def test_policy_improvement_is_monotone_and_ends_at_v_star():
+    mdp = M.from_gymnasium(M.make_env("4x4"), 0.99)
+    trace = M.improvement_trace(mdp)
+    assert len(trace) >= 2
+    assert all((b - a).min() >= -1e-10 for a, b in zip(trace, trace[1:]))
+    assert np.max(np.abs(trace[-1] - M.value_iteration(mdp)[0])) < 1e-8
+
+
+def test_finite_horizon_value_of_a_one_hot_policy_equals_the_deterministic_one():
+    mdp = M.from_gymnasium(M.make_env("4x4"), 0.99)
+    pi = M.value_iteration(mdp)[1]
+    assert np.allclose(M.finite_horizon_value(mdp, M.policy_matrix(pi, 4), 100), M.finite_horizon_success(mdp, pi, 100))

@@ -68,3 +68,19 @@ def test_draw_path():
 def test_bad_epsilon(mdp):
     with pytest.raises(LLMCoreError):
         T.soft_value_iteration(mdp, 1.5)
+
+
+def test_double_q_target_hand_case_batched():
+    qa = np.array([[0.0, 2.0], [3.0, 1.0]])
+    qb = np.array([[5.0, -3.0], [4.0, 9.0]])
+    got = T.double_q_target(qa, qb, np.array([1.0, 0.0]), 0.5, np.array([False, True]))
+    assert got == pytest.approx([1.0 + 0.5 * -3.0, 0.0])
+
+
+def test_maximisation_bias_q_learning_goes_left_double_q_does_not():
+    cfg = T.BiasConfig(runs=300, episodes=60)
+    q = T.maximization_bias(cfg, double=False, seed=0)
+    d = T.maximization_bias(cfg, double=True, seed=0)
+    assert q.shape == d.shape == (60,)
+    assert q[:50].mean() > d[:50].mean() + 0.2
+    assert q.max() > 0.5

@@ -312,6 +312,81 @@ def advantage_bias_variance(chain: ChainMDP, lams, V_hat: np.ndarray, episodes: 
 
 # -- the closed loop ---------------------------------------------------------------------------------
 
+def lambda_weights(lam: float, n_max: int, remaining: int | None = None) -> np.ndarray:
+    r"""Weights :math:`w_n` of the n-step estimators in GAE(λ), ``(n_max,)`` for ``n = 1..n_max``.
+
+    :math:`w_n = (1-\lambda)\lambda^{n-1}`; if the episode ends after ``remaining`` steps, every
+    :math:`n \ge` ``remaining`` gives the same (Monte-Carlo) estimator, so the tail mass
+    :math:`\lambda^{\text{remaining}-1}` sits on ``n = remaining``. The weights sum to 1 (to
+    :math:`1 - \lambda^{n_\max}` without an episode end).
+    """
+    check_range("lam", lam, 0.0, 1.0)
+    n = np.arange(1, n_max + 1)
+    w = (1 - lam) * lam ** (n - 1.0)
+    if remaining is not None:
+        check_range("remaining", remaining, 1, n_max)
+        w[remaining - 1] = lam ** (remaining - 1.0)
+        w[remaining:] = 0.0
+    return w
+
+
+def plot_lambda_weights(ax, lams=(0.0, 0.5, 0.9, 1.0), n_max: int = 12, remaining: int = 10) -> None:
+    """Bar chart of :func:`lambda_weights`: how GAE(λ) mixes the 1-step ... Monte-Carlo estimators."""
+    from llmcore.core.plotting import PALETTE
+
+    width = 0.8 / len(lams)
+    for k, lm in enumerate(lams):
+        w = lambda_weights(lm, n_max, remaining)
+        ax.bar(np.arange(1, n_max + 1) + (k - (len(lams) - 1) / 2) * width, w, width, color=PALETTE[k % len(PALETTE)],
+               label=f"λ = {lm:g}")
+    ax.axvline(remaining + 0.5, color="0.5", ls="--", lw=0.8)
+    ax.text(remaining + 0.6, 0.9, f"episode ends:\nn ≥ {remaining} = MC return", fontsize=8, va="top")
+    ax.set_xticks(range(1, n_max + 1))
+    ax.set_xlabel(r"n  (the n-step estimator $\hat A^{(n)}_t$)"), ax.set_ylabel(r"weight $(1-\lambda)\lambda^{n-1}$")
+    ax.set_ylim(0, 1.02)
+    ax.legend(fontsize=8)
+
+
+@dataclass
+class StabilityResult:
+    """A2C on CartPole trained with several GAE λ, over several seeds."""
+
+    lams: list  # [λ]
+    seeds: list  # [seed]
+    total_steps: int
+    steps: np.ndarray  # (points,) common env-step grid of the curves
+    curves: dict  # λ -> (seeds, points): mean return of the last 20 episodes at each grid step
+    scores: dict  # λ -> (seeds,): mean return of the last 100 episodes at the end (cleanrl's score)
+
+
+def lambda_stability(lams=(0.0, 0.5, 0.95, 1.0), seeds=(0, 1, 2), total_steps: int = 30_000,
+                     workers: int | None = None) -> StabilityResult:
+    r"""Train the book's A2C (:data:`llmcore.alignment.pg_ac.A2C_CONFIG`, only ``gae_lambda`` changed) on
+    CartPole for ``total_steps`` env steps per (λ, seed), and read learning curves on a common grid.
+
+    A2C is the estimator's best stage: one gradient step per 8-step rollout, no advantage normalisation
+    and no clipping, so the advantage's bias (small λ: the untrained critic's error) or variance (λ = 1)
+    goes straight into the policy update. Jobs run in up to 2 processes (:func:`pg_ac.train_many`).
+    """
+    # pg_ac imports compute_gae from this module: importing it at the top would be a cycle
+    from dataclasses import replace
+
+    from llmcore.alignment import pg_ac
+
+    check_range("total_steps", total_steps, 1_000, 10**9)
+    jobs = [(replace(pg_ac.A2C_CONFIG, total_steps=total_steps, gae_lambda=float(lm)), int(s))
+            for lm in lams for s in seeds]
+    runs = pg_ac.train_many(jobs, device="cpu", workers=workers)
+    curves, scores, k = {}, {}, len(seeds)
+    grid = None
+    for i, lm in enumerate(lams):
+        mine = runs[i * k:(i + 1) * k]
+        grid, ys = pg_ac.curves_on_grid(mine, points=60, k=20)
+        curves[float(lm)] = ys
+        scores[float(lm)] = np.array([r.score for r in mine])
+    return StabilityResult([float(x) for x in lams], list(seeds), total_steps, grid, curves, scores)
+
+
 @dataclass
 class GAEResult:
     """Everything the chapter prints and checks."""
@@ -329,6 +404,8 @@ class GAEResult:
     err_td_lambda: float  # max |offline TD(λ) backward view - forward view| over updates
     td_lambda_rmse: dict  # λ -> RMS error of V learned by TD(λ) vs the closed form
     bv: dict  # advantage_bias_variance output
+    stability: StabilityResult | None = None  # A2C learning curves on CartPole per λ
+
 
 
 def identity_errors(chain: ChainMDP, lam: float, seed: int, episodes: int = 64, horizon: int = 48) -> dict:
@@ -417,7 +494,7 @@ def td_lambda_learn(chain: ChainMDP, lam: float, episodes: int, alpha: float, se
 
 
 def experiment(toy: bool = True, seed: int = 0, gamma: float = 0.95, lam: float = 0.9,
-               value_error: float = 0.5, lams=None) -> GAEResult:
+               value_error: float = 0.5, lams=None, stability: bool = True) -> GAEResult:
     """Run all identities, the TD(λ) check and the bias/variance sweep on the chain MDP."""
     from llmcore.core.seed import seed_everything
 
@@ -431,8 +508,11 @@ def experiment(toy: bool = True, seed: int = 0, gamma: float = 0.95, lam: float 
     lams = np.linspace(0.0, 1.0, 11) if lams is None else lams
     bv = advantage_bias_variance(chain, lams, V_hat, episodes=4000 if toy else 40_000, seed=seed)
     rmse = {lm: td_lambda_learn(chain, lm, 300 if toy else 3000, 0.05, seed) for lm in (0.0, 0.5, 0.9, 1.0)}
+    stab = None
+    if stability:  # toy: 3 seeds x 30k steps per λ; full: 5 seeds x 150k (the budget that solves CartPole)
+        stab = lambda_stability(seeds=range(seed, seed + (3 if toy else 5)), total_steps=30_000 if toy else 150_000)
     return GAEResult(chain, V, Q, V_hat, ids["lam0_td"], ids["lam1_mc"], ids["trunc"], ids["vec_loop"],
-                     ids["matrix"], ids["forward"], td_lambda_check(chain, lam, seed), rmse, bv)
+                     ids["matrix"], ids["forward"], td_lambda_check(chain, lam, seed), rmse, bv, stab)
 
 
 def make_report(res: GAEResult, toy: bool, device: str, seed: int) -> Report:
@@ -460,6 +540,15 @@ def make_report(res: GAEResult, toy: bool, device: str, seed: int) -> Report:
               int(np.sum(np.diff(b) > 0.05 * b[0])), "==", 0)
     rep.check("variance non-decreasing steps in lambda (count of drops > 1%)",
               int(np.sum(np.diff(v) < -0.01 * v[-1])), "==", 0)
+    st = res.stability
+    if st is not None and 0.0 in st.scores and 0.95 in st.scores:
+        for lm in st.lams:
+            rep.metric(f"A2C CartPole {st.total_steps} steps, lambda={lm:g}: last-100 return (mean of "
+                       f"{len(st.seeds)} seeds)", float(st.scores[lm].mean()))
+        lo, hi = st.scores[0.0], st.scores[0.95]
+        rep.check("A2C lambda sweep: mean return, lambda=0.95 - lambda=0", float(hi.mean() - lo.mean()), ">", 100.0)
+        rep.check("A2C lambda sweep: lambda=0 stalls (mean last-100 return)", float(lo.mean()), "<", 75.0)
+        rep.check("A2C lambda sweep: lambda=0.95 learns (mean last-100 return)", float(hi.mean()), ">", 120.0)
     return rep
 
 

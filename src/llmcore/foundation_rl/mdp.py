@@ -161,6 +161,115 @@ def solve_lp(mdp: TabularMDP) -> np.ndarray:
     return res.x
 
 
+# -- stochastic policies and the policy-improvement theorem ----------------------------------------
+
+def policy_matrix(pi: np.ndarray, n_actions: int) -> np.ndarray:
+    """A deterministic policy ``(S,)`` as a stochastic one ``(S, A)`` (one-hot rows)."""
+    return np.eye(n_actions)[np.asarray(pi)]
+
+
+def evaluate_stochastic(mdp: TabularMDP, pi: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    r"""Exact :math:`V^\pi` ``(S,)`` and :math:`Q^\pi` ``(S, A)`` of a stochastic policy ``pi (S, A)``.
+
+    Bellman expectation equation for a stochastic policy:
+    :math:`V^\pi(s) = \sum_a \pi(a|s)\,[R(s,a) + \gamma\sum_{s'}P(s'|s,a)V^\pi(s')]`, i.e. the linear system
+    :math:`(I - \gamma P_\pi)V = R_\pi` with :math:`P_\pi = \sum_a \pi(a|s) P(\cdot|s,a)`,
+    :math:`R_\pi = \sum_a \pi(a|s)R(s,a)`; then :math:`Q^\pi = R + \gamma P V^\pi`.
+    """
+    pi = np.asarray(pi, dtype=float)
+    if pi.shape != mdp.R.shape or not np.allclose(pi.sum(1), 1) or (pi < 0).any():
+        raise LLMCoreError(f"pi must be a (S, A) = {mdp.R.shape} matrix of probabilities, got shape {pi.shape}")
+    P_pi = np.einsum("sa,sap->sp", pi, mdp.Pc)
+    R_pi = np.sum(pi * mdp.R, axis=1)
+    V = np.linalg.solve(np.eye(mdp.n_states) - mdp.gamma * P_pi, R_pi)
+    return V, q_from_v(mdp, V)
+
+
+def improvement_trace(mdp: TabularMDP, max_iters: int = 100) -> list[np.ndarray]:
+    r"""Policy iteration started from the uniform random policy; returns :math:`V^{\pi_0}, V^{\pi_1}, \dots`.
+
+    The policy-improvement theorem says each greedy step can only help: :math:`V^{\pi_{k+1}} \ge V^{\pi_k}`
+    in every state, with equality everywhere only when :math:`\pi_k` is already optimal.
+    """
+    pi = np.full(mdp.R.shape, 1.0 / mdp.n_actions)
+    trace = []
+    for _ in range(max_iters):
+        V, Q = evaluate_stochastic(mdp, pi)
+        trace.append(V)
+        pi_new = policy_matrix(greedy(Q), mdp.n_actions)
+        if np.array_equal(pi_new, pi):
+            return trace
+        pi = pi_new
+    raise LLMCoreError(f"policy iteration did not stabilise in {max_iters} iterations")
+
+
+def finite_horizon_value(mdp: TabularMDP, pi: np.ndarray, horizon: int) -> np.ndarray:
+    """Undiscounted expected return within ``horizon`` steps of a stochastic policy ``pi (S, A)``, ``(S,)``."""
+    P_pi = np.einsum("sa,sap->sp", pi, mdp.Pc)
+    R_pi = np.sum(pi * mdp.R, axis=1)
+    V = np.zeros(mdp.n_states)
+    for _ in range(horizon):
+        V = R_pi + P_pi @ V
+    return V
+
+
+def plot_backup_diagram(ax, kind: str = "v") -> None:
+    """Sutton & Barto's backup diagram for :math:`V^\\pi` (``kind="v"``) or :math:`Q^\\pi` (``"q"``).
+
+    Open circles are states, filled dots are actions; arcs are the sums the Bellman equation takes
+    (over :math:`\\pi(a|s)` at a state, over :math:`P(s'|s,a)` at an action).
+    """
+    if kind not in ("v", "q"):
+        raise LLMCoreError(f"kind={kind!r}; valid: 'v', 'q'")
+    ax.set_xlim(-3.2, 3.2)
+    ax.set_ylim(-0.6, 3.6)
+    ax.axis("off")
+
+    def state(x, y, label=""):
+        ax.scatter([x], [y], s=260, facecolors="white", edgecolors="k", zorder=3)
+        if label:
+            ax.text(x, y + 0.32, label, ha="center", fontsize=9)
+
+    def action(x, y, label=""):
+        ax.scatter([x], [y], s=90, color="k", zorder=3)
+        if label:
+            ax.text(x + 0.18, y + 0.12, label, fontsize=9)
+
+    def edge(p, q):
+        ax.plot([p[0], q[0]], [p[1], q[1]], color="k", lw=1, zorder=1)
+
+    if kind == "v":
+        state(0, 3, r"$s$: $V^\pi(s)$")
+        acts = [-1.6, 0, 1.6]
+        for x in acts:
+            edge((0, 3), (x, 2))
+            action(x, 2)
+        ax.text(-2.9, 2.45, r"$\sum_a \pi(a|s)$", fontsize=9, color="C0")
+        ax.text(1.75, 2.0, r"$a$, reward $r$", fontsize=9)
+        for x in acts:
+            for dx in (-0.5, 0.5):
+                edge((x, 2), (x + dx, 1))
+                state(x + dx, 1)
+        ax.text(-2.9, 1.45, r"$\sum_{s'} P(s'|s,a)$", fontsize=9, color="C1")
+        ax.text(2.2, 0.55, r"$s'$: $V^\pi(s')$", fontsize=9)
+        ax.set_title(r"$V^\pi(s)=\sum_a\pi(a|s)\,[R(s,a)+\gamma\sum_{s'}P(s'|s,a)V^\pi(s')]$", fontsize=9)
+    else:
+        action(0, 3, r"$(s,a)$: $Q^\pi(s,a)$")
+        nxt = [-1.6, 0, 1.6]
+        for x in nxt:
+            edge((0, 3), (x, 2))
+            state(x, 2)
+        ax.text(-2.9, 2.45, r"$\sum_{s'} P(s'|s,a)$", fontsize=9, color="C1")
+        ax.text(1.8, 2.0, r"$s'$", fontsize=9)
+        for x in nxt:
+            for dx in (-0.5, 0.5):
+                edge((x, 2), (x + dx, 1))
+                action(x + dx, 1)
+        ax.text(-2.9, 1.45, r"$\sum_{a'} \pi(a'|s')$", fontsize=9, color="C0")
+        ax.text(2.2, 0.55, r"$a'$: $Q^\pi(s',a')$", fontsize=9)
+        ax.set_title(r"$Q^\pi(s,a)=R(s,a)+\gamma\sum_{s'}P(s'|s,a)\sum_{a'}\pi(a'|s')Q^\pi(s',a')$", fontsize=9)
+
+
 def finite_horizon_success(mdp: TabularMDP, pi: np.ndarray, horizon: int) -> np.ndarray:
     """Undiscounted expected return of ``pi`` within ``horizon`` steps (the env's time limit).
 
@@ -228,6 +337,9 @@ class MDPResult:
     success_exact: float
     sim_returns: np.ndarray
     horizon: int
+    improvement: list[np.ndarray] = field(default_factory=list)  # V of policy iteration from the uniform policy
+    V_uniform: np.ndarray | None = None  # (S,) V of the uniform random policy (stochastic Bellman equation)
+    Q_uniform: np.ndarray | None = None  # (S, A) its Q
 
 
 def make_env(map_name: str = "4x4", slippery: bool = True):
@@ -257,9 +369,11 @@ def experiment(toy: bool = True, seed: int = 0, gamma: float = 0.99, episodes: i
     success = finite_horizon_success(mdp, pi_vi, horizon)
     rets = simulate(env, pi_vi, episodes, seed, show_progress=show_progress)
     env.close()
+    trace = improvement_trace(mdp)
+    V_u, Q_u = evaluate_stochastic(mdp, np.full(mdp.R.shape, 1.0 / mdp.n_actions))
     return MDPResult(map_name, env.unwrapped.desc, mdp, V_vi, pi_vi, vi_sweeps, hist, V_pi, pi_pi, pi_iters,
                      V_lp, V_eval, eval_sweeps, bellman_residual(mdp, V_vi), float(mdp.mu0 @ success),
-                     rets, horizon)
+                     rets, horizon, trace, V_u, Q_u)
 
 
 def make_report(res: MDPResult, toy: bool, device: str, seed: int) -> Report:
@@ -283,6 +397,19 @@ def make_report(res: MDPResult, toy: bool, device: str, seed: int) -> Report:
     rep.check("Bellman residual ||TV - V||_inf", res.residual, "<", 1e-8)
     rep.check("max |V_eval(pi*) - V*| (policy evaluation)", float(np.max(np.abs(res.V_eval - res.V_vi))), "<", 1e-8)
     rep.check("|simulated - exact success| in standard errors", abs(rate - res.success_exact) / se, "<", 3.0)
+    if res.improvement:
+        steps = [b - a for a, b in zip(res.improvement, res.improvement[1:])]
+        rep.metric("policy iteration from the uniform policy: iterations", len(res.improvement))
+        rep.metric("V(s0): uniform random policy", float(res.mdp.mu0 @ res.improvement[0]))
+        rep.check("policy improvement: min over steps and states of V_k+1 - V_k", min(float(d.min()) for d in steps),
+                  ">=", -1e-10)
+        rep.check("policy improvement: last V equals V* (max abs diff)",
+                  float(np.max(np.abs(res.improvement[-1] - res.V_vi))), "<", 1e-8)
+        u = np.full(res.mdp.R.shape, 1.0 / res.mdp.n_actions)
+        rep.check("stochastic Bellman: max |V_pi - sum_a pi Q_pi| (uniform policy)",
+                  float(np.max(np.abs(res.V_uniform - np.sum(u * res.Q_uniform, 1)))), "<", 1e-10)
+        resid = res.V_uniform - (u * (res.mdp.R + res.mdp.gamma * res.mdp.Pc @ res.V_uniform)).sum(1)
+        rep.check("stochastic Bellman residual of V_uniform", float(np.max(np.abs(resid))), "<", 1e-10)
     return rep
 
 

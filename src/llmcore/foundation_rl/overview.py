@@ -110,6 +110,42 @@ def plot_learning_path(ax) -> None:
     ax.axis("off")
 
 
+def plot_token_mdp(ax) -> None:
+    """The token-level MDP of a language model: state = prompt + generated prefix, action = next token,
+    deterministic transition (append the token), reward only when the episode ends at EOS."""
+    from matplotlib.patches import FancyBboxPatch
+
+    ax.set_xlim(0, 10.4)
+    ax.set_ylim(0, 3.2)
+    ax.axis("off")
+    prompt = "2+3="
+    steps = [("5", 0.0), (" ", 0.0), ("<eos>", 1.0)]
+    x = 0.2
+    prefix = prompt
+    for k in range(len(steps) + 1):
+        label = prefix
+        w = 0.3 + 0.16 * len(label)
+        ax.add_patch(FancyBboxPatch((x, 1.6), w, 0.7, boxstyle="round,pad=0.05", fc="#e8eef7", ec="k", lw=0.8))
+        ax.text(x + w / 2, 1.95, label, ha="center", va="center", fontsize=9,
+                family="monospace")
+        ax.text(x + w / 2, 2.55, f"$s_{k}$" + (" = prompt" if k == 0 else ""), ha="center", fontsize=9)
+        if k == len(steps):
+            ax.text(x + w / 2, 1.2, "terminal", ha="center", fontsize=8, color="0.4")
+            break
+        tok, r = steps[k]
+        x2 = x + w + 1.1
+        ax.annotate("", xy=(x2 - 0.05, 1.95), xytext=(x + w + 0.05, 1.95),
+                    arrowprops={"arrowstyle": "->", "lw": 1.2})
+        ax.text((x + w + x2) / 2, 2.1, f"$a_{k}$={tok!r}".replace("'<eos>'", "EOS"), ha="center", fontsize=8)
+        ax.text((x + w + x2) / 2, 1.55, f"$r_{k + 1}$={r:g}" if r == 0 else f"$r_{k + 1}$=R(answer)",
+                ha="center", va="top", fontsize=8, color="C3" if r else "0.4")
+        prefix = prefix + tok
+        x = x2
+    ax.text(0.2, 0.45, r"policy $\pi_\theta(a_t|s_t)$ = the LM's next-token softmax;  "
+            r"transition: $s_{t+1} = s_t \Vert a_t$ (deterministic);  "
+            r"return $G_0$ = reward at EOS ($-\beta$ KL per token in RLHF)", fontsize=8)
+
+
 @dataclass
 class AgentsResult:
     random_returns: np.ndarray  # (eval_episodes,)
@@ -117,6 +153,7 @@ class AgentsResult:
     train_returns: np.ndarray  # (train_episodes,) online returns while learning
     optimal_success: float  # exact success probability of the optimal policy (dynamic programming)
     Q: np.ndarray
+    random_exact: float = float("nan")  # exact success probability of the uniform random policy
 
 
 def random_vs_trained(toy: bool = True, seed: int = 0, show_progress: bool = True) -> AgentsResult:
@@ -135,8 +172,10 @@ def random_vs_trained(toy: bool = True, seed: int = 0, show_progress: bool = Tru
     mdp = M.from_gymnasium(env, 0.99)
     _, pi_star, _, _ = M.value_iteration(mdp)
     optimal = float(mdp.mu0 @ M.finite_horizon_success(mdp, pi_star, env.spec.max_episode_steps))
+    uniform = np.full(mdp.R.shape, 1.0 / mdp.n_actions)
+    random_exact = float(mdp.mu0 @ M.finite_horizon_value(mdp, uniform, env.spec.max_episode_steps))
     env.close()
-    return AgentsResult(rand, trained, train_returns, optimal, Q)
+    return AgentsResult(rand, trained, train_returns, optimal, Q, random_exact)
 
 
 def make_report(res: AgentsResult, toy: bool, device: str, seed: int) -> Report:
@@ -151,6 +190,11 @@ def make_report(res: AgentsResult, toy: bool, device: str, seed: int) -> Report:
     rep.check("trained / optimal success", trn / res.optimal_success, ">=", 0.9)
     rep.check("taxonomy algorithms whose chapter is not registered", sum(
         a.module not in {m.name for m in MODULES} for a in ALGORITHMS), "==", 0)
+    if not np.isnan(res.random_exact):
+        n = len(res.random_returns)
+        se = float(np.sqrt(res.random_exact * (1 - res.random_exact) / n))
+        rep.metric("random policy success probability (exact, from gymnasium's P)", res.random_exact)
+        rep.check("|random agent in gymnasium - exact| in standard errors", abs(rnd - res.random_exact) / se, "<", 3.0)
     return rep
 
 

@@ -92,6 +92,130 @@ def eps_greedy_return(mdp, Q: np.ndarray, epsilon: float) -> float:
     return float(V[START])
 
 
+# -- maximisation bias and Double Q-learning (Sutton & Barto Example 6.7, Figure 6.5) ----------------
+
+def double_q_target(q_select: np.ndarray, q_eval: np.ndarray, reward, gamma: float, terminated) -> np.ndarray:
+    r"""Double Q-learning's bootstrap target :math:`r + \gamma(1-d)\,Q_B(s', \arg\max_{a'} Q_A(s', a'))`.
+
+    One table *selects* the next action, the other *evaluates* it (van Hasselt 2010), so the noise that
+    made the selected action look best is not the noise used to value it.
+
+    Args:
+        q_select: ``(..., A)`` — :math:`Q_A(s', \cdot)`, the table that picks :math:`a^*` (ties: lowest index).
+        q_eval: ``(..., A)`` — :math:`Q_B(s', \cdot)`, the table that values :math:`a^*`.
+        reward, terminated: ``(...)`` (scalars or arrays); ``terminated`` = 1 stops the bootstrap.
+    Returns:
+        the target, shape ``(...)``.
+    """
+    q_select, q_eval = np.asarray(q_select, dtype=float), np.asarray(q_eval, dtype=float)
+    if q_select.shape != q_eval.shape:
+        raise LLMCoreError(f"q_select {q_select.shape} and q_eval {q_eval.shape} must have the same shape")
+    a_star = np.argmax(q_select, axis=-1)[..., None]
+    bootstrap = np.take_along_axis(q_eval, a_star, axis=-1)[..., 0]
+    return np.asarray(reward, dtype=float) + gamma * (1.0 - np.asarray(terminated, dtype=float)) * bootstrap
+
+
+def _eps_greedy_batch(q: np.ndarray, eps: float, rng: np.random.Generator) -> np.ndarray:
+    """ε-greedy actions for a batch of rows ``q (R, A)`` with ties broken uniformly at random, ``(R,)``."""
+    noise = rng.random(q.shape)
+    greedy = np.argmax(np.where(q == q.max(axis=1, keepdims=True), noise, -1.0), axis=1)
+    explore = rng.random(len(q)) < eps
+    return np.where(explore, rng.integers(q.shape[1], size=len(q)), greedy)
+
+
+@dataclass
+class BiasConfig:
+    """Sutton & Barto Example 6.7: A --left--> B (then many actions, reward N(-0.1, 1)), A --right--> end (0)."""
+
+    runs: int = 2000  # independent runs, simulated side by side (vectorised)
+    episodes: int = 300
+    n_b_actions: int = 10  # actions in state B
+    mean_b: float = -0.1  # mean reward of every action in B
+    alpha: float = 0.1
+    epsilon: float = 0.1
+    gamma: float = 1.0
+
+
+def maximization_bias(cfg: BiasConfig, double: bool, seed: int = 0) -> np.ndarray:
+    r"""Fraction of runs that take LEFT in A, per episode ``(episodes,)``, for Q-learning or Double Q-learning.
+
+    Every action in B is worth −0.1, so LEFT is worth −0.1 and RIGHT 0: the optimal ε-greedy policy goes
+    left with probability ε/2 = 5%. Q-learning's target :math:`\max_b Q(B, b)` takes the maximum of noisy
+    estimates, which is biased upwards (:math:`\mathbb E\max \ge \max\mathbb E`), so it first learns to go
+    left. Double Q-learning's target :func:`double_q_target` is unbiased for the selected action.
+    """
+    check_range("runs", cfg.runs, 1, 10**7)
+    rng = np.random.default_rng(seed)
+    n, nb = cfg.runs, cfg.n_b_actions
+    idx = np.arange(n)
+    QA = np.zeros((2, n, 2))  # two tables (Double Q uses both; Q-learning only table 0); actions LEFT=0, RIGHT=1
+    QB = np.zeros((2, n, nb))
+    left = np.zeros(cfg.episodes)
+    for ep in range(cfg.episodes):
+        qa = QA.sum(0) if double else QA[0]  # Double Q behaves ε-greedily w.r.t. Q_1 + Q_2
+        a = _eps_greedy_batch(qa, cfg.epsilon, rng)
+        went_left = a == 0
+        left[ep] = went_left.mean()
+        k = rng.integers(2, size=n) if double else np.zeros(n, dtype=int)  # which table this step updates
+        # step 1 in A: RIGHT ends the episode with 0; LEFT moves to B with 0 and bootstraps
+        if double:
+            boot = double_q_target(QB[k, idx], QB[1 - k, idx], 0.0, cfg.gamma, ~went_left)
+        else:
+            boot = cfg.gamma * went_left * QB[0].max(axis=1)
+        QA[k, idx, a] += cfg.alpha * (boot - QA[k, idx, a])
+        # step 2 in B (runs that went left): any action ends with reward N(mean_b, 1)
+        qb = QB.sum(0) if double else QB[0]
+        b = _eps_greedy_batch(qb, cfg.epsilon, rng)
+        r = cfg.mean_b + rng.standard_normal(n)
+        k2 = rng.integers(2, size=n) if double else np.zeros(n, dtype=int)
+        upd = cfg.alpha * (r - QB[k2, idx, b]) * went_left
+        QB[k2, idx, b] += upd
+    return left
+
+
+@dataclass
+class BiasResult:
+    cfg: BiasConfig
+    left_q: np.ndarray  # (episodes,) fraction of runs going LEFT in A, Q-learning
+    left_double: np.ndarray  # (episodes,) the same for Double Q-learning
+
+    @property
+    def optimal(self) -> float:
+        """LEFT probability of the optimal ε-greedy policy: ε / 2."""
+        return self.cfg.epsilon / 2
+
+
+def plot_bias_mdp(ax) -> None:
+    """Diagram of Sutton & Barto's Example 6.7: the MDP on which Q-learning's max is biased."""
+    from matplotlib.patches import Rectangle
+
+    ax.set_xlim(-0.5, 7.5)
+    ax.set_ylim(-1.6, 1.6)
+    ax.axis("off")
+    for x, name in ((2.5, "B"), (4.5, "A")):
+        ax.scatter([x], [0], s=900, facecolors="white", edgecolors="k", zorder=3)
+        ax.text(x, 0, name, ha="center", va="center", fontsize=13, weight="bold")
+    ax.add_patch(Rectangle((6.6, -0.3), 0.6, 0.6, fc="0.8", ec="k"))
+    ax.text(6.9, -0.55, "end", ha="center", va="top", fontsize=9)
+    ax.annotate("", xy=(6.55, 0), xytext=(4.85, 0), arrowprops={"arrowstyle": "->", "lw": 1.4})
+    ax.text(5.7, 0.12, "RIGHT, r = 0", ha="center", fontsize=9)
+    ax.annotate("", xy=(2.85, 0), xytext=(4.15, 0), arrowprops={"arrowstyle": "->", "lw": 1.4})
+    ax.text(3.5, 0.12, "LEFT, r = 0", ha="center", fontsize=9)
+    for dy in np.linspace(-1.2, 1.2, 7):
+        ax.annotate("", xy=(0.4, dy), xytext=(2.2, dy * 0.25), arrowprops={"arrowstyle": "->", "lw": 0.8,
+                                                                        "color": "0.4"})
+    ax.add_patch(Rectangle((-0.2, -1.4), 0.6, 2.8, fc="0.8", ec="k"))
+    ax.text(0.1, -1.5, "end", ha="center", va="top", fontsize=9)
+    ax.text(1.9, 1.3, "10 actions,\neach r ~ N(-0.1, 1)", ha="center", fontsize=9)
+    ax.text(3.5, -1.3, r"true values: $Q(A,\mathrm{LEFT}) = -0.1 < Q(A,\mathrm{RIGHT}) = 0$", ha="center", fontsize=9)
+
+
+def bias_experiment(toy: bool = True, seed: int = 0) -> BiasResult:
+    """Q-learning vs Double Q-learning on Example 6.7 (1000 runs in toy mode, 10000 as in the book)."""
+    cfg = BiasConfig(runs=1000 if toy else 10_000)
+    return BiasResult(cfg, maximization_bias(cfg, False, seed), maximization_bias(cfg, True, seed + 1))
+
+
 @dataclass
 class TDResult:
     """Online returns ``(runs, episodes)`` and final Q-tables per algorithm, plus the closed forms."""
@@ -104,6 +228,7 @@ class TDResult:
     Q_star: np.ndarray
     Q_soft: np.ndarray
     exact_return: dict  # "optimal" / "eps_optimal" -> expected ε-greedy return from the start
+    bias: BiasResult | None = None  # Q-learning vs Double Q-learning on Example 6.7
 
 
 def experiment(toy: bool = True, seed: int = 0, epsilon: float = 0.1, alpha: float = 0.5,
@@ -131,7 +256,7 @@ def experiment(toy: bool = True, seed: int = 0, epsilon: float = 0.1, alpha: flo
     Q_soft = soft_value_iteration(mdp, epsilon)
     exact = {"optimal": eps_greedy_return(mdp, Q_star, epsilon),
              "eps_optimal": eps_greedy_return(mdp, Q_soft, epsilon)}
-    return TDResult(epsilon, alpha, seeds, returns, Qs, Q_star, Q_soft, exact)
+    return TDResult(epsilon, alpha, seeds, returns, Qs, Q_star, Q_soft, exact, bias_experiment(toy, seed))
 
 
 def path_agreement(res: TDResult, algo: str, Q_ref: np.ndarray) -> float:
@@ -183,6 +308,19 @@ def make_report(res: TDResult, toy: bool, device: str, seed: int) -> Report:
               np.mean([p["reaches_goal"] and p["edge_cells"] == 0 for p in s_paths]), ">=", 0.5)
     rep.check("|Q-learning online return - exact eps-greedy return on the Q* path|",
               abs(q_mean - res.exact_return["optimal"]), "<", 5.0)
+    if res.bias is not None:
+        b = res.bias
+        early = slice(0, 100)
+        rep.metric("maximisation bias: runs", b.cfg.runs)
+        rep.metric("Q-learning LEFT rate, peak over episodes", float(b.left_q.max()))
+        rep.metric("Q-learning LEFT rate, episodes 1-100", float(b.left_q[early].mean()))
+        rep.metric("Double Q LEFT rate, episodes 1-100", float(b.left_double[early].mean()))
+        rep.metric("Q-learning LEFT rate, episodes 201-300", float(b.left_q[200:].mean()))
+        rep.metric("Double Q LEFT rate, episodes 201-300", float(b.left_double[200:].mean()))
+        rep.check("maximisation bias: Q-learning - Double Q LEFT rate (episodes 1-100)",
+                  float(b.left_q[early].mean() - b.left_double[early].mean()), ">", 0.3)
+        rep.check("Q-learning's peak LEFT rate (optimal: eps/2 = 0.05)", float(b.left_q.max()), ">", 0.5)
+        rep.check("Double Q LEFT rate, episodes 201-300 (optimal 0.05)", float(b.left_double[200:].mean()), "<", 0.1)
     return rep
 
 
