@@ -36,7 +36,7 @@ import torch.distributed as dist
 from llmcore.architecture.generate import generate
 from llmcore.architecture.kv_cache import DynamicKVCache, kv_cache_bytes
 from llmcore.architecture.llama import Llama, ModelConfig
-from llmcore.engineering.dist_utils import Comm
+from llmcore.engineering.dist_utils import Comm, worker_device
 
 # -- the model and its KV cache: the book's Llama through the cache protocol -------------------------
 
@@ -254,9 +254,10 @@ def pd_worker(rank: int, world: int, cfg: PDConfig) -> list[dict[str, Any]]:
 def _serve_both(rank: int, model, reqs: list[dict], cfg: PDConfig, comm: Comm, key: str) -> dict[str, Any]:
     """One repeat at one rate: the colocated system, then the disaggregated one."""
     row: dict[str, Any] = {"makespan": 0.0}
+    dev = worker_device(rank)  # an NCCL group only moves CUDA tensors
     for mode in ("colocated", "disaggregated"):
         mine = [dict(r) for r in reqs if mode == "disaggregated" or r["id"] % 2 == rank]
-        t0 = torch.tensor([time.perf_counter()], dtype=torch.float64)
+        t0 = torch.tensor([time.perf_counter()], dtype=torch.float64, device=dev)
         dist.barrier()
         dist.broadcast(t0, 0)  # one time origin: perf_counter is system-wide
         clock = _Clock(float(t0))
@@ -266,7 +267,7 @@ def _serve_both(rank: int, model, reqs: list[dict], cfg: PDConfig, comm: Comm, k
             out = serve_prefill(model, mine, cfg, clock, comm, f"pd/shipped/{key}")
         else:
             out = serve_decode(model, cfg, clock, comm, f"pd/shipped/{key}")
-        span = torch.tensor([clock.now()], dtype=torch.float64)
+        span = torch.tensor([clock.now()], dtype=torch.float64, device=dev)
         dist.all_reduce(span, op=dist.ReduceOp.MAX)
         row["makespan"] += span.item()  # the same on both ranks, so both keep the same repeat
         arrival = {r["id"]: r["arrival"] for r in reqs}
