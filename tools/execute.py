@@ -216,7 +216,9 @@ def main(argv: list[str] | None = None) -> int:
               "to execute anyway", file=sys.stderr)
         return 2
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    os.environ.setdefault("MPLBACKEND", "module://matplotlib_inline.backend_inline")
+    # the inline backend even when the caller exported Agg (the Makefile does, for tests): under Agg the
+    # executed notebooks would carry no figures
+    os.environ["MPLBACKEND"] = "module://matplotlib_inline.backend_inline"
     try:
         from llmcore.core.device import pick_device
         from llmcore.core.errors import LLMCoreError
