@@ -5,18 +5,10 @@ from __future__ import annotations
 
 import pytest
 import torch
+from _tiny_llama import tiny
 
 from llmcore.architecture import decoding as D
-from llmcore.architecture.llama import Llama, ModelConfig
 from llmcore.core.errors import LLMCoreError
-
-
-def tiny(n_kv_heads: int = 2, seed: int = 0, **kw) -> Llama:
-    torch.manual_seed(seed)
-    cfg = dict(vocab_size=64, d_model=32, n_layers=2, n_heads=4, n_kv_heads=n_kv_heads, max_seq_len=128,
-               bos_id=None, eos_id=None, pad_id=None, init_std=0.2)
-    cfg.update(kw)
-    return Llama(ModelConfig(**cfg)).eval()
 
 
 def test_sampler_check_reports_zero_difference():

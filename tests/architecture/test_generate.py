@@ -4,20 +4,12 @@ from __future__ import annotations
 
 import pytest
 import torch
+from _tiny_llama import tiny
 from transformers.generation import logits_process as lp
 
 from llmcore.architecture import generate as gen
 from llmcore.architecture.kv_cache import DynamicKVCache, StaticKVCache
-from llmcore.architecture.llama import Llama, ModelConfig
 from llmcore.core.errors import LLMCoreError
-
-
-def tiny(n_kv_heads: int = 2, seed: int = 0, **kw) -> Llama:
-    torch.manual_seed(seed)
-    cfg = dict(vocab_size=64, d_model=32, n_layers=2, n_heads=4, n_kv_heads=n_kv_heads, max_seq_len=128,
-               bos_id=None, eos_id=None, pad_id=None, init_std=0.2)
-    cfg.update(kw)
-    return Llama(ModelConfig(**cfg)).eval()
 
 
 @pytest.fixture

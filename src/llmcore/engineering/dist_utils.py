@@ -29,6 +29,7 @@ import os
 import shutil
 import signal
 import socket
+import sys
 import tempfile
 import time
 import traceback
@@ -133,6 +134,15 @@ def init_from_env() -> tuple[int, int]:
         kwargs["device_id"] = torch.device("cuda", local)
     dist.init_process_group(want, **kwargs)
     return dist.get_rank(), dist.get_world_size()
+
+
+def torchrun_entry(main: Callable[[], None]) -> None:
+    """Run ``main`` as a ``python -m`` / torchrun entry point: bad input is one ``error:`` line and exit 2."""
+    try:
+        main()
+    except LLMCoreError as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
 
 
 def free_port(host: str = "127.0.0.1") -> int:

@@ -18,7 +18,6 @@ Run it from a terminal with ``python run.py --module distributed``, or under ``t
 from __future__ import annotations
 
 import os
-import sys
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -34,6 +33,7 @@ from llmcore.engineering.dist_utils import (
     resolve_backend,
     ring_all_reduce_bytes,
     ring_gather_bytes,
+    torchrun_entry,
 )
 from llmcore.engineering.expert_parallel import EPConfig, ep_worker
 from llmcore.engineering.pd_disagg import PDConfig, expected_kv_bytes, pd_worker, summarize
@@ -261,8 +261,4 @@ def torchrun_main() -> None:
 
 
 if __name__ == "__main__":
-    try:
-        torchrun_main()
-    except LLMCoreError as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)
+    torchrun_entry(torchrun_main)

@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import math
 import os
-import sys
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -43,9 +42,14 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
-from llmcore.core.errors import LLMCoreError
 from llmcore.core.report import Report
-from llmcore.engineering.dist_utils import Comm, init_from_env, ring_gather_bytes, worker_device
+from llmcore.engineering.dist_utils import (
+    Comm,
+    init_from_env,
+    ring_gather_bytes,
+    torchrun_entry,
+    worker_device,
+)
 
 # -- model, data, memory formulas ----------------------------------------------------------------------
 
@@ -703,8 +707,4 @@ def torchrun_main() -> None:
 
 
 if __name__ == "__main__":
-    try:
-        torchrun_main()
-    except LLMCoreError as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)
+    torchrun_entry(torchrun_main)
