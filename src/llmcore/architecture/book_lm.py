@@ -28,6 +28,11 @@ end to end:
    ``training_log.json`` (per-step loss and learning rate, the validation curve, the configs, the
    corpus sha256, time and hardware).
 
+Why not :func:`llmcore.core.checkpoints.train_once`: that is the run-time cache of models a chapter
+trains (in ``output/``, retrained when missing). The book LM is *package data*: made once by this
+recipe, committed, and never retrained at run time -- a missing or corrupt file is an error naming the
+fix, and the tests check that the files reproduce their logged validation loss.
+
 Validation loss is reported in nats per *byte* (the summed next-token loss divided by the UTF-8
 bytes of the predicted tokens), so it is comparable with the byte-level tiny LM of the Transformer
 chapter on exactly the same validation text:
