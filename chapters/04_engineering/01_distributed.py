@@ -54,7 +54,7 @@ import sys
 
 if importlib.util.find_spec("llmcore") is None:
     subprocess.check_call([sys.executable, "-m", "pip", "install", "-q",
-                           "llmcore @ git+https://github.com/llm-core/llm-core@main"])
+                           "llmcore[hf] @ git+https://github.com/llm-core/llm-core@main"])
 
 # %%
 import time
