@@ -8,7 +8,8 @@
 Trained numbers move with the CPU's vector kernels (PyTorch picks AVX-512, AVX2 or plain code at start-up;
 ``ATEN_CPU_CAPABILITY`` overrides the pick), so a criterion must pass with margin on every cell of the
 matrix, not only on the machine that executed the book. Each cell is one ``run.py --module M --toy --seed S``
-in a fresh process with ``ATEN_CPU_CAPABILITY`` set (``native`` leaves it unset). Results go to
+in a fresh process with ``ATEN_CPU_CAPABILITY`` set (``native`` leaves it unset; the others get their own
+``output/`` so that cached models are trained with their kernels). Results go to
 ``output/robustness/robustness.json`` (cells already there for the same commit are kept, so an interrupted
 matrix resumes) and the book page ``book/robustness.md`` (per criterion: pass count, min / median / max of
 the measured value, the threshold).
@@ -54,10 +55,14 @@ def parse_seeds(text: str) -> list[int]:
 
 
 def kernel_env(kernel: str) -> dict[str, str]:
+    """The environment of one cell. A non-native kernel set also gets its own ``output/`` (caches of trained
+    models), so its cells train with its kernels as a reader's fresh machine would, instead of loading a
+    model that the native kernels trained."""
     env = {k: v for k, v in os.environ.items() if k != "ATEN_CPU_CAPABILITY"}
     env["LLMCORE_NO_PROGRESS"] = "1"
     if kernel != "native":
         env["ATEN_CPU_CAPABILITY"] = kernel
+        env["LLMCORE_OUTPUT"] = str(OUT / f"output-{kernel}")
     return env
 
 
@@ -153,7 +158,7 @@ def write_page(result: dict) -> Path:
         "",
         "训练得到的数字随 CPU 向量内核、随机种子和库版本而变；本书的每条验收标准都必须在下表的每个格子里留有余量地通过。",
         "",
-        f"- command: `{result['command']}`",
+        "- command(s): " + "; ".join(f"`{c}`" for c in (result.get("commands") or [result["command"]]) if c),
         f"- date: {result['date']}; commit `{result['commit']}` (library tree `{result.get('code_version', '?')}`); "
         f"wall-clock {result['wall_s'] / 60:.1f} min",
         f"- hardware: {result['hardware']['cpu']} ({result['hardware']['cores']} cores); torch {result['torch']}, "
@@ -170,7 +175,10 @@ def write_page(result: dict) -> Path:
     for module, rows in table.items():
         mine = [c for c in cells if c["module"] == module]
         ok = sum(c["passed"] for c in mine)
+        seeds_m = sorted({c["seed"] for c in mine})
+        kernels_m = [k for k in KERNELS if any(c["kernel"] == k for c in mine)]
         lines += [f"## `{module}` — {ok} / {len(mine)} cells pass", "",
+                  f"Cells: seeds {', '.join(map(str, seeds_m))} × kernel sets {', '.join(kernels_m)}.", "",
                   "| criterion | target | passes | min | median | max |", "|---|---|---|---|---|---|"]
         for r in rows:
             mark = "" if r["passed"] == r["n"] else " ⚠"
@@ -225,13 +233,16 @@ def main(argv: list[str] | None = None) -> int:
 
     t0 = time.perf_counter()
     cells = list(keep)
+    command = "python tools/robustness.py " + " ".join(argv if argv is not None else sys.argv[1:])
     result = {
-        "command": "python tools/robustness.py " + " ".join(argv if argv is not None else sys.argv[1:]),
+        "command": command,
+        "commands": (previous.get("commands") or [previous.get("command")] if keep else []) + [command],
         "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"), "commit": commit,
         "code_version": version,
         "hardware": {"cpu": cpu_name(), "cores": os.cpu_count()}, "torch": _torch_version(),
-        "python": platform.python_version(), "capabilities": {k: capability(k) for k in kernels},
-        "seeds": seeds, "cells": cells, "wall_s": previous.get("wall_s", 0.0) if keep else 0.0,
+        "python": platform.python_version(),
+        "capabilities": {**(previous.get("capabilities", {}) if keep else {}), **{k: capability(k) for k in kernels}},
+        "seeds": sorted(set(seeds) | (set(previous.get("seeds", [])) if keep else set())), "cells": cells, "wall_s": previous.get("wall_s", 0.0) if keep else 0.0,
     }
 
     def one(job: tuple[str, int, str]) -> dict:
