@@ -109,7 +109,7 @@ def test_verifier_and_reward():
 def test_grpo_round_runs_on_policy_and_memory_accounting():
     """One on-policy round on an untrained tiny model: finite stats, no clipping; byte accounting."""
     torch.manual_seed(0)
-    task = S.ArithConfig(d_model=32, n_layers=1, n_heads=2)
+    task = S.ArithConfig(init="scratch", d_model=32, n_layers=1, n_heads=2)
     policy = Llama(task.model_config())
     ref = Llama(task.model_config())
     ref.load_state_dict(policy.state_dict())

@@ -75,7 +75,7 @@ def test_true_reward():
 def test_dpo_loss_equals_trl_dpotrainer(loss_type):
     """Same models (ours copied to HF), same pairs: our loss == DPOTrainer._compute_loss to 1e-5."""
     torch.manual_seed(0)
-    task = S.ArithConfig(d_model=32, n_layers=1, n_heads=2, verbose_frac=0.5)
+    task = S.ArithConfig(init="scratch", d_model=32, n_layers=1, n_heads=2, verbose_frac=0.5)
     ref = Llama(task.model_config()).eval()
     policy = copy.deepcopy(ref)
     with torch.no_grad():  # move the policy away from the reference so the loss is not log 2
@@ -84,7 +84,7 @@ def test_dpo_loss_equals_trl_dpotrainer(loss_type):
     probs = np.array([[37, 5], [12, 34], [99, 99], [0, 7]])
 
     def ids(text):
-        return T.TOK.encode(text) + [T.EOS] * (task.max_new_tokens - len(T.TOK.encode(text)))
+        return T.encode(text) + [T.EOS] * (task.max_new_tokens - len(T.encode(text)))
 
     chosen = torch.tensor([ids(str(a + b)) for a, b in probs])
     rejected = torch.tensor([ids(str(a + b + 1) + " ok") for a, b in probs])
@@ -98,7 +98,7 @@ def test_dpo_loss_equals_trl_dpotrainer(loss_type):
 
 def test_reward_model_reads_the_eos_state_and_ignores_padding():
     torch.manual_seed(0)
-    task = S.ArithConfig(d_model=32, n_layers=1, n_heads=2, verbose_frac=0.5)
+    task = S.ArithConfig(init="scratch", d_model=32, n_layers=1, n_heads=2, verbose_frac=0.5)
     rm = P.RewardModel(Llama(task.model_config()))
     torch.nn.init.normal_(rm.head.weight)
     prompts = T.encode_arith_prompts(np.array([[37, 5], [37, 5]]))
@@ -113,7 +113,7 @@ def test_reward_model_reads_the_eos_state_and_ignores_padding():
 def test_ppo_rlhf_runs_and_logs():
     """Two tiny PPO-RLHF iterations: every logged quantity is finite; KL starts at 0 (policy == reference)."""
     torch.manual_seed(0)
-    task = S.ArithConfig(d_model=32, n_layers=1, n_heads=2, verbose_frac=0.5)
+    task = S.ArithConfig(init="scratch", d_model=32, n_layers=1, n_heads=2, verbose_frac=0.5)
     sft = Llama(task.model_config()).eval()
     for p in sft.parameters():
         p.requires_grad_(False)

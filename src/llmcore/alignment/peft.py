@@ -431,7 +431,7 @@ def adapt(base: Llama, method: Method, cfg, device: str | torch.device = "cpu"):
     if method.kind == "prefix":
         wrapper = PrefixTuning(model, method.n_virtual).to(device)
     else:
-        init = [T.BOS, T.USER, *T.TOK.encode(method.init_text)] if method.init_text else None
+        init = [T.BOS, T.USER, *T.encode(method.init_text)] if method.init_text else None
         wrapper = PromptTuning(model, method.n_virtual, init).to(device)
     params = [p for p in wrapper.parameters() if p.requires_grad]
     ex, _ = S.training_data(cfg)

@@ -45,6 +45,7 @@ import torch.nn.functional as F
 from safetensors.torch import load_file
 
 from llmcore.alignment import tasks as T
+from llmcore.architecture.book_lm import BOOK_LM_CONFIG, load_book_lm
 from llmcore.architecture.llama import Llama, ModelConfig, lm_loss, rope_cos_sin
 from llmcore.core.checkpoints import train_once
 from llmcore.core.device import CPU
@@ -377,10 +378,11 @@ def sft_model(cfg: SFTConfig | None = None, device: str | torch.device = "cpu", 
 class ArithConfig(T.ArithTask):
     """The arithmetic task (:class:`~llmcore.alignment.tasks.ArithTask`) and its SFT warm start."""
 
-    # model (≈ 120k parameters at the defaults)
-    d_model: int = 64
-    n_layers: int = 2
-    n_heads: int = 4
+    # model
+    init: str = "book_lm"  # "book_lm": fine-tune the pretrained book LM | "scratch": random init (the comparison)
+    d_model: int = BOOK_LM_CONFIG.d_model  # the scratch model's shape (defaults: the book LM's, so the
+    n_layers: int = BOOK_LM_CONFIG.n_layers  # comparison is at equal architecture; tests use tiny ones)
+    n_heads: int = BOOK_LM_CONFIG.n_heads
     # SFT
     sft_steps: int = 300  # optimiser steps of the warm start (at most, when sft_target_acc is set)
     sft_target_acc: float | None = None  # stop at the first check where greedy accuracy on 200 *training*
@@ -389,9 +391,22 @@ class ArithConfig(T.ArithTask):
     sft_batch: int = 64
     sft_lr: float = 3e-3
 
+    def __post_init__(self) -> None:
+        if self.init not in ("book_lm", "scratch"):
+            raise LLMCoreError(f"ArithConfig.init must be 'book_lm' or 'scratch', got {self.init!r}")
+
     def model_config(self) -> ModelConfig:
-        return ModelConfig(vocab_size=T.TOK.vocab_size, d_model=self.d_model, n_layers=self.n_layers,
-                           n_heads=self.n_heads, max_seq_len=32, bos_id=T.BOS, eos_id=T.EOS, pad_id=T.PAD)
+        """The book LM's config, or (``init="scratch"``) a fresh model of the configured shape."""
+        if self.init == "book_lm":
+            return BOOK_LM_CONFIG
+        kv = BOOK_LM_CONFIG.n_kv_heads if self.n_heads % BOOK_LM_CONFIG.n_kv_heads == 0 else self.n_heads
+        return replace(BOOK_LM_CONFIG, d_model=self.d_model, n_layers=self.n_layers, n_heads=self.n_heads,
+                       n_kv_heads=kv, ffn_hidden=BOOK_LM_CONFIG.ffn_hidden * self.d_model // BOOK_LM_CONFIG.d_model,
+                       max_seq_len=32)
+
+    def initial_model(self) -> Llama:
+        """The warm start's first weights: the book LM, or a fresh random model."""
+        return load_book_lm().model.train() if self.init == "book_lm" else Llama(self.model_config())
 
 
 def arith_sft_batch(problems: np.ndarray, cfg: ArithConfig, rng: np.random.Generator) -> tuple[torch.Tensor, torch.Tensor]:
@@ -402,8 +417,8 @@ def arith_sft_batch(problems: np.ndarray, cfg: ArithConfig, rng: np.random.Gener
     seqs, labels = [], []
     width = cfg.max_new_tokens
     for a, b in problems:
-        p = T.TOK.encode(T.arith_prompt_text(int(a), int(b), cfg.n_digits), add_bos=True)
-        r = T.TOK.encode(T.arith_target_text(int(a), int(b), bool(rng.random() < cfg.verbose_frac))) + [T.EOS]
+        p = T.encode(T.arith_prompt_text(int(a), int(b), cfg.n_digits), add_bos=True)
+        r = T.encode(T.arith_target_text(int(a), int(b), bool(rng.random() < cfg.verbose_frac))) + [T.EOS]
         r = r + [T.PAD] * (width - len(r))
         seqs.append(p + r)
         labels.append([-100] * len(p) + [t if t != T.PAD else -100 for t in r])
@@ -464,7 +479,7 @@ def arith_sft_model(cfg: ArithConfig, device: str | torch.device = "cpu", seed: 
     same state whether the weights were trained or loaded.
     """
     torch.manual_seed(seed)
-    model = Llama(cfg.model_config())
+    model = cfg.initial_model()
 
     def train(path: Path | None) -> None:
         model.to(device)

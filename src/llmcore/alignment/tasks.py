@@ -28,10 +28,16 @@ Each family has several prompt *templates* (surface forms). Three kinds of held-
   ``templates="train"`` never shows (does the model follow an unseen phrasing?);
 * **families** -- train on some families, test on another (for PEFT: a new task to adapt to).
 
-Chat template (byte tokenizer, special tokens are single ids)::
+Chat template, in the ids of the book LM's BPE tokenizer (:func:`llmcore.architecture.book_lm.book_tokenizer`,
+special tokens are single ids), so every Part 3 chapter fine-tunes the pretrained book LM::
 
     <bos><|user|>{prompt}<|assistant|>{response}<eos>
     \___________ prompt ids __________/\__ response ids __/   loss only on the response ids
+
+Task text is encoded by :func:`encode`, which splits every digit into its own token (as LLaMA's
+tokenizer does): the BPE merged some digit pairs (``"10"``, ``"99"``, ``"100"``), which would give
+``"07+10="`` and ``"07+13="`` different lengths and make column-wise arithmetic ragged. The tasks'
+random letter strings are mostly single letters anyway (``"KQZT"`` -> ``K Q Z T``).
 """
 
 from __future__ import annotations
@@ -45,12 +51,13 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from llmcore.architecture.tokenizer import ByteTokenizer
+from llmcore.architecture.book_lm import book_tokenizer
 from llmcore.core.errors import LLMCoreError
 
-TOK = ByteTokenizer()
+TOK = book_tokenizer()
 BOS, EOS, PAD = TOK.bos_id, TOK.eos_id, TOK.pad_id
 USER, ASSISTANT = TOK.special["<|user|>"], TOK.special["<|assistant|>"]
+FIRST_SPECIAL = min(TOK.special.values())  #: ids at or above this are special tokens, not text
 LETTERS = "abcdefghijklmnopqrstuvwxyz"
 TEST_PERCENT = 10  #: share of each family's input space held out as test instances
 
@@ -205,15 +212,29 @@ def corrupt(examples: Sequence[Example], frac: float, seed: int = 0, mode: str =
 
 
 # ---- the chat template ------------------------------------------------------------------------------
+_DIGIT_SPLIT = re.compile(r"\d|\D+")
+
+
+def encode(text: str, add_bos: bool = False) -> list[int]:
+    """Token ids of task text: the book tokenizer's BPE, except that every digit is its own token.
+
+    ``decode(encode(s)) == s`` for any text; ``encode("07+45=")`` has 6 ids whatever the digits.
+    """
+    ids = [BOS] if add_bos else []
+    for piece in _DIGIT_SPLIT.findall(text):
+        ids += TOK.encode(piece)
+    return ids
+
+
 def prompt_ids(prompt: str) -> list[int]:
     """``<bos><|user|>{prompt}<|assistant|>`` -- the user text is plain bytes (no special tokens)."""
-    return [BOS, USER, *TOK.encode(prompt), ASSISTANT]
+    return [BOS, USER, *encode(prompt), ASSISTANT]
 
 
 def encode_chat(ex: Example) -> tuple[list[int], list[bool]]:
     """Token ids of the whole conversation and a mask that is True on the response tokens (incl. ``<eos>``)."""
     p = prompt_ids(ex.prompt)
-    r = [*TOK.encode(ex.response), EOS]
+    r = [*encode(ex.response), EOS]
     return p + r, [False] * len(p) + [True] * len(r)
 
 
@@ -223,13 +244,13 @@ def render(ids: Sequence[int]) -> str:
 
 
 def decode_response(ids: Sequence[int]) -> str:
-    """The generated response: bytes up to the first ``<eos>`` (or any special token)."""
+    """The generated response: the text up to the first ``<eos>`` (or any special token)."""
     out = []
     for i in ids:
-        if int(i) >= 256:
+        if int(i) >= FIRST_SPECIAL:
             break
         out.append(int(i))
-    return bytes(out).decode("utf-8", errors="replace")
+    return TOK.decode(out)
 
 
 def check(ex: Example, output: str) -> bool:
@@ -272,7 +293,7 @@ class ArithTask:
     @property
     def max_new_tokens(self) -> int:
         """Longest response: n_digits + 1 sum digits, optional suffix, ``<eos>``."""
-        return len(VERBOSE_SUFFIX) * (self.verbose_frac > 0) + self.n_digits + 2
+        return len(encode(VERBOSE_SUFFIX)) * (self.verbose_frac > 0) + self.n_digits + 2
 
 
 def arith_split(task: ArithTask) -> tuple[np.ndarray, np.ndarray]:
@@ -291,7 +312,7 @@ def arith_prompt_text(a: int, b: int, n_digits: int = 2) -> str:
 
 def encode_arith_prompts(problems: np.ndarray, n_digits: int = 2) -> torch.Tensor:
     """``(B, 2)`` problems -> ``(B, P)`` token ids ``<bos> a + b =`` (same length for all)."""
-    return torch.tensor([TOK.encode(arith_prompt_text(int(a), int(b), n_digits), add_bos=True) for a, b in problems])
+    return torch.tensor([encode(arith_prompt_text(int(a), int(b), n_digits), add_bos=True) for a, b in problems])
 
 
 def arith_target_text(a: int, b: int, verbose: bool = False) -> str:
@@ -304,7 +325,7 @@ def decode_arith_response(ids) -> tuple[str, bool]:
     closed = EOS in ids
     if closed:
         ids = ids[:ids.index(EOS)]
-    return TOK.decode([i for i in ids if i < 256]) if all(i < 256 for i in ids) else "\ufffd", closed
+    return TOK.decode(ids) if all(i < FIRST_SPECIAL for i in ids) else "\ufffd", closed
 
 
 def check_arith(a: int, b: int, response_ids) -> tuple[bool, bool, bool]:

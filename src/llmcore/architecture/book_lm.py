@@ -43,6 +43,7 @@ $$ \text{nats/byte} = \frac{\sum_t -\log p_\theta(x_t \mid x_{<t})}{\sum_t \lver
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import platform
 import time
@@ -236,6 +237,20 @@ def write_checkpoint(model: Llama, tokenizer: BPETokenizer, log: dict, out: Path
 def book_lm_path() -> Path:
     """Where the shipped checkpoint lives (inside the installed package)."""
     return Path(str(resources.files("llmcore") / "data" / "book_lm"))
+
+
+@functools.lru_cache(maxsize=1)
+def book_tokenizer() -> BPETokenizer:
+    """The book LM's tokenizer alone (the shipped ``tokenizer.json``; loaded once per process).
+
+    The post-training chapters' chat template (:mod:`llmcore.alignment.tasks`) is written in these ids.
+    """
+    path = book_lm_path()
+    try:
+        return BPETokenizer.from_pretrained(path)
+    except (ValueError, KeyError, OSError) as e:
+        raise LLMCoreError(f"book tokenizer in {path} is missing or corrupt ({type(e).__name__}); restore it with "
+                           "`git checkout -- src/llmcore/data/book_lm` or rebuild it with `make pretrain`") from None
 
 
 def load_book_lm(device: str | torch.device = "cpu", path: str | Path | None = None) -> BookLM:
