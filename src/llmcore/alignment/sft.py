@@ -389,7 +389,8 @@ class ArithConfig(T.ArithTask):
     #                                       problems reaches this (a deliberately partial warm start)
     sft_check_every: int = 25  # steps between those checks
     sft_batch: int = 64
-    sft_lr: float = 3e-3
+    sft_lr: float = 1e-3  # constant AdamW rate (3e-3, right for the old 120k scratch model, diverges the book LM)
+    sft_grad_clip: float | None = 1.0  # global grad-norm clip (None: off)
 
     def __post_init__(self) -> None:
         if self.init not in ("book_lm", "scratch"):
@@ -486,7 +487,8 @@ def arith_sft_model(cfg: ArithConfig, device: str | torch.device = "cpu", seed: 
         train_set, _ = T.arith_split(cfg)
         rng = np.random.default_rng(seed)
         opt = arith_optimizer(model, cfg.sft_lr)
-        kw = {"opt": opt, "warmup": None, "grad_clip": None, "logits_fn": causal_logits, "desc": "SFT warm start"}
+        kw = {"opt": opt, "warmup": None, "grad_clip": cfg.sft_grad_clip, "logits_fn": causal_logits,
+              "desc": "SFT warm start"}
         if cfg.sft_target_acc is None:
             train_packed(model, arith_batches(train_set, cfg, rng), cfg.sft_steps, **kw)
         else:
