@@ -2,19 +2,25 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 import torch
 
 from llmcore.alignment import sft as S
 from llmcore.alignment import tasks as T
+from llmcore.architecture.book_lm import BOOK_LM_CONFIG
 from llmcore.architecture.llama import Llama
 from llmcore.core.errors import LLMCoreError
+
+#: a small model in the book LM's vocabulary (the chat template's ids)
+TINY = replace(BOOK_LM_CONFIG, d_model=32, n_layers=1, n_heads=2, n_kv_heads=2, ffn_hidden=64, max_seq_len=128)
 
 
 @pytest.fixture(scope="module")
 def model() -> Llama:
     torch.manual_seed(0)
-    m = Llama(S.SFT_MODEL).eval()
+    m = Llama(TINY).eval()
     with torch.no_grad():  # larger weights than the init, so masking mistakes change the numbers
         for p in m.parameters():
             if p.dim() > 1:
@@ -44,8 +50,32 @@ def test_chat_template_and_prompt_mask():
     assert T.render(ids) == "<bos><|user|>12+7=<|assistant|>19<eos>"
     lab = S.labels_for(ids, m)
     scored = [i for i in lab if i != -100]
-    assert scored == [ord("1"), ord("9"), T.EOS]  # only the response (and its <eos>) is scored
+    assert scored == [ord("1"), ord("9"), T.EOS]  # only the response (and its <eos>) is scored; byte ids = bytes
     assert S.labels_for(ids, m, mask_prompt=False) == ids
+
+
+def test_task_text_pretokenization():
+    """Digits are one token each and a word keeps its ids wherever it stands (hand-checked cases)."""
+    assert len(T.encode("07+45=")) == 6 and len(T.encode("10+99=")) == 6  # the BPE alone merges "10", "99"
+    assert len(T.TOK.encode("10+99=")) < 6
+    whole, word = T.encode("name of: def lexists(path):"), T.encode("lexists")
+    assert any(whole[i:i + len(word)] == word for i in range(len(whole)))
+    for text in ("name of: def lexists(path):", "46 ok", "  a_b,c  9x", "ünï +"):
+        assert T.TOK.decode(T.encode(text)) == text
+    assert T.encode("x", add_bos=True)[0] == T.BOS
+
+
+def test_identifier_families():
+    defs = T.python_defs()
+    assert len(defs) > 500 and ("abspath", "path") in defs
+    e = T.Example("fname", 0, "name of: def abspath(path):", "abspath", "abspath(path)")
+    assert T.check(e, "abspath") and not T.check(e, "path")
+    ex = T.make_examples(["fname", "fargs", "fcall"], 30, seed=2)
+    for x in ex:
+        name, args = x.key[:-1].split("(", 1)
+        assert x.response == {"fname": name, "fargs": args, "fcall": x.key}[x.family]
+        assert name in x.prompt and args in x.prompt
+    assert T.max_response_len(["fcall"]) == 1 + max(len(T.encode(f"{n}({a})")) for n, a in defs)
 
 
 def test_corruption_rate_and_plausibility():
@@ -95,12 +125,34 @@ def test_packed_loss_equals_padded_loss(model):
     assert torch.allclose(padded, packed, atol=1e-5)
 
 
-def test_training_learns_a_task():
-    cfg = S.SFTConfig(families=("upper",), n_train=3000, steps=60, batch_rows=8, seq_len=48)
+def test_fine_tuning_the_book_lm_learns_a_task():
+    cfg = S.SFTConfig(families=("fname",), n_train=600, steps=40, batch_rows=8, seq_len=48)
     model, losses = S.train_sft(cfg)
-    assert sum(losses[-10:]) / 10 < 0.6 * sum(losses[:10]) / 10
-    answers = S.greedy_answers(model, T.make_examples(["upper"], 4, "test", "first"), 7)
+    assert sum(losses[-10:]) / 10 < 0.5 * sum(losses[:10]) / 10
+    answers = S.greedy_answers(model, T.make_examples(["fname"], 4, "test", "first"), 7)
     assert all(isinstance(a, str) for a in answers)
+    with pytest.raises(LLMCoreError):
+        S.initial_model("random")
+
+
+def test_stop_after_runs_a_prefix_of_the_schedule(model):
+    """The first k steps of a 10-step run, stopped early, are the full run's first k steps exactly."""
+    data = S.pack(T.make_examples(["fname"], 40, seed=1), 48)
+    runs = []
+    for stop in (None, 4):
+        m = Llama(TINY)
+        m.load_state_dict(model.state_dict())
+        runs.append(S.train_packed(m, data, 10, batch_rows=4, warmup=3, stop_after=stop))
+    assert len(runs[1]) == 4 and runs[1] == runs[0][:4]
+
+
+def test_rejection_sampling_keeps_only_verified_samples(model):
+    ex = T.make_examples(["fargs"], 24, seed=3)
+    unfiltered, accepted = S.rejection_sample(model, ex, temperature=1.0, seed=0)
+    assert [u.prompt for u in unfiltered] == [e.prompt for e in ex]
+    assert all(T.check(e, u.response) == (u in accepted) for e, u in zip(ex, unfiltered))
+    again, _ = S.rejection_sample(model, ex, temperature=1.0, seed=0)
+    assert again == unfiltered  # seeded: the same samples
 
 
 def test_arith_warm_start_is_cached_and_a_corrupt_cache_is_retrained(tmp_path, monkeypatch):

@@ -34,14 +34,18 @@ special tokens are single ids), so every Part 3 chapter fine-tunes the pretraine
     <bos><|user|>{prompt}<|assistant|>{response}<eos>
     \___________ prompt ids __________/\__ response ids __/   loss only on the response ids
 
-Task text is encoded by :func:`encode`, which splits every digit into its own token (as LLaMA's
-tokenizer does): the BPE merged some digit pairs (``"10"``, ``"99"``, ``"100"``), which would give
-``"07+10="`` and ``"07+13="`` different lengths and make column-wise arithmetic ragged. The tasks'
-random letter strings are mostly single letters anyway (``"KQZT"`` -> ``K Q Z T``).
+Task text is encoded by :func:`encode`, a fixed pre-tokenization in front of the BPE: every digit is its
+own token (as LLaMA's tokenizer does), and runs of letters, of spaces and of punctuation are encoded
+separately. Two reasons: the BPE merged some digit pairs (``"10"``, ``"99"``), which would make
+``"07+10="`` and ``"07+13="`` different lengths; and it merges a word with the space before it
+(``" lexists"`` is not ``"lexists"``), so a span copied from a prompt into an answer would change its
+tokens. With the split a word has the same ids wherever it stands (measured: SFT of the book LM on the
+identifier tasks reaches 0.95 held-out exact match in 300 steps with it, 0.84 without).
 """
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import random
 import re
@@ -52,6 +56,7 @@ import numpy as np
 import torch
 
 from llmcore.architecture.book_lm import book_tokenizer
+from llmcore.core.corpus import book_corpus
 from llmcore.core.errors import LLMCoreError
 
 TOK = book_tokenizer()
@@ -120,6 +125,32 @@ def _lookup(rng, full):
     return {"table": table, "q": keys[q], "key": f"{table}|{keys[q]}", "answer": str(vals[q])}
 
 
+@functools.lru_cache(maxsize=1)
+def python_defs() -> tuple[tuple[str, str], ...]:
+    """``(name, args)`` of the one-line, self-free ``def`` statements in the book corpus's stdlib source.
+
+    E.g. ``("wrap_text", "text, width")``: 772 signatures, names <= 16 and argument lists <= 20 characters
+    (from :func:`llmcore.core.corpus.book_corpus`, so the same everywhere). The book LM saw these
+    identifiers during pretraining; the tasks below ask it to pick the right span out of a prompt.
+    """
+    pat = re.compile(r"^\s*def ([a-z][a-z0-9_]*)\(([a-z][a-z0-9_, ]*)\):", re.M)
+    found = {(n, a) for n, a in pat.findall("\n".join(book_corpus().code_train))
+             if len(n) <= 16 and len(a) <= 20 and "self" not in a}
+    return tuple(sorted(found))
+
+
+def _signature(rng, full):
+    name, args = rng.choice(python_defs())
+    return {"name": name, "args": args, "key": f"{name}({args})"}
+
+
+def _def_task(field: str):
+    def draw(rng, full):
+        d = _signature(rng, full)
+        return {**d, "answer": d[field] if field != "call" else d["key"]}
+    return draw
+
+
 FAMILIES: dict[str, Family] = {f.name: f for f in (
     Family("add", ("{a}+{b}=", "add {a} and {b}", "sum of {a}+{b}="), _add),
     Family("sub", ("{a}-{b}=", "subtract {b} from {a}", "{a} minus {b}?"), _sub),
@@ -128,6 +159,12 @@ FAMILIES: dict[str, Family] = {f.name: f for f in (
     Family("upper", ("upper: {s}", "caps {s}", "shout {s}"), _string(str.upper)),
     Family("shift", ("shift: {s}", "{s} moved one letter on", "next letters of {s}"), _string(_shift)),
     Family("lookup", ("{table} | {q}?", "{table}; value of {q}", "in {table} find {q}"), _lookup),
+    Family("fname", ("name of: def {name}({args}):", "def {name}({args}): function name?",
+                     "which function does def {name}({args}): define?"), _def_task("name")),
+    Family("fargs", ("parameters of: def {name}({args}):", "def {name}({args}): its arguments?",
+                     "what does def {name}({args}): take?"), _def_task("args")),
+    Family("fcall", ("call {name} on {args}", "{name} applied to {args}", "invoke {name} with {args}"),
+           _def_task("call")),
 )}
 
 
@@ -212,16 +249,18 @@ def corrupt(examples: Sequence[Example], frac: float, seed: int = 0, mode: str =
 
 
 # ---- the chat template ------------------------------------------------------------------------------
-_DIGIT_SPLIT = re.compile(r"\d|\D+")
+_PIECES = re.compile(r"\d|[A-Za-z_]+|\s+|[^\sA-Za-z_\d]+")
 
 
 def encode(text: str, add_bos: bool = False) -> list[int]:
-    """Token ids of task text: the book tokenizer's BPE, except that every digit is its own token.
+    """Token ids of task text: the book tokenizer's BPE applied to each digit, run of letters/underscores,
+    run of spaces and run of other characters separately.
 
-    ``decode(encode(s)) == s`` for any text; ``encode("07+45=")`` has 6 ids whatever the digits.
+    ``decode(encode(s)) == s`` for any text; ``encode("07+45=")`` has 6 ids whatever the digits, and
+    ``encode("lexists")`` is a contiguous slice of ``encode("def lexists(path):")``.
     """
     ids = [BOS] if add_bos else []
-    for piece in _DIGIT_SPLIT.findall(text):
+    for piece in _PIECES.findall(text):
         ids += TOK.encode(piece)
     return ids
 
@@ -267,7 +306,11 @@ def max_response_len(families: Sequence[str], full: bool = False) -> int:
     """Longest response in tokens, incl. ``<eos>`` (the decoding budget)."""
     n = 0
     for f in families:
-        n = max(n, {"add": 4 if full else 3, "sub": 3 if full else 2, "lookup": 1}.get(f, 10 if full else 6))
+        if f in ("fname", "fargs", "fcall"):  # the longest of the harvested signatures
+            field = {"fname": 0, "fargs": 1}.get(f)
+            n = max(n, max(len(encode(d[field] if field is not None else f"{d[0]}({d[1]})")) for d in python_defs()))
+        else:
+            n = max(n, {"add": 4 if full else 3, "sub": 3 if full else 2, "lookup": 1}.get(f, 10 if full else 6))
     return n + 1
 
 
