@@ -356,7 +356,7 @@ def exact_match(model: torch.nn.Module, examples: Sequence[T.Example], max_new: 
     return sum(ok) / len(ok), per
 
 
-def test_set(families: Sequence[str], n: int = 300, templates: str = "first", seed: int = 12345,
+def test_set(families: Sequence[str], n: int = 200, templates: str = "first", seed: int = 12345,
              full: bool = False) -> list[T.Example]:
     """Held-out prompts (the test bucket of inputs, no repeats)."""
     return T.make_examples(families, n, "test", templates, seed=seed, full=full, unique=True)
@@ -607,6 +607,7 @@ class SFTResult:
     heldout_template_em: float  # held-out instances, the unseen phrasing
     heldout_template_per_family: dict[str, float]
     scratch_em: float  # the scratch start's exact match after cfg.compare_at steps
+    scratch_losses: list[float]  # its loss per step (the book LM's are metrics["loss"][:compare_at])
     pretrained_em_at_compare: float  # the book LM's after the same steps
     hf_loss: float
     our_loss: float
@@ -662,7 +663,8 @@ def experiment(toy: bool = True, seed: int = 0, device: torch.device = CPU,
     acc, per = exact_match(model, tests)
     tmpl = test_set(cfg.families, n=90, templates="heldout", full=cfg.full)
     tmpl_acc, tmpl_per = exact_match(model, tmpl)
-    scratch, _ = train_sft(replace(cfg, init="scratch"), device, "SFT from scratch", stop_after=cfg.compare_at)
+    scratch, scratch_losses = train_sft(replace(cfg, init="scratch"), device, "SFT from scratch",
+                                        stop_after=cfg.compare_at)
     scratch_em, _ = exact_match(scratch.cpu(), tests)
     ours, theirs, unmasked = hf_crosscheck(model, tests[:64])
     pmd = packing_max_diff(model, tests[:12])
@@ -682,7 +684,8 @@ def experiment(toy: bool = True, seed: int = 0, device: torch.device = CPU,
             ab_acc[label], _ = exact_match(m.cpu(), ab_tests)
     answers = greedy_answers(model, tests[:6] + tmpl[:3], T.max_response_len(cfg.families, cfg.full))
     samples = [(e.prompt, a, e.response) for e, a in zip(tests[:6] + tmpl[:3], answers)]
-    return SFTResult(cfg, model, metrics, acc, per, tmpl_acc, tmpl_per, scratch_em, metrics["em_at_compare"],
+    return SFTResult(cfg, model, metrics, acc, per, tmpl_acc, tmpl_per, scratch_em, scratch_losses,
+                     metrics["em_at_compare"],
                      theirs, ours, unmasked, pmd, pack_eff, pad_eff, acceptance, ab_acc, ab_loss, samples)
 
 

@@ -131,7 +131,8 @@ def python_defs() -> tuple[tuple[str, str], ...]:
 
     E.g. ``("wrap_text", "text, width")``: 772 signatures, names <= 16 and argument lists <= 20 characters
     (from :func:`llmcore.core.corpus.book_corpus`, so the same everywhere). The book LM saw these
-    identifiers during pretraining; the tasks below ask it to pick the right span out of a prompt.
+    identifiers during pretraining; the ``fname``/``fargs``/``fcall`` tasks recombine their words into
+    new signatures and ask for the right span of the prompt.
     """
     pat = re.compile(r"^\s*def ([a-z][a-z0-9_]*)\(([a-z][a-z0-9_, ]*)\):", re.M)
     found = {(n, a) for n, a in pat.findall("\n".join(book_corpus().code_train))
@@ -139,9 +140,25 @@ def python_defs() -> tuple[tuple[str, str], ...]:
     return tuple(sorted(found))
 
 
+@functools.lru_cache(maxsize=1)
+def identifier_parts() -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """The pieces new signatures are made of: the words of the corpus's function names (``"read"``,
+    ``"header"``) and its argument names (``"path"``, ``"mode"``), each sorted."""
+    defs = python_defs()
+    words = {w for n, _ in defs for w in n.split("_") if len(w) >= 2 and w.isalpha()}
+    args = {a.strip() for _, arg in defs for a in arg.split(",") if a.strip().isidentifier()}
+    return tuple(sorted(words)), tuple(sorted(args))
+
+
 def _signature(rng, full):
-    name, args = rng.choice(python_defs())
-    return {"name": name, "args": args, "key": f"{name}({args})"}
+    """A new signature composed of corpus identifiers: 1-2 name words (1-3 in full), 1-3 arguments.
+
+    There are millions of them, so a model cannot memorise the answers: it has to copy the right span
+    from the prompt (the train/test split is by the whole signature, as for every family)."""
+    words, args = identifier_parts()
+    name = "_".join(rng.choice(words) for _ in range(rng.randint(1, 3 if full else 2)))
+    arg = ", ".join(rng.sample(args, rng.randint(1, 3)))
+    return {"name": name, "args": arg, "key": f"{name}({arg})"}
 
 
 def _def_task(field: str):
@@ -306,9 +323,11 @@ def max_response_len(families: Sequence[str], full: bool = False) -> int:
     """Longest response in tokens, incl. ``<eos>`` (the decoding budget)."""
     n = 0
     for f in families:
-        if f in ("fname", "fargs", "fcall"):  # the longest of the harvested signatures
-            field = {"fname": 0, "fargs": 1}.get(f)
-            n = max(n, max(len(encode(d[field] if field is not None else f"{d[0]}({d[1]})")) for d in python_defs()))
+        if f in ("fname", "fargs", "fcall"):  # bounds from the longest words (see _signature)
+            words, args = identifier_parts()
+            name = (3 if full else 2) * max(len(encode(w)) for w in words) + (2 if full else 1)
+            arg = 3 * max(len(encode(a)) for a in args) + 4  # three arguments and two ", "
+            n = max(n, {"fname": name, "fargs": arg, "fcall": name + arg + 2}[f])
         else:
             n = max(n, {"add": 4 if full else 3, "sub": 3 if full else 2, "lookup": 1}.get(f, 10 if full else 6))
     return n + 1

@@ -146,7 +146,8 @@ MODULES: tuple[Module, ...] = (
     # ---- Part 3 -----------------------------------------------------------------------------
     Module("sft", _P3, "01_sft", "Supervised Fine-Tuning", "监督微调 (SFT)", "监督学习 Supervised learning",
            "监督微调、数据质量与合成、指令遵循", run="llmcore.alignment.sft:run", prerequisites=("transformer",),
-           criteria=("held-out exact match >= 95%", "masked loss equals HF labels=-100 loss (1e-5)",
+           criteria=("fine-tuned book LM: held-out exact match >= 95%", "unseen phrasing clearly above 0 (>= 10%)",
+                     "pretrained start beats scratch at equal steps", "masked loss equals HF labels=-100 loss (1e-5)",
                      "packed logits equal unpacked", "corrupted responses measurably hurt")),
     Module("peft", _P3, "02_peft", "PEFT (LoRA, Prefix Tuning, Merging)", "参数高效微调",
            "参数高效微调 Parameter-efficient FT", "LoRA、Prefix Tuning 与模型融合 (Model Merging)",
