@@ -14,8 +14,8 @@
 # # Supervised Fine-Tuning / 监督微调 (SFT)
 #
 # **中文摘要：** 监督微调（SFT）用"指令—回答"对训练一个**已经预训练过**的语言模型，使其遵循指令。本章微调本书的
-# 预训练模型 book LM（约 200 万参数，在 Python 标准库文本上预训练）：任务取自语料中的函数签名（"name of: def
-# lexists(path):" → "lexists"；同一段代码、不同指令 → 复制不同的片段），可自动验证，并按实例、按提示模板划分
+# 预训练模型 book LM（约 200 万参数，在 Python 标准库文本上预训练）：任务是由语料中的标识符重新组合出的函数签名
+# （"name of: def open_reader(path, mode):" → "open_reader"；同一段代码、不同指令 → 复制不同的片段），可自动验证，并按实例、按提示模板划分
 # 留出集。对话模板只在回答部分计算损失（与 HF 的 `labels=-100` 逐位相同），多条短对话打包进同一行（块对角因果
 # 掩码 + 每段重新计数的位置）。300 步后，留出提示上的贪心精确匹配 ≥ 95%；在从未见过的提问方式上仍明显高于 0；
 # 同样步数下，从随机初始化开始的同一模型远远落后——这就是"预训练 + 微调"的意义。数据质量实验比较：干净数据、
@@ -106,9 +106,12 @@ print(f"device={dev}, toy={toy}, seed={seed}")
 # Each family draws an input, renders it with one of several templates, and knows the exact answer (so the
 # checker is string equality — the same verifier later serves GRPO as a reward). A hash of the input decides
 # whether it is a train or a test instance, so test prompts are never seen in training. The toy run uses two
-# families built from the 772 one-line `def` statements of the corpus: `fname` ("name of: def lexists(path):"
-# → `lexists`) and `fargs` (→ `path`) — the same code, two instructions, so the model must read the
-# instruction. Training uses two phrasings per family; the third is never shown (the unseen-phrasing test).
+# families of Python signatures: `fname` ("name of: def open_reader(path, mode):" → `open_reader`) and `fargs`
+# (→ `path, mode`) — the same code, two instructions, so the model must read the instruction. The signatures
+# are recombined from the words of the corpus's function names and its argument names, so there are millions
+# of them: a model cannot memorise answers (with the 695 real stdlib signatures it did, and its exact match on
+# new ones stalled at 0.76–0.85) and has to copy the right span. Training uses two phrasings per family; the
+# third is never shown (the unseen-phrasing test).
 #
 # Task text goes through a fixed pre-tokenization before the BPE (`tasks.encode`): each digit, each run of
 # letters, of spaces and of punctuation is encoded on its own, so a word copied from the prompt into the answer

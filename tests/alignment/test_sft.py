@@ -75,7 +75,12 @@ def test_identifier_families():
         name, args = x.key[:-1].split("(", 1)
         assert x.response == {"fname": name, "fargs": args, "fcall": x.key}[x.family]
         assert name in x.prompt and args in x.prompt
-    assert T.max_response_len(["fcall"]) == 1 + max(len(T.encode(f"{n}({a})")) for n, a in defs)
+    words, args = T.identifier_parts()
+    assert "path" in args and "read" in words
+    for fam in ("fname", "fargs", "fcall"):  # the decoding budget covers every answer (+ <eos>)
+        drawn = T.make_examples([fam], 3000, seed=4)
+        assert max(len(T.encode(e.response)) for e in drawn) < T.max_response_len([fam])
+    assert len({e.key for e in T.make_examples(["fname"], 3000, seed=5)}) > 2900  # new signatures, few repeats
 
 
 def test_corruption_rate_and_plausibility():

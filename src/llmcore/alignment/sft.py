@@ -555,7 +555,9 @@ def ablation_config(toy: bool = True, seed: int = 0) -> SFTConfig:
     families, another data seed) on top of the SFT model. Corrupted responses are the *systematic*
     kind (the answer written backwards); the arms differ only in their responses."""
     if toy:
-        return SFTConfig(n_train=1500, steps=60, batch_rows=8, seq_len=64, lr=1e-3, warmup_steps=6,
+        # lr 3e-4: a second stage at the first stage's 1e-3 knocks the converged model back even on
+        # clean data (measured: exact match 1.0 -> 0.93 for the reference arm, seed 0)
+        return SFTConfig(n_train=1500, steps=60, batch_rows=8, seq_len=64, lr=3e-4, warmup_steps=6,
                          corrupt_mode="reverse", data_seed=1, seed=seed)
     return replace(toy_config(False, seed), steps=1000, n_train=50_000, corrupt_mode="reverse", data_seed=1)
 
