@@ -1,6 +1,8 @@
 """PG / AC: loss identities, REINFORCE variance reduction, seeded reproducibility, a short learning check."""
 
+import importlib.util
 from dataclasses import replace
+from pathlib import Path
 
 import gymnasium as gym
 import numpy as np
@@ -87,3 +89,18 @@ def test_parallel_runs_equal_sequential_runs():
     for a, b in zip(seq, par):
         assert a.stats.returns == b.stats.returns
         assert [x["pg_loss"] for x in a.log] == [x["pg_loss"] for x in b.log]
+
+
+def test_benchmark_overrides_are_typed_by_the_config():
+    spec = importlib.util.spec_from_file_location(
+        "ppo_cartpole", Path(__file__).resolve().parents[2] / "benchmarks" / "ppo_cartpole.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    kw = bench.parse_overrides(["lr=2e-3", "num_envs=8", "norm_adv=true", "anneal_lr=0"])
+    assert kw == {"lr": 0.002, "num_envs": 8, "norm_adv": True, "anneal_lr": False}
+    cfg = replace(PG.A2C_CONFIG, **kw)
+    assert isinstance(cfg.num_envs, int) and cfg.num_steps == PG.A2C_CONFIG.num_steps
+    with pytest.raises(LLMCoreError, match="FIELD=VALUE"):
+        bench.parse_overrides(["learning_rate=1"])
+    with pytest.raises(LLMCoreError):
+        bench.parse_overrides(["lr"])

@@ -175,7 +175,10 @@ class PGConfig:
 #: then collapsed or stalled. A slightly shorter horizon (gamma = 0.98: value targets <= 50 instead of
 #: <= 100, an easier critic), a tiny entropy bonus (0.001) and a loose gradient-norm clip (10; 0.5 shares
 #: the norm between the critic's large gradients and the actor's and slows the actor) ended >= 475 on
-#: seeds 0-9 alike (sweep on the 2-core CI machine, see the book's benchmarks page).
+#: seeds 0-9 alike (sweep on the 2-core CI machine, see the book's benchmarks page) -- but not with margin:
+#: with AVX-512 kernels seed 4 collapses mid-run and reaches 475 only at 96% of the budget (final 479.3),
+#: seed 1 at 89%. The chapter traces the two failure modes (cart drifting off the track; a solved policy
+#: undone by the first failures' un-normalised TD errors of ~ -1/(1-gamma)).
 A2C_CONFIG = PGConfig(algo="a2c", total_steps=150_000, num_envs=16, num_steps=8, lr=4e-3, gamma=0.98,
                       gae_lambda=0.95, update_epochs=1, num_minibatches=1, norm_adv=False, ent_coef=0.001,
                       max_grad_norm=10.0)
