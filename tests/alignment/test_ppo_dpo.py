@@ -157,6 +157,25 @@ def test_reward_model_features_by_hand_and_padding():
     assert P.RewardModel(lm, likelihood=False).features(prompts, a).shape == (1, 32)
 
 
+def test_train_reward_model_standardises_and_ranks():
+    """Bradley–Terry on a learnable preference (right sum > wrong sum): the head ranks the training pairs,
+    and the output is standardised over the training responses (mean 0, std 1)."""
+    torch.manual_seed(0)
+    task = S.ArithConfig(init="scratch", d_model=32, n_layers=1, n_heads=2, verbose_frac=0.5)
+    lm = Llama(task.model_config()).eval()
+    probs = np.array([[a, b] for a in range(0, 90, 9) for b in range(1, 90, 11)])
+    chosen = torch.tensor([_ids(str(a + b), task.max_new_tokens) for a, b in probs])
+    rejected = torch.tensor([_ids(str(a + b) + " ok", task.max_new_tokens) for a, b in probs])
+    pairs = P.Pairs(probs, chosen, rejected, torch.full((len(probs),), 1.5), torch.ones(len(probs)))
+    rm, losses = P.train_reward_model(lm, pairs, task, P.RMConfig(steps=200), seed=0)
+    assert math.isclose(losses[0], math.log(2), rel_tol=1e-6) and losses[-1] < 0.1  # zero head: log 2
+    assert P.pair_accuracy(rm, pairs, task) == 1.0
+    prompts = T.encode_arith_prompts(probs)
+    with torch.no_grad():
+        r = torch.cat([rm(prompts, chosen), rm(prompts, rejected)])
+    assert abs(float(r.mean())) < 1e-4 and abs(float(r.std()) - 1.0) < 1e-4
+
+
 def test_pair_kinds():
     pairs = P.Pairs(np.zeros((5, 2)), torch.zeros(5, 3), torch.zeros(5, 3),
                     torch.tensor([1.5, 1.5, 1.0, 1.5, 1.0]), torch.tensor([0.5, 1.0, 0.0, 0.0, 0.5]))

@@ -376,7 +376,8 @@ def warm_start_comparison(cfg: DPOConfig, device: torch.device = CPU, seed: int 
 def dpo_experiment(toy: bool = True, device: torch.device = CPU, seed: int = 0, cfg: DPOConfig | None = None,
                    trl_check: bool = True) -> DPOResult:
     """SFT (two styles) -> preference pairs labelled by the true reward -> DPO -> held-out win rate vs SFT."""
-    cfg = cfg or (DPOConfig() if toy else DPOConfig(steps=400, n_pair_prompts=4096, n_eval_prompts=400))
+    cfg = cfg or (DPOConfig() if toy else DPOConfig(steps=90, batch_pairs=64, n_pair_prompts=4096,
+                                                                  n_eval_prompts=400))
     dev, task, train, heldout, ref = _frozen_sft_start(cfg, device, seed)
     gen = torch.Generator(device=dev).manual_seed(seed + 1)
     rng = np.random.default_rng(seed + 1)
@@ -450,10 +451,12 @@ class RewardModel(torch.nn.Module):
 
     ``h_eos`` the final hidden state ``(d,)`` at the response's ``<eos>`` (the usual RM read-out), the two
     log-likelihood features from the same forward pass through the LM head. Only the ``d + 3`` head
-    parameters are trained. Why not the usual fine-tuned trunk: on this budget (a few hundred steps of a
-    2M-parameter trunk) a fine-tuned ``<eos>`` read-out learns the style but not whether the sum is right
-    (correct-vs-wrong pairs stay near chance, held-out accuracy ~0.88); the SFT model already knows the
-    sums, and its likelihood of the answer is where that knowledge is readable.
+    parameters are trained, on standardised features; the output is standardised too (mean 0, std 1 over
+    the training responses), so that PPO's KL coefficient means the same on every seed. Why not the usual
+    fine-tuned trunk: on this budget (a few hundred steps of a 2M-parameter trunk) a fine-tuned ``<eos>``
+    read-out learns the style but hardly whether the sum is right (seed 0: correct-vs-wrong pairs
+    0.55-0.68, held-out accuracy 0.88-0.90); the SFT model already knows the sums, and its likelihood of
+    the answer is where that knowledge is readable.
     """
 
     def __init__(self, lm, likelihood: bool = True) -> None:
@@ -462,9 +465,15 @@ class RewardModel(torch.nn.Module):
         self.likelihood = likelihood  # False: the read-out alone (the weaker proxy of the over-optimisation run)
         for p in self.lm.parameters():
             p.requires_grad_(False)
-        self.head = torch.nn.Linear(lm.config.d_model + 2 * likelihood, 1)
+        n = lm.config.d_model + 2 * likelihood
+        self.head = torch.nn.Linear(n, 1)
         torch.nn.init.zeros_(self.head.weight)
         torch.nn.init.zeros_(self.head.bias)
+        # set by train_reward_model: feature standardisation (the log-likelihoods, tens of nats, would swamp
+        # the hidden state's unit-scale coordinates) and the output's mean and std on the training responses
+        self.register_buffer("mu", torch.zeros(n))
+        self.register_buffer("sd", torch.ones(n))
+        self.register_buffer("out", torch.tensor([0.0, 1.0]))
 
     @torch.no_grad()
     def features(self, prompts: torch.Tensor, responses: torch.Tensor) -> torch.Tensor:
@@ -484,7 +493,7 @@ class RewardModel(torch.nn.Module):
 
     def score(self, feats: torch.Tensor) -> torch.Tensor:
         """Rewards ``(B,)`` from :meth:`features`."""
-        return self.head(feats).squeeze(-1)
+        return (self.head((feats - self.mu) / self.sd).squeeze(-1) - self.out[0]) / self.out[1]
 
     def forward(self, prompts: torch.Tensor, responses: torch.Tensor) -> torch.Tensor:
         """``(B, P)``, ``(B, L)`` -> rewards ``(B,)``."""
@@ -508,6 +517,9 @@ def train_reward_model(sft, pairs: Pairs, task: S.ArithConfig, cfg: RMConfig, se
     rm = RewardModel(copy.deepcopy(sft), cfg.likelihood).to(dev).eval()
     prompts = T.encode_arith_prompts(pairs.problems, task.n_digits).to(dev)
     f_c, f_r = rm.features(prompts, pairs.chosen.to(dev)), rm.features(prompts, pairs.rejected.to(dev))
+    both = torch.cat([f_c, f_r])
+    rm.mu.copy_(both.mean(0))
+    rm.sd.copy_(both.std(0) + 1e-6)
     opt = torch.optim.Adam(rm.head.parameters(), lr=cfg.lr)
     losses = []
     for _ in progress(range(cfg.steps), desc="reward model"):
@@ -516,6 +528,9 @@ def train_reward_model(sft, pairs: Pairs, task: S.ArithConfig, cfg: RMConfig, se
         loss.backward()
         opt.step()
         losses.append(float(loss.detach()))
+    with torch.no_grad():  # standardise the output (a shift and a scale: the ranking is unchanged)
+        raw = rm.score(both)
+        rm.out.copy_(torch.stack([raw.mean(), raw.std() + 1e-6]))
     return rm, losses
 
 
