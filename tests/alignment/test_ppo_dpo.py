@@ -62,13 +62,55 @@ def test_dpo_and_ipo_by_hand():
         P.dpo_loss(lc, lr, rc, rr, loss_type="nope")
 
 
+def _ids(text: str, width: int = 6) -> list[int]:
+    ids = T.encode(text) + [T.EOS]
+    return ids + [T.EOS] * (width - len(ids))
+
+
 def test_true_reward():
-    resp = torch.tensor([[ord("4"), ord("2"), T.EOS, T.EOS, T.EOS, T.EOS],
-                         list(b"42 ok") + [T.EOS],
-                         [ord("4"), ord("3"), T.EOS, T.EOS, T.EOS, T.EOS],
-                         list(b"43 ok") + [T.EOS]])
+    resp = torch.tensor([_ids("42"), _ids("42 ok"), _ids("43"), _ids("43 ok")])
     r = P.true_reward(np.array([[37, 5]] * 4), resp)
     assert torch.allclose(r, torch.tensor([1.5, 1.0, 0.5, 0.0]))
+
+
+def test_task_hf_tokenizer_matches_tasks_encode():
+    """TRL tokenizes the pairs as text: the HF tokenizer must give tasks.encode's ids (digits one per token)."""
+    hf = P.task_hf_tokenizer()
+    for text in ("<bos>07+45=", "52 ok", "100", "99+10=109 ok"):
+        assert hf(text, add_special_tokens=False)["input_ids"] == T.encode(text.replace("<bos>", ""),
+                                                                            add_bos=text.startswith("<bos>"))
+    assert hf("100", add_special_tokens=False)["input_ids"] == [ord("1"), ord("0"), ord("0")]  # bytes are ids 0-255
+    assert T.TOK.encode("100") != T.encode("100")  # (the plain BPE merges some digit pairs)
+
+
+def test_as_text_rejects_ids_that_do_not_round_trip():
+    assert P._as_text(torch.tensor(_ids("42 ok")))
+    assert not P._as_text(torch.tensor([ord("4"), ord("2")] * 3))  # no <eos>
+    merged = T.TOK.encode("100")  # a BPE merge of digits: its text re-encodes digit by digit
+    assert not P._as_text(torch.tensor(merged + [T.EOS]))
+
+
+def _dpo_result(sft_correct, dpo_correct, sft_terse, dpo_terse):
+    """A DPOResult with given per-prompt sampled rates (true reward = correct + 0.5 terse, per prompt)."""
+    def stats(c, t):
+        c, t = np.asarray(c, float), np.asarray(t, float)
+        return {"reward": c + P.TERSE_BONUS * t, "correct": c, "terse": t}
+
+    s, d = stats(sft_correct, sft_terse), stats(dpo_correct, dpo_terse)
+    greedy = {"correct": float(np.mean(sft_correct)), "terse": 0.0}
+    return P.DPOResult(P.DPOConfig(), 10, history={"margin": [1.0]}, sft_prompt_reward=s["reward"],
+                       dpo_prompt_reward=d["reward"], sft_sampled=s, dpo_sampled=d, sft_stats=greedy,
+                       dpo_stats={"correct": float(np.mean(dpo_correct)), "terse": 1.0})
+
+
+def test_dpo_report_separates_style_from_correctness():
+    # style bought with correctness: every prompt wins on the true reward (+0.5 style - 0.25 correct) ...
+    bad = P.dpo_report(_dpo_result([1.0] * 4, [0.75] * 4, [0.0] * 4, [1.0] * 4), True, "cpu", 0)
+    failed = " ".join(c.name for c in bad.failures())
+    assert "correct" in failed and "beats SFT" not in failed and "terse" not in failed
+    # ... the same style gain with correctness kept passes every check
+    good = P.dpo_report(_dpo_result([1.0] * 4, [1.0] * 4, [0.0] * 4, [1.0] * 4), True, "cpu", 0)
+    assert good.passed, good.failures()
 
 
 @pytest.mark.parametrize("loss_type", ["sigmoid", "ipo"])
@@ -83,11 +125,8 @@ def test_dpo_loss_equals_trl_dpotrainer(loss_type):
             p.add_(0.05 * torch.randn_like(p))
     probs = np.array([[37, 5], [12, 34], [99, 99], [0, 7]])
 
-    def ids(text):
-        return T.encode(text) + [T.EOS] * (task.max_new_tokens - len(T.encode(text)))
-
-    chosen = torch.tensor([ids(str(a + b)) for a, b in probs])
-    rejected = torch.tensor([ids(str(a + b + 1) + " ok") for a, b in probs])
+    chosen = torch.tensor([_ids(str(a + b), task.max_new_tokens) for a, b in probs])
+    rejected = torch.tensor([_ids(str(a + b + 1) + " ok", task.max_new_tokens) for a, b in probs])
     pairs = P.Pairs(probs, chosen, rejected, torch.ones(4), torch.zeros(4))
     ours = P.our_dpo_loss(policy, ref, pairs, task, beta=0.1, loss_type=loss_type)
     theirs = P.trl_dpo_loss(policy, ref, pairs, task, beta=0.1, loss_type=loss_type)
@@ -96,18 +135,53 @@ def test_dpo_loss_equals_trl_dpotrainer(loss_type):
 
 
 
-def test_reward_model_reads_the_eos_state_and_ignores_padding():
+def test_reward_model_features_by_hand_and_padding():
+    """The RM's features: the <eos> state, and the sum / min of the response's token log-probs (up to <eos>)."""
     torch.manual_seed(0)
     task = S.ArithConfig(init="scratch", d_model=32, n_layers=1, n_heads=2, verbose_frac=0.5)
-    rm = P.RewardModel(Llama(task.model_config()))
+    lm = Llama(task.model_config()).eval()
+    rm = P.RewardModel(lm)
     torch.nn.init.normal_(rm.head.weight)
-    prompts = T.encode_arith_prompts(np.array([[37, 5], [37, 5]]))
-    a = torch.tensor([[ord("4"), ord("2"), T.EOS, T.EOS, T.EOS, T.EOS, T.EOS]])
-    b = torch.tensor([[ord("4"), ord("2"), T.EOS, ord("x"), ord("y"), T.PAD, T.EOS]])  # junk after <eos>
-    ra, rb = rm(prompts[:1], a), rm(prompts[:1], b)
-    assert torch.allclose(ra, rb, atol=1e-6)
-    h = rm.lm.hidden_states(torch.cat([prompts[:1], a], 1))
-    assert torch.allclose(ra, rm.head(h[:, prompts.shape[1] + 2]).squeeze(-1), atol=1e-6)
+    prompts = T.encode_arith_prompts(np.array([[37, 5]]))
+    a = torch.tensor([_ids("42", 7)])
+    b = torch.tensor([T.encode("42") + [T.EOS, ord("x"), ord("y"), T.PAD, T.EOS]])  # junk after <eos>
+    assert torch.allclose(rm(prompts, a), rm(prompts, b), atol=1e-6)
+    f = rm.features(prompts, a)[0]
+    seq = torch.cat([prompts, a], 1)[0]
+    with torch.no_grad():
+        logits = lm(seq[None])[0]  # the plain forward pass: logits (P+L, V)
+        logp = [float(torch.log_softmax(logits[len(prompts[0]) - 1 + t], -1)[seq[len(prompts[0]) + t]]) for t in range(3)]
+        h_eos = lm.hidden_states(seq[None])[0, len(prompts[0]) + 2]  # after "4", "2", <eos>
+    assert torch.allclose(f[:-2], h_eos, atol=1e-5)
+    assert math.isclose(float(f[-2]), sum(logp), rel_tol=1e-5) and math.isclose(float(f[-1]), min(logp), rel_tol=1e-5)
+    assert P.RewardModel(lm, likelihood=False).features(prompts, a).shape == (1, 32)
+
+
+def test_train_reward_model_standardises_and_ranks():
+    """Bradley–Terry on a learnable preference (right sum > wrong sum): the head ranks the training pairs,
+    and the output is standardised over the training responses (mean 0, std 1)."""
+    torch.manual_seed(0)
+    task = S.ArithConfig(init="scratch", d_model=32, n_layers=1, n_heads=2, verbose_frac=0.5)
+    lm = Llama(task.model_config()).eval()
+    probs = np.array([[a, b] for a in range(0, 90, 9) for b in range(1, 90, 11)])
+    chosen = torch.tensor([_ids(str(a + b), task.max_new_tokens) for a, b in probs])
+    rejected = torch.tensor([_ids(str(a + b) + " ok", task.max_new_tokens) for a, b in probs])
+    pairs = P.Pairs(probs, chosen, rejected, torch.full((len(probs),), 1.5), torch.ones(len(probs)))
+    rm, losses = P.train_reward_model(lm, pairs, task, P.RMConfig(steps=200), seed=0)
+    assert math.isclose(losses[0], math.log(2), rel_tol=1e-6) and losses[-1] < 0.1  # zero head: log 2
+    assert P.pair_accuracy(rm, pairs, task) == 1.0
+    prompts = T.encode_arith_prompts(probs)
+    with torch.no_grad():
+        r = torch.cat([rm(prompts, chosen), rm(prompts, rejected)])
+    assert abs(float(r.mean())) < 1e-4 and abs(float(r.std()) - 1.0) < 1e-4
+
+
+def test_pair_kinds():
+    pairs = P.Pairs(np.zeros((5, 2)), torch.zeros(5, 3), torch.zeros(5, 3),
+                    torch.tensor([1.5, 1.5, 1.0, 1.5, 1.0]), torch.tensor([0.5, 1.0, 0.0, 0.0, 0.5]))
+    k = P.pair_kinds(pairs)
+    assert k["correctness"].tolist() == [True, False, True, False, False]  # right vs wrong, same format
+    assert k["style"].tolist() == [False, True, False, False, False]  # terse vs verbose, both right
 
 
 def test_ppo_rlhf_runs_and_logs():

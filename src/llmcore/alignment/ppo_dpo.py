@@ -1,13 +1,15 @@
-r"""Preference alignment on the tiny LM: the Bradley–Terry loss, PPO's clipped losses, and DPO / IPO.
+r"""Preference alignment of the SFT'd book LM: the Bradley–Terry reward model, PPO-RLHF, and DPO / IPO.
 
-The setting: 2-digit addition (:class:`llmcore.alignment.tasks.ArithTask`) where the SFT model answers in two styles,
-terse ``"42"`` and verbose ``"42 ok"``. A **true reward** that ``llmcore`` can compute for any response
+The setting: 2-digit addition (:class:`llmcore.alignment.tasks.ArithTask`); the SFT warm start (the pretrained
+book LM fine-tuned by :func:`llmcore.alignment.sft.arith_sft_model`) answers in two styles, terse ``"42"``
+and verbose ``"42 ok"``. A **true reward** that ``llmcore`` can compute for any response
 stands in for human judgement:
 
 .. math::
     r^*(x, y) = \mathbb 1[y \text{ is the right sum}] + 0.5 \cdot \mathbb 1[y \text{ is terse}] ,
 
-it labels preference pairs (chosen = higher :math:`r^*`) and scores every policy on held-out prompts.
+it labels preference pairs (chosen = higher :math:`r^*`) and scores every policy on held-out prompts, where
+its two parts -- correctness and style -- are also measured apart.
 
 **Bradley–Terry** (reward model): :math:`P(y_w \succ y_l) = \sigma(r(x, y_w) - r(x, y_l))`, loss
 :math:`-\log\sigma(r_w - r_l)`.
@@ -21,7 +23,7 @@ it labels preference pairs (chosen = higher :math:`r^*`) and scores every policy
 and the *implicit reward* is :math:`\beta\Delta(y)`. **IPO** (Azar et al. 2024) regresses the
 (length-normalised, as in TRL) margin to :math:`1/(2\beta)`: :math:`(\bar\Delta_w - \bar\Delta_l - \tfrac1{2\beta})^2`.
 
-**PPO** (clipped policy and value losses; the PPO-RLHF closed loop is not written yet):
+**PPO** (clipped policy and value losses; value head, per-token KL penalty and GAE in :func:`ppo_rlhf`):
 :math:`\mathcal L^\text{clip} = -\min(\rho A, \mathrm{clip}(\rho, 1\pm\varepsilon) A)`,
 :math:`\mathcal L^V = \tfrac12\max\big((V - R)^2, (V_\text{old} + \mathrm{clip}(V - V_\text{old}, \pm\varepsilon_V) - R)^2\big)`.
 
@@ -32,6 +34,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import json
 import os
 import tempfile
 import time
@@ -50,8 +53,10 @@ from llmcore.core.progress import progress
 from llmcore.core.report import Report
 
 TERSE_BONUS = 0.5  #: weight of the style preference in the true reward
+STYLE_GAIN = 0.5  #: DPO must remove at least this share of the SFT's non-terse answers (sampled) ...
+CORRECT_BOUND = 0.02  #: ... and may lose at most this much correctness (sampled rate and greedy accuracy)
 #: torch threads for this module's runs (the registry and the chapter pass it to ``seed_everything``):
-#: one thread, a 100k-parameter model gains nothing from more.
+#: one, so that results do not depend on a second core being free (the toy budget holds on one).
 THREADS = 1
 
 
@@ -169,15 +174,18 @@ class DPOConfig:
 
     beta: float = 0.5  # strength of the implicit KL constraint (0.1 here trades correctness for style)
     loss_type: str = "sigmoid"  # "sigmoid" (DPO) | "ipo"
-    steps: int = 80  # optimiser steps
-    batch_pairs: int = 64  # pairs per step
-    lr: float = 2e-4
+    steps: int = 60  # optimiser steps
+    batch_pairs: int = 32  # pairs per step
+    lr: float = 2e-5  # (5e-5 overshoots by step 40: correctness falls; 2e-4 was for the 120k scratch model)
     n_pair_prompts: int = 1024  # training prompts used to build preference pairs
     k_samples: int = 4  # responses sampled per prompt to form a pair
     n_eval_prompts: int = 200  # held-out prompts for the win rate
     eval_samples: int = 8  # responses per held-out prompt (mean true reward per prompt)
-    sft_target_acc: float = 0.9  # SFT warm start: stop when greedy accuracy on training problems >= this
-    sft_max_steps: int = 1000
+    # the SFT warm start (shared with PPO-RLHF): the book LM fine-tuned on both styles, a fixed step budget
+    init: str = "book_lm"  # "book_lm" | "scratch" (the comparison at equal steps)
+    sft_steps: int = 500
+    sft_batch: int = 32  # (at equal compute, 32 x 500 steps beat 64 x 250 on held-out accuracy)
+    sft_lr: float = 1e-3
     verbose_frac: float = 0.5  # share of SFT targets in the verbose style
 
 
@@ -188,6 +196,8 @@ class DPOResult:
     history: dict[str, list[float]] = field(default_factory=dict)
     sft_prompt_reward: np.ndarray | None = None  # (n_eval,) mean true reward per held-out prompt
     dpo_prompt_reward: np.ndarray | None = None
+    sft_sampled: dict[str, np.ndarray] = field(default_factory=dict)  # per prompt: reward / correct / terse
+    dpo_sampled: dict[str, np.ndarray] = field(default_factory=dict)
     sft_stats: dict[str, float] = field(default_factory=dict)  # greedy: correct / terse / length
     dpo_stats: dict[str, float] = field(default_factory=dict)
     kl_dpo: float = 0.0  # mean sequence KL(π_DPO ‖ π_SFT) on held-out prompts (sampled, k1)
@@ -199,7 +209,9 @@ class DPOResult:
 
 
 def dpo_task(cfg: DPOConfig) -> S.ArithConfig:
-    return S.ArithConfig(verbose_frac=cfg.verbose_frac, sft_steps=cfg.sft_max_steps, sft_target_acc=cfg.sft_target_acc)
+    """The arithmetic task and SFT warm start of ``cfg`` (the cached model is keyed by this config)."""
+    return S.ArithConfig(verbose_frac=cfg.verbose_frac, init=cfg.init, sft_steps=cfg.sft_steps, sft_target_acc=None,
+                         sft_batch=cfg.sft_batch, sft_lr=cfg.sft_lr)
 
 
 def train_dpo(policy, ref, pairs: Pairs, task: S.ArithConfig, cfg: DPOConfig, seed: int = 0,
@@ -232,12 +244,22 @@ def train_dpo(policy, ref, pairs: Pairs, task: S.ArithConfig, cfg: DPOConfig, se
 
 
 @torch.no_grad()
-def prompt_rewards(model, problems: np.ndarray, task: S.ArithConfig, k: int, gen: torch.Generator) -> np.ndarray:
-    """Mean true reward of ``k`` sampled (T=1) responses, per prompt ``(n,)``."""
+def sampled_stats(model, problems: np.ndarray, task: S.ArithConfig, k: int, gen: torch.Generator) -> dict[str, np.ndarray]:
+    """Per prompt ``(n,)``, over ``k`` sampled (T=1) responses: mean true ``reward``, and the two things it
+    mixes, kept apart: the ``correct`` rate (the sum is right, either style) and the ``terse`` rate (the
+    preferred format, right or wrong)."""
     dev = next(model.parameters()).device
     prompts = T.encode_arith_prompts(problems, task.n_digits).to(dev).repeat_interleave(k, 0)
     resp = S.sample(model, prompts, task.max_new_tokens, 1.0, generator=gen).cpu()
-    return true_reward(np.repeat(problems, k, 0), resp).view(-1, k).mean(1).numpy()
+    v = T.verify_arith(np.repeat(problems, k, 0), resp)
+    return {"reward": true_reward(np.repeat(problems, k, 0), resp).view(-1, k).mean(1).numpy(),
+            "correct": v["correct"].float().view(-1, k).mean(1).numpy(),
+            "terse": v["terse"].float().view(-1, k).mean(1).numpy()}
+
+
+def prompt_rewards(model, problems: np.ndarray, task: S.ArithConfig, k: int, gen: torch.Generator) -> np.ndarray:
+    """Mean true reward of ``k`` sampled (T=1) responses, per prompt ``(n,)``."""
+    return sampled_stats(model, problems, task, k, gen)["reward"]
 
 
 @torch.no_grad()
@@ -252,16 +274,20 @@ def sampled_kl(policy, ref, problems: np.ndarray, task: S.ArithConfig, k: int, g
 
 
 # ---- the TRL cross-check ------------------------------------------------------------------------------
-def char_tokenizer():
-    """A Hugging Face tokenizer whose ids equal :class:`~llmcore.architecture.tokenizer.ByteTokenizer`'s (ASCII + specials)."""
-    from tokenizers import Regex, Tokenizer, models, pre_tokenizers
+def task_hf_tokenizer():
+    """A Hugging Face tokenizer whose ids equal :func:`llmcore.alignment.tasks.encode`'s.
+
+    The book tokenizer's own ``tokenizer.json`` (:meth:`~llmcore.architecture.tokenizer.BPETokenizer.to_hf_json`)
+    with one more pre-tokenizer step in front that isolates every digit, as ``tasks.encode`` does.
+    """
+    from tokenizers import Tokenizer
     from transformers import PreTrainedTokenizerFast
 
-    vocab = {chr(i): i for i in range(32, 127)}
-    vocab.update({"<pad>": T.PAD, "<bos>": T.BOS, "<eos>": T.EOS})
-    tk = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<pad>"))
-    tk.pre_tokenizer = pre_tokenizers.Split(Regex("<pad>|<bos>|<eos>|."), behavior="isolated")
-    return PreTrainedTokenizerFast(tokenizer_object=tk, pad_token="<pad>", eos_token="<eos>", bos_token="<bos>")
+    spec = T.TOK.to_hf_json()
+    spec["pre_tokenizer"]["pretokenizers"].insert(
+        0, {"type": "Split", "pattern": {"Regex": r"\d"}, "behavior": "Isolated", "invert": False})
+    return PreTrainedTokenizerFast(tokenizer_object=Tokenizer.from_str(json.dumps(spec)), pad_token="<pad>",
+                                   eos_token="<eos>", bos_token="<bos>")
 
 
 def trl_dpo_loss(policy, ref, pairs: Pairs, task: S.ArithConfig, beta: float, loss_type: str = "sigmoid") -> float:
@@ -287,7 +313,7 @@ def trl_dpo_loss(policy, ref, pairs: Pairs, task: S.ArithConfig, beta: float, lo
                          per_device_train_batch_size=len(ds), disable_tqdm=True,
                          bf16=False)  # TRL defaults to bf16 autocast (on the reference only); compare in fp32
         trainer = DPOTrainer(model=hf, ref_model=hf_ref, args=args, train_dataset=ds,
-                             processing_class=char_tokenizer())
+                             processing_class=task_hf_tokenizer())
         batch = trainer.data_collator([trainer.train_dataset[i] for i in range(len(ds))])
         batch = {k: v.to(next(hf.parameters()).device) for k, v in batch.items()}
         with torch.no_grad():
@@ -295,9 +321,13 @@ def trl_dpo_loss(policy, ref, pairs: Pairs, task: S.ArithConfig, beta: float, lo
 
 
 def _as_text(resp: torch.Tensor) -> bool:
-    """True when a response is printable ASCII closed by ``<eos>`` (so text -> TRL's tokenizer -> same ids)."""
+    """True when a response is text closed by ``<eos>`` that re-encodes to the same ids (so text -> TRL's
+    tokenizer -> the ids we scored; a sampled response may hold a BPE merge that ``tasks.encode`` never makes)."""
     ids = resp.tolist()
-    return T.EOS in ids and all(32 <= t < 127 for t in ids[:ids.index(T.EOS)])
+    if T.EOS not in ids:
+        return False
+    body = ids[:ids.index(T.EOS)]
+    return all(i < T.FIRST_SPECIAL for i in body) and T.encode(T.TOK.decode(body)) == body
 
 
 def our_dpo_loss(policy, ref, pairs: Pairs, task: S.ArithConfig, beta: float, loss_type: str = "sigmoid") -> float:
@@ -326,10 +356,28 @@ def _frozen_sft_start(cfg: DPOConfig, device: torch.device, seed: int):
         p.requires_grad_(False)
     return dev, task, train, heldout, sft
 
+def warm_start_comparison(cfg: DPOConfig, device: torch.device = CPU, seed: int = 0,
+                          n_eval: int = 200) -> dict[str, dict[str, float]]:
+    """The SFT warm start from the book LM and from random weights (same architecture, same
+    ``cfg.sft_steps`` steps, same data): ``{"book_lm": stats, "scratch": stats}`` with greedy held-out
+    ``correct`` / ``terse`` / ``length`` (:func:`~llmcore.alignment.sft.arith_accuracy`) and ``reward``, the
+    mean sampled true reward on ``n_eval`` held-out prompts -- the start PPO and DPO get."""
+    out = {}
+    for init in ("book_lm", "scratch"):
+        task = dpo_task(dataclasses.replace(cfg, init=init))
+        heldout = T.arith_split(task)[1]
+        model = S.arith_sft_model(task, device, seed).eval()
+        out[init] = S.arith_accuracy(model, heldout, task)
+        out[init]["reward"] = float(prompt_rewards(model, heldout[:n_eval], task, 4,
+                                                   torch.Generator(device=device).manual_seed(7)).mean())
+    return out
+
+
 def dpo_experiment(toy: bool = True, device: torch.device = CPU, seed: int = 0, cfg: DPOConfig | None = None,
                    trl_check: bool = True) -> DPOResult:
     """SFT (two styles) -> preference pairs labelled by the true reward -> DPO -> held-out win rate vs SFT."""
-    cfg = cfg or (DPOConfig() if toy else DPOConfig(steps=400, n_pair_prompts=4096, n_eval_prompts=400))
+    cfg = cfg or (DPOConfig() if toy else DPOConfig(steps=90, batch_pairs=64, n_pair_prompts=4096,
+                                                                  n_eval_prompts=400))
     dev, task, train, heldout, ref = _frozen_sft_start(cfg, device, seed)
     gen = torch.Generator(device=dev).manual_seed(seed + 1)
     rng = np.random.default_rng(seed + 1)
@@ -344,9 +392,9 @@ def dpo_experiment(toy: bool = True, device: torch.device = CPU, seed: int = 0, 
     res.dpo_s = time.perf_counter() - t0
     policy.eval()
     ev = heldout[:cfg.n_eval_prompts]
-    res.sft_prompt_reward = prompt_rewards(ref, ev, task, cfg.eval_samples, torch.Generator(device=dev).manual_seed(7))
-    res.dpo_prompt_reward = prompt_rewards(policy, ev, task, cfg.eval_samples,
-                                           torch.Generator(device=dev).manual_seed(7))
+    res.sft_sampled = sampled_stats(ref, ev, task, cfg.eval_samples, torch.Generator(device=dev).manual_seed(7))
+    res.dpo_sampled = sampled_stats(policy, ev, task, cfg.eval_samples, torch.Generator(device=dev).manual_seed(7))
+    res.sft_prompt_reward, res.dpo_prompt_reward = res.sft_sampled["reward"], res.dpo_sampled["reward"]
     res.sft_stats, res.dpo_stats = S.arith_accuracy(ref, ev, task), S.arith_accuracy(policy, ev, task)
     res.kl_dpo = sampled_kl(policy, ref, ev, task, 4, torch.Generator(device=dev).manual_seed(8))
     if trl_check:
@@ -361,18 +409,27 @@ def dpo_experiment(toy: bool = True, device: torch.device = CPU, seed: int = 0, 
 
 
 def dpo_report(res: DPOResult, toy: bool, device: str, seed: int) -> Report:
+    """Correctness and style are measured apart: the true reward mixes them, and a win on it can be bought
+    with style alone (terser answers) while the sums get worse."""
     rep = Report("dpo", "DPO (preference pairs labelled by a true reward)", toy, device, seed)
     win = float(np.mean(res.dpo_prompt_reward > res.sft_prompt_reward))
+    s, d = ({k: float(v.mean()) for k, v in x.items()} for x in (res.sft_sampled, res.dpo_sampled))
     rep.metric("preference pairs", res.n_pairs)
-    rep.metric("true reward SFT (held-out, sampled)", float(res.sft_prompt_reward.mean()))
-    rep.metric("true reward DPO (held-out, sampled)", float(res.dpo_prompt_reward.mean()))
-    rep.metric("greedy correct SFT", res.sft_stats["correct"])
-    rep.metric("greedy correct DPO", res.dpo_stats["correct"])
-    rep.metric("greedy terse SFT", res.sft_stats["terse"])
-    rep.metric("greedy terse DPO", res.dpo_stats["terse"])
+    for name, key in (("true reward", "reward"), ("correct rate", "correct"), ("terse-format rate", "terse")):
+        rep.metric(f"{name} SFT (held-out, sampled)", s[key])
+        rep.metric(f"{name} DPO (held-out, sampled)", d[key])
+    for key in ("correct", "terse"):
+        rep.metric(f"greedy {key} SFT", res.sft_stats[key])
+        rep.metric(f"greedy {key} DPO", res.dpo_stats[key])
     rep.metric("KL(DPO || SFT) per sequence", res.kl_dpo)
     rep.metric("implicit reward margin (last 10 steps)", float(np.mean(res.history["margin"][-10:])))
-    rep.check("DPO beats SFT on held-out prompts (fraction)", win, ">=", 0.70)
+    rep.check("DPO beats SFT on held-out prompts by the true reward (fraction)", win, ">=", 0.70)
+    rep.check("style: share of SFT's non-terse answers DPO removes (held-out, sampled)",
+              (d["terse"] - s["terse"]) / max(1.0 - s["terse"], 1e-9), ">=", STYLE_GAIN)
+    rep.check("correctness: correct rate DPO - SFT (held-out, sampled)", d["correct"] - s["correct"], ">=",
+              -CORRECT_BOUND)
+    rep.check("correctness: greedy accuracy DPO - SFT (held-out)", res.dpo_stats["correct"] - res.sft_stats["correct"],
+              ">=", -CORRECT_BOUND)
     for lt, err in res.trl_err.items():
         rep.check(f"|our {lt} loss - TRL DPOTrainer loss| (rounded to 1e-6)", round(err, 6), "<", 1e-5)
     return rep
@@ -386,58 +443,113 @@ def run_dpo(toy: bool = True, device: torch.device = CPU, seed: int = 0) -> Repo
 
 # ---- reward model (Bradley–Terry) ---------------------------------------------------------------------
 class RewardModel(torch.nn.Module):
-    """The LM trunk with a scalar head: ``r(x, y)`` = head(hidden state at the response's ``<eos>``)."""
+    r"""A Bradley–Terry reward model on the frozen SFT model's features of a response:
 
-    def __init__(self, lm) -> None:
+    .. math::
+        r(x, y) = w^\top h_\text{eos}(x, y) + a_1 \textstyle\sum_t \log\pi(y_t\mid x, y_{<t})
+                  + a_2 \min_t \log\pi(y_t\mid x, y_{<t}) + b ,
+
+    ``h_eos`` the final hidden state ``(d,)`` at the response's ``<eos>`` (the usual RM read-out), the two
+    log-likelihood features from the same forward pass through the LM head. Only the ``d + 3`` head
+    parameters are trained, on standardised features; the output is standardised too (mean 0, std 1 over
+    the training responses), so that PPO's KL coefficient means the same on every seed. Why not the usual
+    fine-tuned trunk: on this budget (a few hundred steps of a 2M-parameter trunk) a fine-tuned ``<eos>``
+    read-out learns the style but hardly whether the sum is right (seed 0: correct-vs-wrong pairs
+    0.55-0.68, held-out accuracy 0.88-0.90); the SFT model already knows the sums, and its likelihood of
+    the answer is where that knowledge is readable.
+    """
+
+    def __init__(self, lm, likelihood: bool = True) -> None:
         super().__init__()
         self.lm = lm
-        self.head = torch.nn.Linear(lm.config.d_model, 1)
+        self.likelihood = likelihood  # False: the read-out alone (the weaker proxy of the over-optimisation run)
+        for p in self.lm.parameters():
+            p.requires_grad_(False)
+        n = lm.config.d_model + 2 * likelihood
+        self.head = torch.nn.Linear(n, 1)
         torch.nn.init.zeros_(self.head.weight)
         torch.nn.init.zeros_(self.head.bias)
+        # set by train_reward_model: feature standardisation (the log-likelihoods, tens of nats, would swamp
+        # the hidden state's unit-scale coordinates) and the output's mean and std on the training responses
+        self.register_buffer("mu", torch.zeros(n))
+        self.register_buffer("sd", torch.ones(n))
+        self.register_buffer("out", torch.tensor([0.0, 1.0]))
+
+    @torch.no_grad()
+    def features(self, prompts: torch.Tensor, responses: torch.Tensor) -> torch.Tensor:
+        """``(B, P)``, ``(B, L)`` -> ``(B, d + 2)``: ``[h_eos, sum log-prob, min log-prob]`` over the tokens up to
+        ``<eos>`` (``(B, d)``, ``h_eos`` alone, without ``likelihood``)."""
+        mask = T.response_mask(responses)
+        P = prompts.shape[1]
+        h = self.lm.hidden_states(torch.cat([prompts, responses], 1))  # (B, P+L, d)
+        logp = torch.log_softmax(self.lm.lm_head(h[:, P - 1:-1]).float(), -1)  # position P-1+t predicts token t
+        logp = logp.gather(-1, responses.unsqueeze(-1)).squeeze(-1)  # (B, L)
+        h_eos = h[torch.arange(len(h)), P + mask.sum(1).long() - 1]  # the state after the final token
+        if not self.likelihood:
+            return h_eos
+        lp_sum = (logp * mask).sum(1)
+        lp_min = logp.masked_fill(mask == 0, 0.0).min(1).values
+        return torch.cat([h_eos, lp_sum[:, None], lp_min[:, None]], 1)
+
+    def score(self, feats: torch.Tensor) -> torch.Tensor:
+        """Rewards ``(B,)`` from :meth:`features`."""
+        return (self.head((feats - self.mu) / self.sd).squeeze(-1) - self.out[0]) / self.out[1]
 
     def forward(self, prompts: torch.Tensor, responses: torch.Tensor) -> torch.Tensor:
-        """``(B, P)``, ``(B, L)`` -> rewards ``(B,)`` read at the last response token (its ``<eos>``)."""
-        h = self.lm.hidden_states(torch.cat([prompts, responses], 1))  # (B, P+L, d)
-        last = prompts.shape[1] + T.response_mask(responses).sum(1).long() - 1  # index of the final token
-        return self.head(h[torch.arange(len(h)), last]).squeeze(-1)
+        """``(B, P)``, ``(B, L)`` -> rewards ``(B,)``."""
+        return self.score(self.features(prompts, responses))
 
 
 @dataclass
 class RMConfig:
-    steps: int = 300  # Bradley–Terry optimiser steps
-    batch_pairs: int = 64
-    lr: float = 1e-3
+    steps: int = 300  # Bradley–Terry optimiser steps (full batch: only the head is trained)
+    lr: float = 1e-2  # Adam
     n_pair_prompts: int = 1024  # training prompts for pairs (held-out pairs come from held-out prompts)
     k_samples: int = 4
+    likelihood: bool = True  # the SFT log-likelihood features (False: the <eos> read-out alone)
 
 
 def train_reward_model(sft, pairs: Pairs, task: S.ArithConfig, cfg: RMConfig, seed: int = 0) -> tuple[RewardModel, list[float]]:
-    """Fit ``RewardModel(copy of sft)`` to ``pairs`` with the Bradley–Terry loss; returns the model and losses."""
+    """Fit the head of ``RewardModel(copy of sft)`` to ``pairs`` with the Bradley–Terry loss (features computed
+    once: the trunk is frozen); returns the model and the losses."""
     dev = next(sft.parameters()).device
-    rm = RewardModel(copy.deepcopy(sft)).to(dev).train()
-    for p in rm.parameters():
-        p.requires_grad_(True)
+    torch.manual_seed(seed)
+    rm = RewardModel(copy.deepcopy(sft), cfg.likelihood).to(dev).eval()
     prompts = T.encode_arith_prompts(pairs.problems, task.n_digits).to(dev)
-    ch, rj = pairs.chosen.to(dev), pairs.rejected.to(dev)
-    opt = torch.optim.AdamW(rm.parameters(), lr=cfg.lr, weight_decay=0.0)
-    rng = np.random.default_rng(seed)
+    f_c, f_r = rm.features(prompts, pairs.chosen.to(dev)), rm.features(prompts, pairs.rejected.to(dev))
+    both = torch.cat([f_c, f_r])
+    rm.mu.copy_(both.mean(0))
+    rm.sd.copy_(both.std(0) + 1e-6)
+    opt = torch.optim.Adam(rm.head.parameters(), lr=cfg.lr)
     losses = []
     for _ in progress(range(cfg.steps), desc="reward model"):
-        i = torch.as_tensor(rng.choice(len(prompts), min(cfg.batch_pairs, len(prompts)), replace=False))
-        loss = bradley_terry_loss(rm(prompts[i], ch[i]), rm(prompts[i], rj[i]))
+        loss = bradley_terry_loss(rm.score(f_c), rm.score(f_r))
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
         losses.append(float(loss.detach()))
-    return rm.eval(), losses
+    with torch.no_grad():  # standardise the output (a shift and a scale: the ranking is unchanged)
+        raw = rm.score(both)
+        rm.out.copy_(torch.stack([raw.mean(), raw.std() + 1e-6]))
+    return rm, losses
+
+
+def pair_kinds(pairs: Pairs) -> dict[str, torch.Tensor]:
+    """Masks ``(B,)`` of the pairs whose responses differ only in correctness (same format) or only in format
+    (same correctness), read from the true rewards (1.5 right+terse, 1.0 right, 0.5 terse, 0 neither)."""
+    def parts(r):
+        return r >= 1.0, (r - (r >= 1.0).float()) >= TERSE_BONUS  # (correct, terse)
+    (cc, tc), (cr, tr) = parts(pairs.r_chosen), parts(pairs.r_rejected)
+    return {"correctness": (cc != cr) & (tc == tr), "style": (tc != tr) & (cc == cr)}
 
 
 @torch.no_grad()
-def pair_accuracy(rm: RewardModel, pairs: Pairs, task: S.ArithConfig) -> float:
-    """Fraction of pairs where ``r(chosen) > r(rejected)``."""
+def pair_accuracy(rm: RewardModel, pairs: Pairs, task: S.ArithConfig, subset: torch.Tensor | None = None) -> float:
+    """Fraction of pairs (of the ``subset`` mask ``(B,)``, if given) where ``r(chosen) > r(rejected)``."""
     dev = next(rm.parameters()).device
     prompts = T.encode_arith_prompts(pairs.problems, task.n_digits).to(dev)
-    return float((rm(prompts, pairs.chosen.to(dev)) > rm(prompts, pairs.rejected.to(dev))).float().mean())
+    ok = (rm(prompts, pairs.chosen.to(dev)) > rm(prompts, pairs.rejected.to(dev))).cpu()
+    return float(ok[subset].float().mean() if subset is not None else ok.float().mean())
 
 
 # ---- PPO-RLHF ------------------------------------------------------------------------------------------
@@ -445,10 +557,10 @@ def pair_accuracy(rm: RewardModel, pairs: Pairs, task: S.ArithConfig) -> float:
 class PPOConfig:
     """PPO-RLHF hyper-parameters (toy defaults)."""
 
-    iters: int = 40  # rollout -> score -> learn iterations
+    iters: int = 25  # rollout -> score -> learn iterations
     prompts_per_iter: int = 64  # responses sampled per iteration (one per prompt)
     epochs: int = 2  # optimisation passes over each rollout batch
-    lr: float = 2e-4  # AdamW, policy trunk + value head
+    lr: float = 1e-4  # AdamW, policy trunk + value head (2e-4 was for the 120k scratch model)
     kl_coef: float = 0.1  # β of the per-token KL penalty (0 = off)
     clip_eps: float = 0.2  # policy ratio clip
     vf_clip: float = 0.2  # value clip
@@ -530,15 +642,18 @@ def ppo_rlhf(sft, rm: RewardModel, train: np.ndarray, task: S.ArithConfig, cfg: 
     return res
 
 
-# ---- the PPO-RLHF closed loop (reward model -> PPO with and without the KL penalty) ----------------------
+# ---- the PPO-RLHF closed loop (reward model -> PPO; a weaker proxy without the KL penalty) ----------------
 @dataclass
 class RLHFResult:
     rm_losses: list[float]
     rm_acc_train: float
     rm_acc_heldout: float
+    rm_acc_kinds: dict[str, float]  # held-out accuracy on correctness-only / style-only pairs
+    weak_acc_heldout: float  # the read-out-only RM (the over-optimisation run's proxy)
+    weak_acc_kinds: dict[str, float]
     n_pairs: int
-    ppo: PPOResult  # with the KL penalty
-    ppo_nokl: PPOResult  # kl_coef = 0: the over-optimisation run
+    ppo: PPOResult  # the RM, with the KL penalty
+    ppo_nokl: PPOResult  # the read-out-only RM, kl_coef = 0: the over-optimisation run
     sft_heldout: float  # mean true reward on held-out prompts (sampled)
     ppo_heldout: float
     nokl_heldout: float
@@ -555,7 +670,8 @@ def smooth(x, k: int = 5) -> np.ndarray:
 
 def rlhf_experiment(toy: bool = True, device: torch.device = CPU, seed: int = 0, rm_cfg: RMConfig | None = None,
                     ppo_cfg: PPOConfig | None = None, dpo_cfg: DPOConfig | None = None) -> RLHFResult:
-    """SFT -> pairs labelled by the true reward -> Bradley–Terry RM -> PPO-RLHF (KL on / off)."""
+    """SFT -> pairs labelled by the true reward -> Bradley–Terry RM -> PPO-RLHF with the KL penalty; and the
+    over-optimisation run: PPO without the penalty against the weaker, read-out-only RM."""
     rm_cfg = rm_cfg or RMConfig()
     ppo_cfg = ppo_cfg or (PPOConfig() if toy else PPOConfig(iters=200, prompts_per_iter=128))
     dev, task, train, heldout, sft = _frozen_sft_start(dpo_cfg or DPOConfig(), device, seed)
@@ -564,13 +680,14 @@ def rlhf_experiment(toy: bool = True, device: torch.device = CPU, seed: int = 0,
     tr_pairs = make_pairs(sft, train[rng.choice(len(train), rm_cfg.n_pair_prompts, replace=False)], task,
                           rm_cfg.k_samples, gen)
     ho_pairs = make_pairs(sft, heldout, task, rm_cfg.k_samples, gen)
+    kinds = pair_kinds(ho_pairs)
     t0 = time.perf_counter()
     rm, losses = train_reward_model(sft, tr_pairs, task, rm_cfg, seed)
     rm_s = time.perf_counter() - t0
-    for p in rm.parameters():
-        p.requires_grad_(False)
+    weak, _ = train_reward_model(sft, tr_pairs, task, dataclasses.replace(rm_cfg, likelihood=False), seed)
     ppo = ppo_rlhf(sft, rm, train, task, ppo_cfg, seed, desc="PPO-RLHF (KL on)")
-    nokl = ppo_rlhf(sft, rm, train, task, dataclasses.replace(ppo_cfg, kl_coef=0.0), seed, desc="PPO-RLHF (KL off)")
+    nokl = ppo_rlhf(sft, weak, train, task, dataclasses.replace(ppo_cfg, kl_coef=0.0), seed,
+                    desc="PPO-RLHF (weak RM, KL off)")
     ev = heldout[:200]
 
     def heldout_reward(model) -> float:
@@ -580,6 +697,9 @@ def rlhf_experiment(toy: bool = True, device: torch.device = CPU, seed: int = 0,
         return sampled_kl(model, sft, ev, task, 4, torch.Generator(device=dev).manual_seed(8))
 
     return RLHFResult(losses, pair_accuracy(rm, tr_pairs, task), pair_accuracy(rm, ho_pairs, task),
+                      {k: pair_accuracy(rm, ho_pairs, task, m) for k, m in kinds.items()},
+                      pair_accuracy(weak, ho_pairs, task),
+                      {k: pair_accuracy(weak, ho_pairs, task, m) for k, m in kinds.items()},
                       len(tr_pairs.problems), ppo, nokl, heldout_reward(sft), heldout_reward(ppo.policy),
                       heldout_reward(nokl.policy), heldout_kl(ppo.policy), heldout_kl(nokl.policy), rm_s,
                       sft.num_params())
@@ -587,30 +707,34 @@ def rlhf_experiment(toy: bool = True, device: torch.device = CPU, seed: int = 0,
 
 def rlhf_report(res: RLHFResult, toy: bool, device: str, seed: int) -> Report:
     rep = Report("ppo", "PPO-RLHF (Bradley–Terry reward model, KL-penalised PPO)", toy, device, seed)
-    h, g = res.ppo.history, res.ppo_nokl.history
-    t_on, t_off, p_off = smooth(h["true_reward"]), smooth(g["true_reward"]), smooth(g["proxy_reward"])
+    g = res.ppo_nokl.history
+    t_off, p_off = smooth(g["true_reward"]), smooth(g["proxy_reward"])
     peak = int(np.argmax(t_off))
     rep.metric("RM pairs (train)", res.n_pairs)
     rep.metric("RM pair accuracy train", res.rm_acc_train)
+    for k, v in res.rm_acc_kinds.items():
+        rep.metric(f"RM held-out accuracy, {k}-only pairs", v)
+    rep.metric("read-out-only RM held-out accuracy", res.weak_acc_heldout)
+    for k, v in res.weak_acc_kinds.items():
+        rep.metric(f"read-out-only RM held-out accuracy, {k}-only pairs", v)
     rep.metric("true reward SFT (held-out)", res.sft_heldout)
     rep.metric("true reward PPO, KL on (held-out)", res.ppo_heldout)
-    rep.metric("true reward PPO, KL off (held-out)", res.nokl_heldout)
+    rep.metric("true reward PPO, weak RM, KL off (held-out)", res.nokl_heldout)
     rep.metric("KL to SFT, KL on (held-out, per sequence)", res.ppo_kl_heldout)
-    rep.metric("KL to SFT, KL off (held-out, per sequence)", res.nokl_kl_heldout)
-    rep.metric("KL off: proxy reward at true-reward peak", p_off[peak])
-    rep.metric("KL off: proxy reward at the end", p_off[-1])
-    rep.metric("KL off: true reward peak (5-iter mean)", t_off[peak])
-    rep.metric("KL off: true reward at the end", t_off[-1])
+    rep.metric("KL to SFT, weak RM, KL off (held-out, per sequence)", res.nokl_kl_heldout)
+    rep.metric("over-optimisation run: proxy reward first 5 iterations", p_off[0])
+    rep.metric("over-optimisation run: proxy reward last 5 iterations", p_off[-1])
+    rep.metric("over-optimisation run: true reward peak (5-iter mean)", t_off[peak])
+    rep.metric("over-optimisation run: true reward last 5 iterations", t_off[-1])
     rep.check("RM held-out pair accuracy", res.rm_acc_heldout, ">=", 0.90)
     rep.check("PPO (KL on) true-reward gain over SFT (held-out)", res.ppo_heldout - res.sft_heldout, ">=", 0.1)
     rep.check("PPO (KL on) final KL per sequence (bounded)", res.ppo_kl_heldout, "<", 2.0)
-    rep.check("PPO (KL on) training true reward: last - first (5-iter means)", t_on[-1] - t_on[0], ">", 0.0)
-    rep.check("KL off: true reward falls from its peak", t_off[peak] - t_off[-1], ">=", 0.1)
-    rep.check("KL off: proxy reward keeps rising after the true peak", p_off[-1] - p_off[peak], ">=", 0.0)
+    rep.check("over-optimisation: proxy reward rises (last - first 5-iter means)", p_off[-1] - p_off[0], ">=", 0.1)
+    rep.check("over-optimisation: true reward falls from its peak", t_off[peak] - t_off[-1], ">=", 0.1)
     return rep
 
 
 def run(toy: bool = True, device: torch.device = CPU, seed: int = 0) -> Report:
-    """Closed loop: SFT -> RM (Bradley–Terry) -> PPO-RLHF with and without the KL penalty."""
+    """Closed loop: SFT -> RM (Bradley–Terry) -> PPO-RLHF; over-optimisation of a weaker proxy without KL."""
     res = rlhf_experiment(toy=toy, device=device, seed=seed)
     return rlhf_report(res, toy, str(device), seed)
