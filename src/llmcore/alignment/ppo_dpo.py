@@ -278,14 +278,15 @@ def task_hf_tokenizer():
     """A Hugging Face tokenizer whose ids equal :func:`llmcore.alignment.tasks.encode`'s.
 
     The book tokenizer's own ``tokenizer.json`` (:meth:`~llmcore.architecture.tokenizer.BPETokenizer.to_hf_json`)
-    with one more pre-tokenizer step in front that isolates every digit, as ``tasks.encode`` does.
+    with one more pre-tokenizer step in front that isolates every digit and every run of letters, of spaces
+    and of other characters, as ``tasks.encode`` does (:data:`llmcore.alignment.tasks.PIECES`).
     """
     from tokenizers import Tokenizer
     from transformers import PreTrainedTokenizerFast
 
     spec = T.TOK.to_hf_json()
     spec["pre_tokenizer"]["pretokenizers"].insert(
-        0, {"type": "Split", "pattern": {"Regex": r"\d"}, "behavior": "Isolated", "invert": False})
+        0, {"type": "Split", "pattern": {"Regex": T.PIECES.pattern}, "behavior": "Isolated", "invert": False})
     return PreTrainedTokenizerFast(tokenizer_object=Tokenizer.from_str(json.dumps(spec)), pad_token="<pad>",
                                    eos_token="<eos>", bos_token="<bos>")
 

@@ -266,7 +266,8 @@ def corrupt(examples: Sequence[Example], frac: float, seed: int = 0, mode: str =
 
 
 # ---- the chat template ------------------------------------------------------------------------------
-_PIECES = re.compile(r"\d|[A-Za-z_]+|\s+|[^\sA-Za-z_\d]+")
+#: the pre-tokenization of task text (see :func:`encode`)
+PIECES = re.compile(r"\d|[A-Za-z_]+|\s+|[^\sA-Za-z_\d]+")
 
 
 def encode(text: str, add_bos: bool = False) -> list[int]:
@@ -277,7 +278,7 @@ def encode(text: str, add_bos: bool = False) -> list[int]:
     ``encode("lexists")`` is a contiguous slice of ``encode("def lexists(path):")``.
     """
     ids = [BOS] if add_bos else []
-    for piece in _PIECES.findall(text):
+    for piece in PIECES.findall(text):
         ids += TOK.encode(piece)
     return ids
 
