@@ -142,3 +142,23 @@ def test_warm_start_records_its_steps(tmp_path, monkeypatch):
     loaded = S.arith_sft_model(never)  # from output/checkpoints under tmp_path
     assert loaded.warm_start_steps == 12
     assert all(torch.equal(a, b) for a, b in zip(trained.state_dict().values(), loaded.state_dict().values()))
+
+
+def test_round_lr_linear_equals_hf_schedule():
+    """Linear decay to 0 by hand and as transformers' get_linear_schedule_with_warmup (no warmup)."""
+    from transformers import get_linear_schedule_with_warmup
+
+    cfg = G.GRPOConfig(lr=1e-4, steps=4)
+    ours = [G.round_lr(cfg, s) for s in range(1, 5)]
+    assert np.allclose(ours, [1e-4, 7.5e-5, 5e-5, 2.5e-5])
+    opt = torch.optim.AdamW([torch.nn.Parameter(torch.zeros(1))], lr=cfg.lr)
+    sched = get_linear_schedule_with_warmup(opt, num_warmup_steps=0, num_training_steps=cfg.steps)
+    hf = []
+    for _ in range(cfg.steps):
+        hf.append(opt.param_groups[0]["lr"])
+        opt.step()
+        sched.step()
+    assert np.allclose(ours, hf)
+    assert G.round_lr(G.GRPOConfig(lr=3e-5, lr_schedule="constant"), 17) == 3e-5
+    with pytest.raises(LLMCoreError):
+        G.GRPOConfig(lr_schedule="cosine")
