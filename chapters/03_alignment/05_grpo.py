@@ -171,7 +171,8 @@ print(f"max |ours - TRL| advantage = {err_adv:.1e}; KL(p||q) = {exact_kl:.4f}, "
 #    the verifier only (the true answers are never shown to the policy), and takes two gradient steps on
 #    the batch (the second is slightly off-policy, so the clip can act).
 # 3. **Control:** from the same start, the same number of optimiser steps of *more SFT* on labelled
-#    answers, with as many sequences per step as GRPO samples and the same learning rate.
+#    answers, with as many sequences per step as GRPO samples and the same peak learning rate (held
+#    constant).
 
 # %%
 cfg = dataclasses.replace(G.default_config(toy), group_size=group_size, beta=beta)
@@ -210,18 +211,19 @@ plt.show()
 # are almost never malformed, just wrong), and GRPO *sharpens* that distribution toward the answers
 # it already half-knows, so the greedy answer improves before most samples do. Groups in which all
 # $G$ responses get the same reward (all right or all wrong) have zero advantage and teach nothing — a
-# third of them here. And the learning rate is small ($7 \cdot 10^{-5}$, decayed linearly to 0 as in
+# fifth to a third of them here. And the learning rate is small ($7 \cdot 10^{-5}$, decayed linearly to 0 as in
 # TRL's default schedule) for a reason: at $10^{-4}$ the greedy accuracy gains less and oscillates,
-# at $3 \cdot 10^{-4}$ the policy collapses (seed 0: 0.62 → 0.33 in 40 rounds); with a fixed number of
+# at $3 \cdot 10^{-4}$ it collapses (seed 0: 0.62 → 0.33 in 40 rounds of 8 × 8); with a fixed number of
 # samples per round, more distinct prompts (32 × $G$=4) beat bigger groups.
 #
 # ### What the pretraining bought
 #
-# The warm start above took a few hundred examples' worth of steps because it fine-tunes the book LM,
-# which already knows digits and how text continues. The same recipe from random weights (same
-# architecture, data, optimiser and number of steps) is printed above the plots: it has not yet
-# learned to add at all, so a partial warm start in the 60 % band — and with it the whole GRPO
-# experiment — would cost several times more steps without the pretrained start.
+# The warm start fine-tunes the book LM, which already knows digits and how text continues, so it
+# reaches the 60 % band in 145-185 steps of 64 problems (seeds 0-4). The same recipe from random
+# weights — same architecture, data, optimiser and number of steps, printed above the plots — has
+# barely begun to add (seed 0, 170 steps: 0.06 held-out accuracy against the book LM's 0.625, a gain of
+# about 57 points). Without the pretrained start, a partial warm start in the 60 % band, and with it
+# the whole GRPO experiment, would cost several times more steps.
 #
 # ### Why no critic is needed: memory
 #
