@@ -16,26 +16,28 @@
 # **中文摘要：** GRPO（组相对策略优化）是 DeepSeekMath 与 DeepSeek-R1 使用的强化学习算法：对每个提示
 # 采样一组 $G$ 个回答，用可验证的奖励（答案是否正确、格式是否合规）打分，再用组内均值和标准差把奖励
 # 归一化为优势——组本身就是基线，因此不需要价值网络（critic）。目标函数沿用 PPO 的裁剪比率，并用 k3
-# 估计量对参考策略加 KL 惩罚。本章在两位数加法上从一个准确率约 60% 的 SFT 模型出发，只给“检查器”
-# 不给标准答案，用 GRPO 把留出集准确率提高 15 个百分点以上；并与“同样步数继续 SFT”的对照组比较，
+# 估计量对参考策略加 KL 惩罚。本章从预训练的本书语言模型（book LM，约 200 万参数）出发，先在两位数
+# 加法上做一次“故意不完整”的 SFT（准确率约 60%，并与同样步数从随机初始化训练的模型对比），再只给
+# “检查器”不给标准答案，用 GRPO 把留出集准确率提高 15 个百分点以上；并与“同样步数继续 SFT”的对照组比较，
 # 讨论什么时候带验证器的强化学习才划算；最后验证我们的优势计算与 TRL 的公式一致，并实测省掉 critic
 # 带来的显存节省。
 #
 # **Learning goals**
 # - write GRPO's group-normalised advantage, clipped objective and k3 KL penalty as a few tensor lines;
-# - train a tiny LM with a verifier only (no labels, no reward model) and watch accuracy, reward,
-#   response length, KL and clipping over training;
+# - fine-tune the pretrained book LM with a verifier only (no labels, no reward model) and watch
+#   accuracy, reward, response length, KL and clipping over training;
 # - compare with more supervised fine-tuning on labelled answers, and say when RL with a checker pays;
 # - measure why GRPO needs no critic (model-state memory vs PPO-RLHF).
 #
 # **Prerequisites:** [PPO / DPO](03_ppo_dpo.ipynb) (clipped surrogate, KL to a reference);
-# [Policy gradient & actor-critic](04_pg_ac.ipynb); the tiny LLaMA of Part 2.
+# [Policy gradient & actor-critic](04_pg_ac.ipynb); [SFT](01_sft.ipynb) (the warm start); the book LM
+# of Part 2.
 
 # %% tags=["parameters"]
-toy = True  # True: ~120k-parameter LM, 60 GRPO rounds (CPU, about a minute); False: 400 rounds, 32 prompts/round
+toy = True  # True: the ~2M-parameter book LM, 40 GRPO rounds x 32 prompts (CPU, ~1-2 minutes); False: 300 x 64
 device = "auto"
 seed = 0
-group_size = 8  # G: responses sampled per prompt
+group_size = 4  # G: responses sampled per prompt
 beta = 0.04  # KL coefficient (k3 estimator)
 
 # %%
@@ -114,7 +116,7 @@ show_source(tasks.check_arith)
 task = sft.ArithConfig()
 train, heldout = tasks.arith_split(task)
 print(f"{len(train)} training problems, {len(heldout)} held out; e.g. {tasks.arith_prompt_text(*heldout[0])!r}")
-for ids in ([ord("4"), ord("2"), tasks.EOS], [ord("4"), ord("2")], list(b"42 ok") + [tasks.EOS]):
+for ids in (tasks.encode("42") + [tasks.EOS], tasks.encode("42"), tasks.encode("42 ok") + [tasks.EOS]):
     print(f"{tasks.decode_arith_response(ids)}  ->  (correct, terse, verbose) = {tasks.check_arith(37, 5, ids)}")
 
 # %% [markdown]
@@ -159,19 +161,24 @@ print(f"max |ours - TRL| advantage = {err_adv:.1e}; KL(p||q) = {exact_kl:.4f}, "
 # %% [markdown]
 # ## The closed loop
 #
-# 1. **SFT warm start:** prompt-masked supervised training, stopped as soon as greedy accuracy on
-#    training problems reaches 60 % — a deliberately half-trained model, so there is room to improve.
-# 2. **GRPO:** each round samples 16 training prompts × $G$ responses at temperature 1, scores them with
+# 1. **SFT warm start:** the pretrained book LM, fine-tuned with prompt-masked supervised training
+#    (batches of 64 problems, AdamW at $10^{-3}$), stopped at the first check (every 5 steps) where
+#    greedy accuracy on 200 training problems reaches 60 % — a deliberately half-trained model, so
+#    there is room to improve. The checks are fine because the book LM learns fast there: about 10
+#    points per 10 steps, with swings of as much in single checks. For comparison, the same warm start
+#    from random weights (same architecture, data and optimiser) for exactly as many steps.
+# 2. **GRPO:** each round samples 32 training prompts × $G$ responses at temperature 1, scores them with
 #    the verifier only (the true answers are never shown to the policy), and takes two gradient steps on
 #    the batch (the second is slightly off-policy, so the clip can act).
 # 3. **Control:** from the same start, the same number of optimiser steps of *more SFT* on labelled
-#    answers, with as many sequences per step as GRPO samples.
+#    answers, with as many sequences per step as GRPO samples and the same peak learning rate (held
+#    constant).
 
 # %%
-cfg = G.GRPOConfig(group_size=group_size, beta=beta)
-if not toy:
-    cfg = dataclasses.replace(cfg, steps=400, prompts_per_step=32)
+cfg = dataclasses.replace(G.default_config(toy), group_size=group_size, beta=beta)
 res = G.experiment(toy=toy, device=dev, seed=seed, cfg=cfg)
+print(f"SFT warm start: {res.warm_start_steps} steps; held-out accuracy from the book LM {res.acc_start:.3f}, "
+      f"from random weights (same steps) {res.acc_scratch:.3f}")
 print(f"held-out accuracy: SFT start {res.acc_start:.3f} -> GRPO {res.acc_grpo:.3f}; "
       f"SFT control {res.acc_sft_control:.3f}")
 
@@ -199,11 +206,24 @@ fig.tight_layout()
 plt.show()
 
 # %% [markdown]
-# Two things to read off the plots. The greedy accuracy jumps within a few rounds: GRPO first
-# *sharpens* the distribution toward the answers the model already half-knows, which is why the sampled
-# reward (temperature 1) rises more slowly than the greedy accuracy. And groups in which all $G$
-# responses get the same reward (all right or all wrong) have zero advantage and teach nothing — as
-# the model improves, more groups are "all right", and the signal thins out.
+# Three things to read off the plots. The sampled reward (temperature 1) sits well below the greedy
+# accuracy: the half-trained policy spreads its probability over several plausible sums (its samples
+# are almost never malformed, just wrong), and GRPO *sharpens* that distribution toward the answers
+# it already half-knows, so the greedy answer improves before most samples do. Groups in which all
+# $G$ responses get the same reward (all right or all wrong) have zero advantage and teach nothing — a
+# fifth to a third of them here. And the learning rate is small ($7 \cdot 10^{-5}$, decayed linearly to 0 as in
+# TRL's default schedule) for a reason: at $10^{-4}$ the greedy accuracy gains less and oscillates,
+# at $3 \cdot 10^{-4}$ it collapses (seed 0: 0.62 → 0.33 in 40 rounds of 8 × 8); with a fixed number of
+# samples per round, more distinct prompts (32 × $G$=4) beat bigger groups.
+#
+# ### What the pretraining bought
+#
+# The warm start fine-tunes the book LM, which already knows digits and how text continues, so it
+# reaches the 60 % band in 145-185 steps of 64 problems (seeds 0-4). The same recipe from random
+# weights — same architecture, data, optimiser and number of steps, printed above the plots — has
+# barely begun to add (seed 0, 170 steps: 0.06 held-out accuracy against the book LM's 0.625, a gain of
+# about 57 points). Without the pretrained start, a partial warm start in the 60 % band, and with it
+# the whole GRPO experiment, would cost several times more steps.
 #
 # ### Why no critic is needed: memory
 #

@@ -1,5 +1,6 @@
 """GRPO: group advantages vs TRL's formula, KL estimators vs their definitions, the clipped loss by hand."""
 
+import dataclasses
 import math
 
 import numpy as np
@@ -123,3 +124,41 @@ def test_grpo_round_runs_on_policy_and_memory_accounting():
     n = policy.num_params() * 4
     assert G.model_state_bytes([policy], [ref]) == 5 * n
     assert G.model_state_bytes([policy, policy], [ref, ref]) == 10 * n
+
+
+def test_warm_start_records_its_steps(tmp_path, monkeypatch):
+    """The warm start stops at the first check that reaches the target and says how many steps it took
+    (trained and loaded from the cache alike): the from-scratch comparison trains that many steps."""
+    monkeypatch.setenv("LLMCORE_OUTPUT", str(tmp_path))
+    tiny = S.ArithConfig(init="scratch", d_model=32, n_layers=1, n_heads=2, sft_batch=8)
+    fixed = dataclasses.replace(tiny, sft_steps=7)
+    assert S.arith_sft_model(fixed, cache=False).warm_start_steps == 7
+    # target 0: the first check (after sft_check_every steps) stops it; target 2: never reached, all steps
+    early = dataclasses.replace(tiny, sft_steps=12, sft_target_acc=0.0, sft_check_every=3)
+    never = dataclasses.replace(early, sft_target_acc=2.0)
+    assert S.arith_sft_model(early, cache=False).warm_start_steps == 3
+    trained = S.arith_sft_model(never)
+    assert trained.warm_start_steps == 12
+    loaded = S.arith_sft_model(never)  # from output/checkpoints under tmp_path
+    assert loaded.warm_start_steps == 12
+    assert all(torch.equal(a, b) for a, b in zip(trained.state_dict().values(), loaded.state_dict().values()))
+
+
+def test_round_lr_linear_equals_hf_schedule():
+    """Linear decay to 0 by hand and as transformers' get_linear_schedule_with_warmup (no warmup)."""
+    from transformers import get_linear_schedule_with_warmup
+
+    cfg = G.GRPOConfig(lr=1e-4, steps=4)
+    ours = [G.round_lr(cfg, s) for s in range(1, 5)]
+    assert np.allclose(ours, [1e-4, 7.5e-5, 5e-5, 2.5e-5])
+    opt = torch.optim.AdamW([torch.nn.Parameter(torch.zeros(1))], lr=cfg.lr)
+    sched = get_linear_schedule_with_warmup(opt, num_warmup_steps=0, num_training_steps=cfg.steps)
+    hf = []
+    for _ in range(cfg.steps):
+        hf.append(opt.param_groups[0]["lr"])
+        opt.step()
+        sched.step()
+    assert np.allclose(ours, hf)
+    assert G.round_lr(G.GRPOConfig(lr=3e-5, lr_schedule="constant"), 17) == 3e-5
+    with pytest.raises(LLMCoreError):
+        G.GRPOConfig(lr_schedule="cosine")

@@ -501,7 +501,9 @@ def arith_sft_model(cfg: ArithConfig, device: str | torch.device = "cpu", seed: 
     ``output/checkpoints/arith_sft-<hash>``; ``cache=False`` always trains and stores nothing).
 
     The model is built after ``torch.manual_seed(seed)`` on both paths, so the global RNG is in the
-    same state whether the weights were trained or loaded.
+    same state whether the weights were trained or loaded. ``model.warm_start_steps`` holds the number
+    of optimiser steps the warm start took (``cfg.sft_steps``, or fewer when ``sft_target_acc`` stopped
+    it), stored next to the weights: a from-scratch comparison at equal steps needs it.
     """
     torch.manual_seed(seed)
     model = cfg.initial_model()
@@ -513,28 +515,33 @@ def arith_sft_model(cfg: ArithConfig, device: str | torch.device = "cpu", seed: 
         opt = arith_optimizer(model, cfg.sft_lr)
         kw = {"opt": opt, "warmup": None, "grad_clip": cfg.sft_grad_clip, "logits_fn": causal_logits,
               "desc": "SFT warm start"}
+        steps = cfg.sft_steps
         if cfg.sft_target_acc is None:
             train_packed(model, arith_batches(train_set, cfg, rng), cfg.sft_steps, **kw)
         else:
             probe = train_set[:200]
-            for _ in range(0, cfg.sft_steps, cfg.sft_check_every):
+            for start in range(0, cfg.sft_steps, cfg.sft_check_every):
                 train_packed(model, arith_batches(train_set, cfg, rng), cfg.sft_check_every, **kw)
+                steps = start + cfg.sft_check_every
                 if arith_accuracy(model, probe, cfg)["correct"] >= cfg.sft_target_acc:
                     break
+        model.warm_start_steps = steps
         if path is not None:
             model.save_pretrained(path)  # HF layout; a tied lm_head is stored once
+            (path / "warm_start.json").write_text(json.dumps({"steps": steps}))
 
     def load(path: Path) -> Llama:
         sd = load_file(str(path / "model.safetensors"))
         if model.config.tie_embeddings:
             sd["lm_head.weight"] = sd["model.embed_tokens.weight"]
         model.load_state_dict(sd)
+        model.warm_start_steps = json.loads((path / "warm_start.json").read_text())["steps"]
         return model.to(device)
 
     if not cache:
         train(None)
         return model
-    return train_once("arith_sft", {"cfg": cfg, "seed": seed}, train, load, version=3)
+    return train_once("arith_sft", {"cfg": cfg, "seed": seed}, train, load, version=4)
 
 
 # ---- the closed loop ---------------------------------------------------------------------------------------

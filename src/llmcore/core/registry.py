@@ -173,7 +173,8 @@ MODULES: tuple[Module, ...] = (
                      "A2C and PPO reach >= 475 mean return over the last 100 episodes on CartPole-v1 (3 seeds)")),
     Module("grpo", _P3, "05_grpo", "DeepSeek GRPO", "DeepSeek GRPO 推理对齐", "推理对齐 Reasoning alignment",
            "GRPO 对齐范式、奖励建模与复杂推理链验证", run="llmcore.alignment.grpo:run", prerequisites=("ppo",),
-           criteria=("held-out accuracy +15 points over a 60-70% SFT start", "advantages equal TRL's formula")),
+           criteria=("held-out accuracy +15 points over a partial SFT start of the book LM (stopped at 60%, "
+                     "checked in [50%, 80%))", "advantages equal TRL's formula")),
     Module("agentic_rl", _P3, "06_agentic_rl", "Agentic RL", "智能体强化学习", "智能体强化学习 Agentic RL",
            "Agentic-RL 训练范式、MARL (MAPPO) 与 User Simulator", prerequisites=("pg_ac",)),
     Module("data_eval", _P3, "07_data_eval", "Data & Evaluation", "数据与评估", "数据与评估 Data & evaluation",
