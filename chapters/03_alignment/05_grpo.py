@@ -255,10 +255,14 @@ print(f"wall-clock (shared 2-core CPU, inflated by load): GRPO {res.grpo_s:.1f} 
 # %% [markdown]
 # ## Results
 
+# %% tags=["nbval-ignore-output"]
+report = G.make_report(res, toy, str(dev), seed)
+print(report.summary())  # trained numbers: they move with the seed and the CPU's kernels
+
 # %%
 # NBVAL_CHECK_OUTPUT
-report = G.make_report(res, toy, str(dev), seed)
-print(report.summary())
+for c in report.criteria:
+    print(f"[{'PASS' if c.passed else 'FAIL'}] {c.name} {c.op} {c.threshold:g}")
 assert report.passed, report.failures()
 assert res.acc_grpo - res.acc_start >= 0.15
 
