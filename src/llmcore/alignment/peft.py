@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import copy
 import math
-import random
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 
@@ -37,6 +36,7 @@ from torch import nn
 from llmcore.alignment import sft as S
 from llmcore.alignment import tasks as T
 from llmcore.alignment.sft import packed_mask
+from llmcore.architecture.book_lm import BOOK_LM_CONFIG, load_book_lm
 from llmcore.architecture.llama import Llama, rope_cos_sin
 from llmcore.architecture.quantization import QuantLinear
 from llmcore.core.device import CPU
@@ -183,11 +183,15 @@ def adam_state_bytes(trainable: int, bytes_per: int = 4) -> int:
     return 2 * bytes_per * trainable
 
 
-def lora_fraction(d_model: int, n_layers: int, vocab: int = 264, r: int = 4,
-                  targets: Sequence[str] = ("q_proj", "v_proj")) -> float:
-    """Trainable share of a LoRA'd LLaMA of width ``d_model`` (parameters counted, no training)."""
+def lora_fraction(d_model: int, n_layers: int, vocab: int = BOOK_LM_CONFIG.vocab_size, r: int = 4,
+                  targets: Sequence[str] = ("q_proj", "v_proj"),
+                  kv_ratio: float = BOOK_LM_CONFIG.n_kv_heads / BOOK_LM_CONFIG.n_heads) -> float:
+    """Trainable share of a LoRA'd LLaMA of width ``d_model`` (parameters counted, no training); tied
+    embeddings, SwiGLU width ``16 * ceil(8 d / 3 / 16)``, key/value width ``kv_ratio * d_model`` (GQA;
+    the defaults are the book LM's)."""
     ffn = 16 * math.ceil(8 * d_model / 3 / 16)
-    shapes = {"q_proj": (d_model, d_model), "k_proj": (d_model, d_model), "v_proj": (d_model, d_model),
+    kv = round(kv_ratio * d_model)
+    shapes = {"q_proj": (d_model, d_model), "k_proj": (kv, d_model), "v_proj": (kv, d_model),
               "o_proj": (d_model, d_model), "gate_proj": (ffn, d_model), "up_proj": (ffn, d_model),
               "down_proj": (d_model, ffn)}
     block = sum(o * i for o, i in shapes.values()) + 2 * d_model
@@ -377,7 +381,7 @@ def sign_conflict_share(taus: Sequence[dict[str, torch.Tensor]], density: float 
 # ---- the closed loop ----------------------------------------------------------------------------------------
 @dataclass
 class Method:
-    """One way to adapt the SFT model to a new task (name, what to train, its learning rate)."""
+    """One way to adapt the base to a new task (name, what to train, its learning rate)."""
 
     name: str
     kind: str  # "full" | "lora" | "prefix" | "prompt"
@@ -389,25 +393,38 @@ class Method:
 
 ALL_LINEARS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 LORA_TARGETS = ("q_proj", "v_proj", "o_proj")  #: the chapter's LoRA targets: the attention's q, v and output
+FULL_LR = 2e-3  #: full fine-tuning of the book LM (3e-3 tends to diverge it; with clipping 1e-3..2e-3 is stable)
+LORA_LR = 1e-2  #: LoRA's step (adapters start at B = 0 and need a larger one)
 
 
 def lora_method(rank: int, quantize_base: bool = False) -> Method:
     """LoRA of rank ``rank`` on :data:`LORA_TARGETS` (alpha = 2r, so the scale alpha / r = 2 for every rank)."""
     name = f"QLoRA r={rank} (INT4 base)" if quantize_base else f"LoRA r={rank}"
-    return Method(name, "lora", 2e-2, LoRAConfig(r=rank, alpha=2 * rank, target_modules=LORA_TARGETS,
-                                                 quantize_base=quantize_base))
+    return Method(name, "lora", LORA_LR, LoRAConfig(r=rank, alpha=2 * rank, target_modules=LORA_TARGETS,
+                                                    quantize_base=quantize_base))
 
 
 def default_methods(rank: int = 4) -> list[Method]:
-    """Full fine-tuning first, LoRA second (:func:`make_report` relies on the order). Learning rates were
-    tuned once per method on the toy task (adapters need a larger step than full fine-tuning)."""
+    """Full fine-tuning first, LoRA second (:func:`make_report` relies on the order)."""
     return [
-        Method("full fine-tuning", "full", 2e-3),
+        Method("full fine-tuning", "full", FULL_LR),
         lora_method(rank),
         lora_method(rank, quantize_base=True),
         Method("prefix tuning P=8", "prefix", 3e-1, n_virtual=8),
         Method("prompt tuning P=8", "prompt", 1e-1, n_virtual=8, init_text="upper: "),
     ]
+
+
+def base_model(init: str = "book_lm", seed: int = 0) -> Llama:
+    """The base every method adapts: the pretrained book LM (:func:`~llmcore.architecture.book_lm.load_book_lm`)
+    or, for the comparison at equal steps, a randomly initialised Llama of the same shape (``init="scratch"``,
+    drawn after ``torch.manual_seed(seed)``)."""
+    if init == "book_lm":
+        return load_book_lm().model
+    if init == "scratch":
+        torch.manual_seed(seed)
+        return Llama(BOOK_LM_CONFIG).eval()
+    raise LLMCoreError(f"init must be 'book_lm' or 'scratch', got {init!r}")
 
 
 def adapt(base: Llama, method: Method, cfg, device: str | torch.device = "cpu"):
@@ -443,45 +460,22 @@ def adapt(base: Llama, method: Method, cfg, device: str | torch.device = "cpu"):
     return wrapper, wrapper.logits, losses, tr, tr + sum(p.numel() for p in base.parameters())
 
 
-def task_config(toy: bool, family: str, seed: int = 0, templates: str = "heldout"):
-    """The fixed fine-tuning budget for one new task: ``family`` asked in a phrasing (``templates``) the SFT
-    model never saw, so it starts at 0 % although it has the skill."""
+def task_config(toy: bool, family: str, seed: int = 0, templates: str = "t0"):
+    """The fixed fine-tuning budget for one new task (``family`` asked in the phrasing ``templates``). The
+    book LM was pretrained on Python text and has never seen the chat template: it starts at 0 %."""
     if toy:
-        return S.SFTConfig(families=(family,), templates=templates, n_train=6000, steps=150, batch_rows=16,
+        return S.SFTConfig(families=(family,), templates=templates, n_train=6000, steps=100, batch_rows=16,
                            seq_len=64, warmup_steps=10, data_seed=2, seed=seed)
-    return replace(S.toy_config(False, seed), families=(family,), templates=templates, steps=1000,
-                   n_train=50_000, data_seed=2)
-
-
-def replay_data(cfg, base_cfg, replay: float = 0.5):
-    """Packed rows of ``cfg``'s task conversations mixed with a ``replay`` share of the base model's own SFT
-    data (``base_cfg``'s families and templates), shuffled. The replayed half keeps the shared skill in place,
-    so the task vector mostly holds what is specific to the new task."""
-    n_old = round(cfg.n_train * replay)
-    new = T.make_examples(cfg.families, cfg.n_train - n_old, "train", cfg.templates, seed=cfg.data_seed,
-                          full=cfg.full)
-    old = T.make_examples(base_cfg.families, n_old, "train", base_cfg.templates, seed=cfg.data_seed + 100,
-                          full=base_cfg.full) if n_old else []
-    ex = new + old
-    random.Random(cfg.data_seed).shuffle(ex)
-    return S.pack(ex, cfg.seq_len)
-
-
-def task_finetune(base: Llama, cfg, base_cfg, lr: float = 3e-3, replay: float = 0.5,
-                  device: str | torch.device = "cpu") -> tuple[Llama, list[float]]:
-    """One task-specific full fine-tune for merging (AdamW, the task's step budget, half the rows replayed SFT data)."""
-    model = copy.deepcopy(base).to(device)
-    losses = S.finetune(model, replace(cfg, lr=lr), f"task fine-tune {cfg.families[0]}@{cfg.templates}",
-                        data=replay_data(cfg, base_cfg, replay))
-    return model, losses
+    return S.SFTConfig(families=(family,), templates=templates, full=True, n_train=50_000, steps=1000,
+                       batch_rows=32, seq_len=128, warmup_steps=30, data_seed=2, seed=seed)
 
 
 def merge_grid(seed: int = 0) -> list[tuple[str, MergeSpec]]:
-    """Merge candidates ``(method label, spec)``; per label, the best spec on the validation split is used."""
+    """Merge candidates ``(method label, spec)``; per label, the best spec on the validation split is used.
+    TIES always trims (top 20 % or 50 % of each task vector)."""
     grid = [("average", MergeSpec("average"))]
     grid += [("task arithmetic", MergeSpec("task_arithmetic", lam=lam)) for lam in (0.6, 0.8, 1.0, 1.2)]
-    grid += [("TIES", MergeSpec("ties", lam=lam, density=k)) for k in (0.2, 0.5, 1.0) for lam in (0.8, 1.0, 1.2, 1.4)]
-    grid += [("DARE-TIES", MergeSpec("dare_ties", lam=lam, drop=0.5, seed=seed)) for lam in (0.8, 1.0, 1.2, 1.4)]
+    grid += [("TIES", MergeSpec("ties", lam=lam, density=k)) for k in (0.2, 0.5) for lam in (1.0, 1.4, 1.8)]
     return grid
 
 
@@ -498,11 +492,12 @@ def spec_label(spec: MergeSpec) -> str:
 
 @dataclass
 class PEFTResult:
-    base_em: dict[str, float]  # SFT model on the new tasks, before adaptation
+    base_em: dict[str, float]  # the base on the new tasks, before adaptation
     rows: list[dict]  # per method: name, trainable, total, trainable %, optimizer bytes, EM
     rank_sweep: dict[int, dict]  # rank -> {"EM", "trainable %"}
     width_sweep: dict[int, float]  # d_model -> LoRA trainable share (counted)
-    single: dict[str, float]  # task -> EM of its own task fine-tune (the merge inputs)
+    scratch: dict[str, float]  # method -> EM on task A of the same budget from a random init of the same shape
+    single: dict[str, float]  # task -> EM of its own full fine-tune (the merge inputs)
     merges: dict[str, dict[str, float]]  # merge method -> task -> test EM (hyperparameters chosen on validation)
     chosen: dict[str, str]  # merge method -> chosen hyperparameters
     val_scores: list[tuple[str, str, float]]  # (method, hyperparameters, mean validation EM) for the whole grid
@@ -512,40 +507,42 @@ class PEFTResult:
     peft_max_diff: float
     merge_unmerge_diff: float
     losses: dict[str, list[float]] = field(default_factory=dict)
-    base: Llama | None = None  # the SFT model all methods start from
+    base: Llama | None = None  # the pretrained base all methods start from
     taus: list[dict[str, torch.Tensor]] = field(default_factory=list)  # the two task vectors (merge inputs)
     tests: dict[str, list] = field(default_factory=dict)  # task -> held-out examples
 
 
 def experiment(toy: bool = True, seed: int = 0, device: torch.device = CPU,
-               tasks: tuple[tuple[str, str], ...] = (("upper", "t1"), ("add", "t2")),
-               ranks: Sequence[int] = (1, 2, 4, 8)) -> PEFTResult:
-    """Adapt the SFT model to task A with every method, sweep LoRA's rank, merge two task fine-tunes.
+               tasks: tuple[tuple[str, str], ...] = (("upper", "t0"), ("sort", "t0")),
+               ranks: Sequence[int] = (4, 8), scratch_methods: int = 1) -> PEFTResult:
+    """Adapt the book LM to task A with every method, sweep LoRA's rank, merge two task fine-tunes, and give
+    the first ``scratch_methods`` methods (full fine-tuning, then LoRA) the same budget on a random init of the
+    book LM's shape.
 
-    A task is ``(family, templates)``: by default upper-casing asked as ``"caps {s}"`` (A, adapted by every
-    method) and addition asked as ``"sum of {a}+{b}="`` (B) -- phrasings the SFT model (trained on
-    ``"upper: {s}"`` and ``"{a}+{b}="``) never saw. The merge combines a fine-tune on A with one on B.
+    A task is ``(family, templates)``: by default upper-casing asked as ``"upper: {s}"`` (A, adapted by every
+    method) and sorting letters asked as ``"sort: {s}"`` (B). The merge combines the full fine-tune on A with
+    one on B; both start from the book LM, which scores 0 % on either before fine-tuning.
     """
-    base_cfg = S.toy_config(toy, seed)
-    base, _ = S.sft_model(base_cfg, device=device)
-    base = base.cpu()  # tiny: CPU-side copies; each method moves its own copy to ``device``
+    base = base_model("book_lm")
     names = [f"{fam}@{tm}" for fam, tm in tasks]
     task_a = names[0]
     cfgs = {n: task_config(toy, fam, seed, tm) for n, (fam, tm) in zip(names, tasks)}
     tests = {n: S.test_set((fam,), n=200, templates=tm, full=not toy) for n, (fam, tm) in zip(names, tasks)}
-    vals = {n: T.make_examples((fam,), 100, "train", tm, seed=999, full=not toy, unique=True)
+    vals = {n: T.make_examples((fam,), 60, "train", tm, seed=999, full=not toy, unique=True)
             for n, (fam, tm) in zip(names, tasks)}  # validation: train-bucket inputs, never the test set
 
     def em(model, task, fn=None, split=tests):
-        return S.exact_match(model, split[task], logits_fn=fn)[0]
+        return S.exact_match(model.cpu(), split[task], logits_fn=fn)[0]
 
     base_em = {t: em(base, t) for t in names}
-    rows, losses = [], {}
+    rows, losses, finetuned = [], {}, {}
     for meth in default_methods():
         model, fn, ls, tr, tot = adapt(base, meth, cfgs[task_a], device)
         rows.append({"method": meth.name, "trainable": tr, "total": tot, "trainable %": 100 * tr / tot,
                      "optimizer bytes": adam_state_bytes(tr), "EM": em(model, task_a, fn)})
         losses[meth.name] = ls
+        if meth.kind == "full":
+            finetuned[task_a] = model.cpu()  # the first merge input
     rank_sweep = {}
     for r in ranks:
         row = next((x for x in rows if x["method"] == f"LoRA r={r}"), None)
@@ -553,16 +550,23 @@ def experiment(toy: bool = True, seed: int = 0, device: torch.device = CPU,
             model, _, _, tr, tot = adapt(base, lora_method(r), cfgs[task_a], device)
             row = {"EM": em(model, task_a), "trainable %": 100 * tr / tot}
         rank_sweep[r] = {"EM": row["EM"], "trainable %": row["trainable %"]}
-    width = {d: lora_fraction(d, base.config.n_layers, r=4, targets=LORA_TARGETS) for d in (64, 256, 1024, 4096)}
+    width = {d: lora_fraction(d, base.config.n_layers, vocab=base.config.vocab_size, r=4, targets=LORA_TARGETS)
+             for d in (192, 1024, 4096)}
+    scratch = {}  # the same budget from random weights of the same shape: what pretraining is worth here
+    for meth in default_methods()[:scratch_methods]:
+        model, _, losses[f"{meth.name} (scratch)"], _, _ = adapt(base_model("scratch", seed), meth, cfgs[task_a],
+                                                                 device)
+        scratch[meth.name] = em(model, task_a)
 
-    # merging: one task-specific fine-tune per task, then the merges of their task vectors
-    finetuned = {}
-    for t in names:
-        finetuned[t], losses[f"task fine-tune {t}"] = task_finetune(base, cfgs[t], base_cfg, device=device)
+    # merging: one full fine-tune per task (A's is the one above), then the merges of their task vectors
+    full = default_methods()[0]
+    for t in names[1:]:
+        finetuned[t], _, losses[f"task fine-tune {t}"], _, _ = adapt(base, full, cfgs[t], device)
+        finetuned[t] = finetuned[t].cpu()
     single = {t: em(finetuned[t], t) for t in names}
     taus = [task_vector(finetuned[t], base) for t in names]
     scale_curve = {t: {lam: em(merge_models(base, [tau], MergeSpec("task_arithmetic", lam=lam)), t)
-                       for lam in (0.25, 0.5, 0.75, 1.0)} for t, tau in zip(names, taus)}
+                       for lam in (0.5, 1.0)} for t, tau in zip(names, taus)}
     val_scores, best = [], {}
     for label, spec in merge_grid(seed):  # choose each method's hyperparameters on the validation split
         merged = merge_models(base, taus, spec)
@@ -576,14 +580,14 @@ def experiment(toy: bool = True, seed: int = 0, device: torch.device = CPU,
         merges[label] = {t: em(merged, t) for t in names}
         chosen[label] = spec_label(spec)
 
-    # cross-checks on the real model: LoRA vs PEFT, merge/unmerge
-    chk, lcfg = copy.deepcopy(base).cpu(), LoRAConfig(r=4, alpha=8, target_modules=LORA_TARGETS)
+    # cross-checks on the real model: LoRA vs PEFT on the book LM's HF export, merge/unmerge
+    chk, lcfg = copy.deepcopy(base), LoRAConfig(r=4, alpha=8, target_modules=LORA_TARGETS)
     mods = apply_lora(chk, lcfg)
     with torch.no_grad():
         for m in mods.values():
             m.lora_B.weight.normal_(0, 0.1, generator=torch.Generator().manual_seed(seed))
     idx, _, att = S.pad_batch(tests[task_a][:8])
-    pm = to_peft(chk, base.cpu(), lcfg)
+    pm = to_peft(chk, base, lcfg)
     with torch.no_grad():
         real = att.bool()
         ours = chk(idx, attention_mask=att)[real]
@@ -592,20 +596,35 @@ def experiment(toy: bool = True, seed: int = 0, device: torch.device = CPU,
         merge_lora(chk)
         unmerge_lora(chk)
         mu = max(float((m.base.weight - w).abs().max()) for m, w in zip(mods.values(), w0))
-    return PEFTResult(base_em, rows, rank_sweep, width, single, merges, chosen, val_scores, scale_curve,
+    return PEFTResult(base_em, rows, rank_sweep, width, scratch, single, merges, chosen, val_scores, scale_curve,
                       sign_conflict_share(taus), sign_conflict_share(taus, 0.2), peft_diff, mu, losses,
                       base, taus, tests)
+
+
+#: Issue 8's merge criterion is a criterion only in full mode: at toy scale it is reported (see the chapter and
+#: book/benchmarks.md, "PEFT: merging at toy scale").
+MERGE_KEEP = 0.8
+
+
+def merge_keep(res: PEFTResult, method: str = "TIES") -> float:
+    """Worst task's merged EM over its single-task EM."""
+    d = res.merges[method]
+    return min(d[t] / max(res.single[t], 1e-9) for t in d)
 
 
 def make_report(res: PEFTResult, toy: bool, device: str, seed: int):
     rep = Report("peft", "PEFT (LoRA, Prefix Tuning, Merging) / 参数高效微调", toy, device, seed)
     for t, a in res.base_em.items():
-        rep.metric(f"SFT model EM on {t} (before)", a)
+        rep.metric(f"book LM EM on {t} (before)", a)
     for r in res.rows:
         rep.metric(f"{r['method']}: EM", r["EM"])
         rep.metric(f"{r['method']}: trainable %", r["trainable %"])
     for r, d in res.rank_sweep.items():
         rep.metric(f"LoRA rank {r}: EM", d["EM"])
+    em_of = {r["method"]: r["EM"] for r in res.rows}
+    for m, a in res.scratch.items():
+        rep.metric(f"{m} from a random init: EM", a)
+        rep.metric(f"{m}: gain of the pretrained start (points)", 100 * (em_of[m] - a))
     for t, a in res.single.items():
         rep.metric(f"single-task fine-tune EM {t}", a)
     for m, d in res.merges.items():
@@ -618,16 +637,19 @@ def make_report(res: PEFTResult, toy: bool, device: str, seed: int):
     rep.check("max |W after merge+unmerge - W0|", res.merge_unmerge_diff, "<", 1e-6)
     rep.check("full FT EM - LoRA EM (points)", 100 * (full["EM"] - lora["EM"]), "<=", 5.0)
     rep.check("LoRA trainable %", lora["trainable %"], "<", 5.0)
-    ties = res.merges["TIES"]
-    rep.check("TIES merge: worst task EM / single-task EM", min(ties[t] / max(res.single[t], 1e-9) for t in ties),
-              ">=", 0.8)
-    avg = res.merges["average"]
+    keep = {m: merge_keep(res, m) for m in ("TIES", "task arithmetic")}
+    if toy:  # report-only at toy scale (the merge decision of issue 14)
+        for m, k in keep.items():
+            rep.metric(f"{m} merge: worst task EM / single-task EM (report-only in toy mode)", k)
+    else:
+        rep.check("TIES merge: worst task EM / single-task EM", keep["TIES"], ">=", MERGE_KEEP)
+    ties, avg = res.merges["TIES"], res.merges["average"]
     rep.check("TIES mean EM - averaging mean EM", sum(ties.values()) / 2 - sum(avg.values()) / 2, ">", 0.0)
     return rep
 
 
 def run(toy: bool = True, device: torch.device = CPU, seed: int = 0):
-    """The PEFT closed loop: adapt the SFT model to a new task five ways, sweep LoRA rank, merge two tasks."""
+    """The PEFT closed loop: adapt the book LM to a new task five ways, sweep LoRA rank, merge two tasks."""
     dev = device  # resolved once by the registry (run_module)
     res = experiment(toy=toy, seed=seed, device=dev)
     return make_report(res, toy, str(dev), seed)
