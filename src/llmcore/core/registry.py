@@ -155,7 +155,7 @@ MODULES: tuple[Module, ...] = (
            criteria=("LoRA logits equal PEFT's (1e-6)", "merge + unmerge restores W0",
                      "LoRA within 5 points of full FT",
                      "TIES merge keeps >= 80% of each task (full mode; reported in toy mode)",
-                     "TIES beats plain averaging")),
+                     "TIES beats plain averaging (full mode; reported in toy mode)")),
     Module("ppo", _P3, "03_ppo_dpo", "PPO / DPO", "PPO 与 DPO 偏好对齐", "偏好对齐 Preference alignment",
            "在线/离线对齐算法、奖励模型 (RM) 与隐式偏好优化 (DPO)", run="llmcore.alignment.ppo_dpo:run",
            prerequisites=("sft", "pg_ac"),
