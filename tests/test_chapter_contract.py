@@ -19,6 +19,7 @@ import yaml
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 
+import llmcore.exercises as exercises
 from llmcore.core.registry import MODULES, rows
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -224,6 +225,52 @@ def test_exercises_and_references(chapter):
     _, nb, _ = chapter
     md = "\n".join(c.source for c in nb.cells if c.cell_type == "markdown")
     assert "## Exercises" in md and "## References" in md and "{cite}" in md
+
+
+#: chapters written before the editorial contract (issue 17) and not yet brought up to it; the set only shrinks
+PENDING_EDITORIAL = {"transformer", "attention", "decoding", "sft", "peft", "ppo", "pg_ac", "grpo",
+                     "distributed", "zero"}
+ADMONITION = re.compile(r"^```\{admonition\} (.+)$", re.M)
+
+
+def editorial_problems(nb) -> list[str]:
+    """What a chapter's markdown lacks of the editorial contract (DESIGN.md, point 9); empty when complete."""
+    md = "\n".join(c.source for c in nb.cells if c.cell_type == "markdown")
+    problems = [f"heading without Chinese: {h!r}" for h in re.findall(r"^##+ .+$", md, re.M) if not CJK.search(h)]
+    boxes = {title.strip(): None for title in ADMONITION.findall(md)}
+    for title in ("Where this differs from the paper / production · 与论文和生产系统的差别",
+                  "Hardware and cost card · 硬件与成本", "要点 · Key points"):
+        if title not in boxes:
+            problems.append(f"missing the admonition {title!r}")
+    key = re.search(r"^```\{admonition\} 要点 · Key points\n(.*?)^```", md, re.M | re.S)
+    if key:
+        bullets = re.findall(r"^- (.+(?:\n  .+)*)", key.group(1), re.M)
+        if not 5 <= len(bullets) <= 8:
+            problems.append(f"Key points needs 5-8 bullets, has {len(bullets)}")
+        problems += [f"Key point not in both languages: {b[:50]!r}" for b in bullets
+                     if not (CJK.search(b) and re.search(r"[A-Za-z]{4,} [a-z]{2,}", b))]
+    ex = re.search(r"^## Exercises / 练习\n(.*?)(?=^## )", md, re.M | re.S)
+    if not ex:
+        problems.append("missing '## Exercises / 练习'")
+    else:
+        if len(re.findall(r"^\d+\. ", ex.group(1), re.M)) < 3:
+            problems.append("needs 3+ numbered exercises")
+        checks = set(re.findall(r"llmcore\.exercises\.(check_\w+)", ex.group(1)))
+        if not checks:
+            problems.append("no self-checked exercise (llmcore.exercises.check_<name>)")
+        problems += [f"{c} is not in llmcore.exercises" for c in sorted(checks - set(exercises.__all__))]
+        if ":::{admonition} Solutions\n:class: dropdown" not in ex.group(1):
+            problems.append("solutions belong in a collapsed ':::{admonition} Solutions' (:class: dropdown) block")
+    return problems
+
+
+def test_editorial_contract(chapter):
+    m, nb, _ = chapter
+    problems = editorial_problems(nb)
+    if m.name in PENDING_EDITORIAL:
+        assert problems, f"{m.name} now meets the editorial contract: remove it from PENDING_EDITORIAL"
+        pytest.skip(f"{m.name}: editorial pass pending (issue 17): {problems[0]}")
+    assert not problems, f"{m.chapter}: " + "; ".join(problems)
 
 
 def test_registered_and_in_toc(chapter):

@@ -220,7 +220,7 @@ print(f"value iteration: {res.vi_sweeps} sweeps; policy iteration: {res.pi_iters
       f"policy evaluation: {res.eval_sweeps} sweeps")
 
 # %% [markdown]
-# ### Watching the backup spread value from the goal
+# ### Watching the backup spread value from the goal / 看回溯把价值从终点向外传播
 #
 # Each sweep of value iteration pushes value one step further from the goal; holes stay at 0.
 

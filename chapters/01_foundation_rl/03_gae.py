@@ -157,7 +157,7 @@ show_source(G.bootstrap_truncation)
 show_source(G.compute_gae_matrix)
 
 # %% [markdown]
-# ### A hand-computed example
+# ### A hand-computed example / 手算示例
 #
 # Three steps, an episode ending at step 1, γ = 0.9, λ = 0.8:
 # $\delta = (1 + 0.9\cdot0.4 - 0.5,\ 1 - 0.4,\ 1 + 0.9\cdot0.2 - 0.3) = (0.86, 0.6, 0.88)$;
