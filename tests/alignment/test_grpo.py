@@ -162,3 +162,47 @@ def test_round_lr_linear_equals_hf_schedule():
     assert G.round_lr(G.GRPOConfig(lr=3e-5, lr_schedule="constant"), 17) == 3e-5
     with pytest.raises(LLMCoreError):
         G.GRPOConfig(lr_schedule="cosine")
+
+
+def test_advantage_diagrams_draw_and_use_the_real_advantages():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2)
+    ax = G.plot_advantage_paths(axes[0], "grpo", group_size=4)
+    assert ax is axes[0] and len(ax.patches) == 1 + 3 * 4  # prompt + (response, reward, advantage) per sample
+    labels = [t.get_text() for t in ax.texts if t.get_text().startswith(r"$\hat A_i$=")]
+    # rewards 1.1, 0.1, 1.0, 0.1: mean 0.575, unbiased std 0.5500 -> advantages +0.95, -0.86, +0.77, -0.86
+    assert labels == [r"$\hat A_i$=+0.95", r"$\hat A_i$=-0.86", r"$\hat A_i$=+0.77", r"$\hat A_i$=-0.86"]
+    ax = G.plot_advantage_paths(axes[1], "ppo")
+    assert len(ax.patches) == 1 + 3 * 3 + 1  # prompt, (token, V, reward) per token, GAE
+    with pytest.raises(LLMCoreError, match="kind"):
+        G.plot_advantage_paths(axes[1], "dpo")
+    plt.close(fig)
+
+
+def test_measured_memory_equals_the_formula_and_orders_the_setups():
+    torch.manual_seed(0)
+    task = S.ArithConfig(init="scratch", d_model=32, n_layers=1, n_heads=2)
+    start = Llama(task.model_config())
+    m = G.memory_setups(start)
+    n, d = start.num_params(), start.config.d_model
+    steps = 4 * len(list(start.parameters()))  # AdamW's 'step' counters, one fp32 scalar per tensor
+    assert m["GRPO"]["total"] == G.model_state_bytes([start], [start]) + steps
+    # book PPO: + value head (trained) + reward model (a frozen LM copy, its head, its 3 buffers)
+    head = (d + 1) * 4
+    rm = n * 4 + (d + 3) * 4 + (2 * (d + 2) + 2) * 4
+    assert m["PPO (book: shared trunk)"]["total"] == m["GRPO"]["total"] + 4 * head + 4 * 2 + rm
+    assert m["PPO (separate value model)"]["total"] > 1.9 * m["GRPO"]["total"]
+
+
+def test_trl_grpo_code_agrees_with_ours():
+    pytest.importorskip("trl")
+    torch.manual_seed(0)
+    task = S.ArithConfig(init="scratch", d_model=32, n_layers=1, n_heads=2)
+    model = Llama(task.model_config())
+    out = G.trl_grpo_check(model, task, G.GRPOConfig(), seed=0, n_prompts=4)
+    assert out["adv_err"] < 1e-6
+    assert out["loss_err"] < 1e-4 and out["clip_frac"] > 0  # the clip acted on some tokens

@@ -104,3 +104,26 @@ def test_benchmark_overrides_are_typed_by_the_config():
         bench.parse_overrides(["learning_rate=1"])
     with pytest.raises(LLMCoreError):
         bench.parse_overrides(["lr"])
+
+
+def test_diagrams_draw_the_mechanism():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 3)
+    ax = PG.plot_actor_critic(axes[0])
+    assert ax is axes[0]
+    assert len(ax.patches) == 6  # env, actor, critic, rollout, GAE, loss
+    assert sum(t.arrow_patch is not None for t in ax.texts if hasattr(t, "arrow_patch")) == 8  # the data flow
+    for a, adv in ((axes[1], 1.0), (axes[2], -1.0)):
+        assert PG.plot_ppo_clip(a, adv, 0.2) is a
+        clipped, unclipped = a.lines[0].get_ydata(), a.lines[1].get_ydata()
+        x = a.lines[0].get_xdata()
+        flat = (x > 1.2) if adv > 0 else (x < 0.8)
+        assert np.allclose(clipped[flat], (1.2 if adv > 0 else 0.8) * adv)  # the flat piece is where it should be
+        assert np.allclose(clipped[~flat], unclipped[~flat])
+    with pytest.raises(LLMCoreError, match="non-zero advantage"):
+        PG.plot_ppo_clip(axes[1], 0.0)
+    plt.close(fig)

@@ -27,6 +27,7 @@ from dataclasses import dataclass, field, replace
 import numpy as np
 import torch
 import torch.nn as nn
+from matplotlib.patches import FancyBboxPatch
 
 from llmcore.core.device import CPU
 from llmcore.core.errors import LLMCoreError, check_range
@@ -445,6 +446,82 @@ def curves_on_grid(runs: list[TrainResult], points: int = 100, k: int = 100) -> 
         idx = np.searchsorted(x, grid, side="right") - 1  # last episode finished by each grid step
         ys.append(np.where(idx >= 0, y[np.maximum(idx, 0)], np.nan))
     return grid, np.asarray(ys)
+
+
+# -- diagrams of the mechanism ----------------------------------------------------------------------
+
+def _box(ax, x: float, y: float, text: str, color: str, w: float = 2.3, h: float = 0.9) -> None:
+    ax.add_patch(FancyBboxPatch((x - w / 2, y - h / 2), w, h, boxstyle="round,pad=0.05", fc=color, ec="k",
+                                lw=1, alpha=0.9, zorder=2))
+    ax.text(x, y, text, ha="center", va="center", fontsize=8.5, zorder=3)
+
+
+def _arrow(ax, p: tuple, q: tuple, label: str = "", color: str = "k", offset: tuple = (0.0, 0.15),
+           rad: float = 0.0) -> None:
+    ax.annotate("", xy=q, xytext=p, zorder=1,
+                arrowprops=dict(arrowstyle="->", color=color, lw=1.2, shrinkA=2, shrinkB=2,
+                                connectionstyle=f"arc3,rad={rad}"))
+    if label:
+        ax.text((p[0] + q[0]) / 2 + offset[0], (p[1] + q[1]) / 2 + offset[1], label, ha="center", va="bottom",
+                fontsize=8, color=color)
+
+
+def plot_actor_critic(ax):
+    r"""The data flow of one actor-critic update (A2C and PPO alike), drawn on ``ax``; returns ``ax``.
+
+    The actor samples :math:`a_t \sim \pi_\theta(\cdot|s_t)` in :math:`N` vector envs for :math:`T` steps; the
+    rollout ``(T, N)`` of :math:`s_t, a_t, r_{t+1}, \log\pi_{\theta_\text{old}}(a_t|s_t)` and the critic's
+    :math:`V_\phi(s_t)` feed GAE, whose advantages :math:`\hat A_t` weight the actor's loss and whose returns
+    :math:`\hat R_t = \hat A_t + V_\phi(s_t)` are the critic's regression targets. Six boxes, eight arrows.
+    """
+    ax.set_xlim(0, 12)
+    ax.set_ylim(0, 6)
+    ax.axis("off")
+    boxes = {"env": (2.0, 4.8, "environment\n$N$ CartPoles (vector env)", "#E8E8E8"),
+             "actor": (6.0, 4.8, r"actor $\pi_\theta(a|s)$", "#CFE3F3"),
+             "critic": (10.0, 4.8, r"critic $V_\phi(s)$", "#F6D9C6"),
+             "buffer": (2.0, 2.4, "rollout $(T, N)$\n" + r"$s_t, a_t, r_{t+1}, \log\pi_{old}$", "#E8E8E8"),
+             "gae": (6.0, 2.4, "GAE($\\gamma,\\lambda$)\n" + r"$\hat A_t$, $\hat R_t=\hat A_t+V(s_t)$", "#D9EAD3"),
+             "loss": (10.0, 1.0, r"$-\hat A_t\,\log\pi_\theta$ (A2C) or $-L^{CLIP}$ (PPO)" "\n"
+                      r"$+\,c_v(V_\phi-\hat R_t)^2/2 - c_e\mathcal{H}$", "#FFF2CC")}
+    for x, y, text, color in boxes.values():
+        _box(ax, x, y, text, color, w=3.4 if text.startswith("$-") else 2.6)
+    _arrow(ax, (3.3, 5.05), (4.7, 5.05), r"$s_t$")
+    _arrow(ax, (4.7, 4.55), (3.3, 4.55), r"$a_t$", offset=(0, -0.45))
+    _arrow(ax, (2.0, 4.3), (2.0, 2.9), r"$s_t,a_t,r_{t+1}$", offset=(0.9, 0.0))
+    _arrow(ax, (3.3, 2.4), (4.7, 2.4), r"$r, d$")
+    _arrow(ax, (10.0, 4.3), (7.3, 2.6), r"$V_\phi(s_t)$", color="#D55E00", offset=(0.5, 0.1))
+    _arrow(ax, (7.3, 2.2), (8.6, 1.2), r"$\hat A_t,\ \hat R_t$", offset=(-0.2, -0.55))
+    _arrow(ax, (9.2, 1.5), (6.6, 4.3), r"$\nabla_\theta$", color="#0072B2", offset=(-0.4, 0.0))
+    _arrow(ax, (10.6, 1.5), (10.6, 4.3), r"$\nabla_\phi$", color="#D55E00", offset=(0.4, 0.0))
+    ax.set_title("Actor-critic: one rollout, one update (PPO: several epochs of minibatches)", fontsize=9)
+    return ax
+
+
+def plot_ppo_clip(ax, adv: float = 1.0, clip: float = 0.2, ratio_max: float = 2.0):
+    r"""PPO's clipped objective :math:`\min(\rho A, \mathrm{clip}(\rho, 1-\epsilon, 1+\epsilon)A)` against the
+    probability ratio :math:`\rho` for one advantage ``adv`` (its sign is what matters), with the unclipped
+    :math:`\rho A`, the trust region :math:`[1-\epsilon, 1+\epsilon]` shaded and the flat, zero-gradient
+    piece marked. Drawn from :func:`ppo_clip_objective` itself; returns ``ax``."""
+    if adv == 0:
+        raise LLMCoreError("plot_ppo_clip needs a non-zero advantage (its sign picks the clipped side)")
+    check_range("clip", clip, 0.0, 1.0)
+    r = torch.linspace(0.0, ratio_max, 401)
+    ax.plot(r, ppo_clip_objective(r, torch.tensor(adv), clip), color="#0072B2", lw=2.5,
+            label=r"$L^{CLIP}=\min(\rho A,\ \mathrm{clip}(\rho)A)$")
+    ax.plot(r, r * adv, color="#D55E00", ls="--", lw=1.2, label=r"$\rho A$ (unclipped)")
+    ax.axvspan(1 - clip, 1 + clip, color="0.9", zorder=0)
+    ax.axvline(1.0, color="0.5", lw=0.8, ls=":")
+    flat = (1 + clip, ratio_max) if adv > 0 else (0.0, 1 - clip)
+    y = (1 + clip) * adv if adv > 0 else (1 - clip) * adv
+    ax.annotate("clipped: gradient 0", xy=((flat[0] + flat[1]) / 2, y),
+                xytext=((flat[0] + flat[1]) / 2, y + 0.35 * abs(adv) * (1 if adv > 0 else -1.6)),
+                ha="center", fontsize=8, arrowprops=dict(arrowstyle="->", lw=0.8))
+    ax.set_xlabel(r"probability ratio $\rho=\pi_\theta/\pi_{\theta_{old}}$")
+    ax.set_ylabel("objective (maximised)")
+    ax.set_title(f"A {'>' if adv > 0 else '<'} 0 (A = {adv:+g}), ε = {clip:g}", fontsize=9)
+    ax.legend(fontsize=7, loc="upper left" if adv > 0 else "lower left")
+    return ax
 
 
 # -- the closed loop ---------------------------------------------------------------------------------

@@ -13,5 +13,11 @@ from llmcore.exercises.foundation_rl import (
     check_double_q_target,
     check_gae,
 )
+from llmcore.exercises.policy_gradient import (
+    check_group_advantages,
+    check_ppo_clip_loss,
+    check_reinforce_returns,
+)
 
-__all__ = ["check_bellman_q", "check_discounted_return", "check_double_q_target", "check_gae"]
+__all__ = ["check_bellman_q", "check_discounted_return", "check_double_q_target", "check_gae",
+           "check_group_advantages", "check_ppo_clip_loss", "check_reinforce_returns"]
