@@ -539,14 +539,16 @@ def make_report(res: GRPOResult, toy: bool, device: str, seed: int) -> Report:
     rep.metric("KL k3 last 10 rounds", float(np.mean(res.history["kl"][-10:])))
     for name, nbytes in res.memory.items():
         rep.metric(f"model-state MB {name}", nbytes / 2**20)
-    rep.metric("GRPO / PPO (book: shared trunk) model-state ratio",
-               res.memory["GRPO"] / res.memory["PPO (book: shared trunk)"])
     rep.check("SFT start accuracy (low end)", res.acc_start, ">=", 0.5)
     rep.check("SFT start accuracy (high end)", res.acc_start, "<", 0.8)
     rep.check("GRPO gain in accuracy points", 100 * (res.acc_grpo - res.acc_start), ">=", 15)
     # against PPO with a separate value model (TRL's PPOTrainer layout); the book's shared-trunk PPO is a metric
     rep.check("GRPO/PPO model-state memory ratio", res.memory["GRPO"] / res.memory["PPO (separate value model)"],
               "<", 0.75)
+    # against the book's own PPO-RLHF (value head on the policy's trunk): the saving is the reward model, not a
+    # critic; byte counts of allocated tensors, so the same on every machine (measured 0.83)
+    rep.check("GRPO / PPO (book: shared trunk) model-state ratio",
+              res.memory["GRPO"] / res.memory["PPO (book: shared trunk)"], "<", 0.9)
     return rep
 
 
