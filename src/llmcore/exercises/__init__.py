@@ -13,5 +13,11 @@ from llmcore.exercises.foundation_rl import (
     check_double_q_target,
     check_gae,
 )
+from llmcore.exercises.peft import (  # PEFT chapter
+    check_lora_forward,
+    check_lora_param_count,
+    check_ties_merge,
+)
 
 __all__ = ["check_bellman_q", "check_discounted_return", "check_double_q_target", "check_gae"]
+__all__ += ["check_lora_forward", "check_lora_param_count", "check_ties_merge"]  # PEFT chapter
