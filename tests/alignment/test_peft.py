@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import copy
 
+import matplotlib.pyplot as plt
 import pytest
 import torch
+from matplotlib.patches import Circle, Rectangle
 
 from llmcore.alignment import peft as P
 from llmcore.alignment import sft as S
@@ -197,3 +199,32 @@ def test_merge_grid_labels(toy, size):
     assert all(spec.density < 1 for lab, spec in grid if lab == "TIES")  # TIES always trims
     assert P.spec_label(P.MergeSpec("ties", lam=1.2, density=0.5)) == "k=50%, lam=1.2"
     assert P.spec_label(P.MergeSpec("average")) == "lam=1/2"
+
+
+def test_lora_diagram_draws_the_three_matrices_with_their_shapes():
+    fig, ax = plt.subplots()
+    assert P.plot_lora_diagram(ax, d_in=192, d_out=64, r=4, alpha=8) is ax
+    boxes = [p for p in ax.patches if isinstance(p, Rectangle)]
+    assert len(boxes) == 3 and sum(isinstance(p, Circle) for p in ax.patches) == 1  # W0, A, B and the sum node
+    texts = " ".join(t.get_text() for t in ax.texts)
+    assert "64×192" in texts and "4×192" in texts and "64×4" in texts and "12,288 numbers" in texts
+    assert "1,024 numbers instead of 12,288" in ax.get_title()  # r (d_in + d_out) = 4 * 256
+    with pytest.raises(LLMCoreError, match="positive"):
+        P.plot_lora_diagram(ax, r=0)
+    plt.close(fig)
+
+
+def test_ties_diagram_shows_every_step_and_the_book_merge():
+    fig, ax = plt.subplots()
+    assert P.plot_ties_steps(ax, density=0.5) is ax
+    n, m = len(P.TIES_EXAMPLE), len(P.TIES_EXAMPLE[0])
+    assert sum(isinstance(p, Rectangle) for p in ax.patches) == (2 * n + 3) * m
+    cells = [t.get_text() for t in ax.texts if t.get_position()[0] >= 0 and not t.get_text().startswith("coord")]
+    merged_row = cells[(2 * n + 1) * m:(2 * n + 2) * m]
+    # hand-computed: trim to 3 of 6, elect (+, +, 0, +, +, +); coordinate 1 keeps 0.5 and 0.4 (mean 0.45) and drops
+    # task 1's -0.8; coordinate 3 keeps task 2's 0.9 alone (averaging would give 0.27)
+    assert merged_row == ["0.73", "0.45", "0.00", "0.90", "0.60", "0.80"]
+    assert cells[2 * n * m:(2 * n + 1) * m] == ["+", "+", "0", "+", "+", "+"]
+    with pytest.raises(LLMCoreError, match="two 1-D"):
+        P.plot_ties_steps(ax, taus=[(1.0, 2.0)])
+    plt.close(fig)

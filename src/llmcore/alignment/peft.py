@@ -27,10 +27,12 @@ from __future__ import annotations
 
 import copy
 import math
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 
 import torch
+from matplotlib import patches
 from torch import nn
 
 from llmcore.alignment import sft as S
@@ -166,7 +168,9 @@ def to_peft(model: nn.Module, base: Llama, cfg: LoRAConfig):
     hf = base.to_hf()
     pcfg = LoraConfig(r=cfg.r, lora_alpha=cfg.alpha, lora_dropout=cfg.dropout,
                       target_modules=list(cfg.target_modules), bias="none", init_lora_weights=True)
-    pm = get_peft_model(hf, pcfg)
+    with warnings.catch_warnings():  # PEFT asks transformers' deprecated `is_gradient_checkpointing` (a FutureWarning)
+        warnings.simplefilter("ignore", FutureWarning)
+        pm = get_peft_model(hf, pcfg)
     copy_lora_to_peft(model, pm)
     return pm.eval()
 
@@ -680,3 +684,93 @@ def run(toy: bool = True, device: torch.device = CPU, seed: int = 0):
     dev = device  # resolved once by the registry (run_module)
     res = experiment(toy=toy, seed=seed, device=dev)
     return make_report(res, toy, str(dev), seed)
+
+
+# ---- diagrams of the mechanisms (drawn for the chapter's Theory section) ---------------------------------------
+def plot_lora_diagram(ax, d_in: int = 192, d_out: int = 192, r: int = 4, alpha: float = 8.0):
+    r"""LoRA's side path on one linear: the frozen $W_0$ ``(d_out, d_in)`` beside the trainable $A$ ``(r, d_in)``
+    and $B$ ``(d_out, r)``, summed as $h = W_0x + \frac{\alpha}{r}BAx$ (Hu et al. 2021, Figure 1).
+
+    Draws three boxes (``W0``, ``A``, ``B``) and one summing node on ``ax``, labelled with their shapes and
+    parameter counts; returns ``ax``.
+    """
+    if min(d_in, d_out, r) < 1:
+        raise LLMCoreError(f"need positive d_in, d_out, r; got d_in={d_in}, d_out={d_out}, r={r}")
+    ax.set_xlim(0, 10)
+    ax.set_ylim(0, 10)
+    ax.axis("off")
+    frozen, trained = "#cfd8e3", "#f4b183"
+    ax.add_patch(patches.Rectangle((0.6, 3.0), 4.0, 3.6, facecolor=frozen, edgecolor="k"))
+    ax.text(2.6, 4.8, f"$W_0$ (frozen)\n{d_out}×{d_in}\n{d_out * d_in:,} numbers", ha="center", va="center",
+            fontsize=9)
+    ax.add_patch(patches.Rectangle((5.6, 2.6), 3.6, 1.3, facecolor=trained, edgecolor="k"))
+    ax.text(7.4, 3.25, f"$A$: {r}×{d_in}  (Kaiming init)", ha="center", va="center", fontsize=9)
+    ax.add_patch(patches.Rectangle((5.6, 5.7), 3.6, 1.3, facecolor=trained, edgecolor="k"))
+    ax.text(7.4, 6.35, f"$B$: {d_out}×{r}  (init 0)", ha="center", va="center", fontsize=9)
+    ax.text(7.55, 4.8, f"rank r = {r}", ha="left", va="center", fontsize=8, color="0.3")
+    ax.add_patch(patches.Circle((5.0, 8.2), 0.35, facecolor="white", edgecolor="k"))
+    ax.text(5.0, 8.2, "+", ha="center", va="center", fontsize=12)
+
+    def arrow(p, q, label=""):
+        ax.annotate("", xy=q, xytext=p, arrowprops={"arrowstyle": "->", "lw": 1.2})
+        if label:
+            ax.text((p[0] + q[0]) / 2 + 0.15, (p[1] + q[1]) / 2, label, fontsize=8, va="center")
+
+    ax.text(5.0, 0.6, f"$x$  (…, {d_in})", ha="center", va="center", fontsize=10)
+    arrow((4.6, 0.95), (2.6, 3.0))
+    arrow((5.4, 0.95), (7.4, 2.6))
+    arrow((7.4, 3.9), (7.4, 5.7))
+    arrow((2.6, 6.6), (4.7, 8.0), r"$W_0x$")
+    arrow((7.4, 7.0), (5.3, 8.0), rf"$\times\,\alpha/r = {alpha / r:g}$")
+    arrow((5.0, 8.55), (5.0, 9.5))
+    ax.text(5.0, 9.75, rf"$h = W_0x + \frac{{\alpha}}{{r}}BAx$  (…, {d_out})", ha="center", va="center",
+            fontsize=10)
+    lora = r * (d_in + d_out)
+    ax.set_title(f"LoRA trains r(d_in + d_out) = {lora:,} numbers instead of {d_out * d_in:,} "
+                 f"({100 * lora / (d_out * d_in):.1f}%)\nmerge for inference: $W = W_0 + (\\alpha/r)BA$", fontsize=9)
+    return ax
+
+
+#: The TIES diagram's default task vectors: 3 tasks x 6 coordinates chosen so that each step shows (a trimmed
+#: entry, a sign election won by the sum against the largest single entry, a coordinate only one task keeps).
+TIES_EXAMPLE = ((0.9, -0.8, 0.1, 0.0, 0.6, -0.2), (0.7, 0.5, -0.15, 0.9, 0.05, 0.3), (0.6, 0.4, 0.2, -0.1, -0.05, 0.8))
+
+
+def plot_ties_steps(ax, taus: Sequence[Sequence[float]] = TIES_EXAMPLE, density: float = 0.5):
+    r"""TIES-merging step by step on a few 1-D task vectors: the raw $\tau_i$, the trimmed $\hat\tau_i$
+    (:func:`trim`), the elected sign $\gamma = \mathrm{sgn}\sum_i\hat\tau_i$, the disjoint mean
+    (:func:`ties_tensor`), and plain averaging for comparison.
+
+    One coloured cell per (row, coordinate): ``2 n + 3`` rows of ``m`` cells for ``n`` vectors of length ``m``
+    (blue positive, red negative, white zero), each with its value written in it; returns ``ax``.
+    """
+    t = torch.tensor(taus, dtype=torch.float64)
+    if t.ndim != 2 or t.shape[0] < 2:
+        raise LLMCoreError(f"need at least two 1-D task vectors of one length, got shape {tuple(t.shape)}")
+    n, m = t.shape
+    trimmed = torch.stack([trim(x, density) for x in t])
+    rows = [(rf"$\tau_{i + 1}$", t[i]) for i in range(n)]
+    rows += [(rf"trim $\hat\tau_{i + 1}$ (top {density:.0%})", trimmed[i]) for i in range(n)]
+    rows += [(r"elect $\gamma = \mathrm{sgn}\sum_i\hat\tau_i$", torch.sign(trimmed.sum(0))),
+             ("TIES: disjoint mean", ties_tensor(list(t), density)),
+             (r"plain average $\frac{1}{n}\sum_i\tau_i$", t.mean(0))]
+    scale = float(t.abs().max()) or 1.0
+    ax.set_xlim(-3.6, m)
+    ax.set_ylim(len(rows) + 0.2, -0.9)
+    ax.axis("off")
+    for y, (label, vals) in enumerate(rows):
+        sign_row = label.startswith("elect")
+        ax.text(-0.15, y + 0.5, label, ha="right", va="center", fontsize=8)
+        for x, v in enumerate(vals.tolist()):
+            shade = 0.6 if sign_row else min(1.0, abs(v) / scale)
+            color = (0.0, 0.45, 0.7, shade) if v > 0 else (0.84, 0.37, 0.0, shade) if v < 0 else (1, 1, 1, 1)
+            ax.add_patch(patches.Rectangle((x + 0.04, y + 0.06), 0.92, 0.88, facecolor=color, edgecolor="0.6"))
+            text = {1.0: "+", -1.0: "−", 0.0: "0"}[v] if sign_row else f"{v:.2f}".replace("-", "−")
+            ax.text(x + 0.5, y + 0.5, text, ha="center", va="center", fontsize=8)
+        if y in (n - 1, 2 * n - 1, 2 * n):
+            ax.plot([-3.6, m], [y + 1, y + 1], color="k", lw=0.8)
+    for x in range(m):
+        ax.text(x + 0.5, -0.35, f"coord {x}", ha="center", va="center", fontsize=7, color="0.3")
+    ax.set_title("TIES: trim each task vector, elect a sign per coordinate,\naverage only the entries that agree",
+                 fontsize=9)
+    return ax

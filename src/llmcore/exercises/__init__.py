@@ -13,11 +13,26 @@ from llmcore.exercises.foundation_rl import (
     check_double_q_target,
     check_gae,
 )
+from llmcore.exercises.peft import (
+    check_lora_forward,
+    check_lora_param_count,
+    check_ties_merge,
+)
 from llmcore.exercises.policy_gradient import (
     check_group_advantages,
     check_ppo_clip_loss,
     check_reinforce_returns,
 )
 
-__all__ = ["check_bellman_q", "check_discounted_return", "check_double_q_target", "check_gae",
-           "check_group_advantages", "check_ppo_clip_loss", "check_reinforce_returns"]
+__all__ = [
+    "check_bellman_q",
+    "check_discounted_return",
+    "check_double_q_target",
+    "check_gae",
+    "check_group_advantages",
+    "check_lora_forward",
+    "check_lora_param_count",
+    "check_ppo_clip_loss",
+    "check_reinforce_returns",
+    "check_ties_merge",
+]

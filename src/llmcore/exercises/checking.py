@@ -19,8 +19,11 @@ def as_array(x: Any) -> np.ndarray:
 
 
 def _short(x: Any, limit: int = 90) -> str:
-    text = np.array2string(as_array(x), precision=4, separator=", ", max_line_width=10_000) \
-        if not isinstance(x, str) else x
+    try:
+        text = np.array2string(as_array(x), precision=4, separator=", ", max_line_width=10_000) \
+            if not isinstance(x, str) else x
+    except (TypeError, ValueError):  # not numbers (e.g. a tuple of module names): show it as Python writes it
+        text = repr(x)
     text = " ".join(text.split())
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
