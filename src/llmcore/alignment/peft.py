@@ -45,6 +45,7 @@ from llmcore.architecture.llama import Llama, rope_cos_sin
 from llmcore.architecture.quantization import QuantLinear
 from llmcore.core.device import CPU
 from llmcore.core.errors import LLMCoreError
+from llmcore.core.progress import progress
 from llmcore.core.report import Report
 from llmcore.core.seed import seed_everything
 
@@ -445,23 +446,35 @@ def base_model(init: str = "book_lm", seed: int = 0) -> Llama:
     return S.initial_model(init).eval()
 
 
-def adapt(base: Llama, method: Method, cfg, device: str | torch.device = "cpu"):
+def _advance(bar) -> None:
+    if bar is not None:
+        bar.update(1)
+
+
+def adapt(base: Llama, method: Method, cfg, device: str | torch.device = "cpu", bar=None):
     """Fine-tune a copy of ``base`` on ``cfg`` (an :class:`~llmcore.alignment.sft.SFTConfig`) with ``method``.
+
+    ``bar``: an outer progress bar to advance by one (the run then shows no bar of its own).
 
     Returns ``(module, logits_fn or None, losses, trainable, total)``; ``logits_fn(idx)`` is needed for
     greedy decoding of prefix-tuned models (a prompt-tuned one decodes with the cache: :meth:`PromptTuning.generate`).
     """
     seed_everything(cfg.seed)
+    desc = method.name if bar is None else None
+    if bar is not None:
+        bar.set_postfix_str(method.name)
     model = copy.deepcopy(base).to(device)
     cfg = replace(cfg, lr=method.lr)
     if method.kind == "full":
-        losses = S.finetune(model, cfg, desc=method.name)
+        losses = S.finetune(model, cfg, desc=desc)
         tr, tot = count_params(model)
+        _advance(bar)
         return model, None, losses, tr, tot
     if method.kind == "lora":
         apply_lora(model, method.lora)
         tr, tot = count_params(model)
-        losses = S.finetune(model, cfg, desc=method.name)
+        losses = S.finetune(model, cfg, desc=desc)
+        _advance(bar)
         return model, None, losses, tr, tot
     if method.kind == "prefix":
         wrapper = PrefixTuning(model, method.n_virtual).to(device)
@@ -472,10 +485,11 @@ def adapt(base: Llama, method: Method, cfg, device: str | torch.device = "cpu"):
     ex, _ = S.training_data(cfg)
     data = S.pack(ex, cfg.seq_len + (method.n_virtual * 4 if method.kind == "prompt" else 0), cfg.mask_prompt,
                   n_virtual=method.n_virtual if method.kind == "prompt" else 0)
-    losses = S.finetune(wrapper, replace(cfg, weight_decay=0.0), method.name, params=params, data=data,
+    losses = S.finetune(wrapper, replace(cfg, weight_decay=0.0), desc, params=params, data=data,
                         logits_fn=lambda w, idx, doc, pos: w.packed_logits(idx, doc, pos))
     tr = sum(p.numel() for p in params)
     fn = wrapper.logits if method.kind == "prefix" else None
+    _advance(bar)
     return wrapper, fn, losses, tr, tr + sum(p.numel() for p in base.parameters())
 
 
@@ -564,8 +578,11 @@ def experiment(toy: bool = True, seed: int = 0, device: torch.device = CPU,
 
     base_em = {t: em(base, t) for t in names}
     rows, losses, finetuned = [], {}, {}
+    extra_ranks = [r for r in ranks if f"LoRA r={r}" not in {m.name for m in default_methods()}]
+    bar = progress(total=len(default_methods()) + len(extra_ranks) + scratch_methods + len(names) - 1,
+                   desc="PEFT fine-tunes")  # one bar for the whole loop
     for meth in default_methods():
-        model, fn, ls, tr, tot = adapt(base, meth, cfgs[task_a], device)
+        model, fn, ls, tr, tot = adapt(base, meth, cfgs[task_a], device, bar)
         rows.append({"method": meth.name, "trainable": tr, "total": tot, "trainable %": 100 * tr / tot,
                      "optimizer bytes": adam_state_bytes(tr), "EM": em(model, task_a, fn)})
         losses[meth.name] = ls
@@ -575,7 +592,7 @@ def experiment(toy: bool = True, seed: int = 0, device: torch.device = CPU,
     for r in ranks:
         row = next((x for x in rows if x["method"] == f"LoRA r={r}"), None)
         if row is None:
-            model, _, _, tr, tot = adapt(base, lora_method(r), cfgs[task_a], device)
+            model, _, _, tr, tot = adapt(base, lora_method(r), cfgs[task_a], device, bar)
             row = {"EM": em(model, task_a), "trainable %": 100 * tr / tot}
         rank_sweep[r] = {"EM": row["EM"], "trainable %": row["trainable %"]}
     width = {d: lora_fraction(d, base.config.n_layers, vocab=base.config.vocab_size, r=4, targets=LORA_TARGETS)
@@ -583,14 +600,15 @@ def experiment(toy: bool = True, seed: int = 0, device: torch.device = CPU,
     scratch = {}  # the same budget from random weights of the same shape: what pretraining is worth here
     for meth in default_methods()[:scratch_methods]:
         model, _, losses[f"{meth.name} (scratch)"], _, _ = adapt(base_model("scratch", seed), meth, cfgs[task_a],
-                                                                 device)
+                                                                 device, bar)
         scratch[meth.name] = em(model, task_a)
 
     # merging: one full fine-tune per task (A's is the one above), then the merges of their task vectors
     full = default_methods()[0]
     for t in names[1:]:
-        finetuned[t], _, losses[f"task fine-tune {t}"], _, _ = adapt(base, full, cfgs[t], device)
+        finetuned[t], _, losses[f"task fine-tune {t}"], _, _ = adapt(base, full, cfgs[t], device, bar)
         finetuned[t] = finetuned[t].cpu()
+    bar.close()
     single = {t: em(finetuned[t], t) for t in names}
     taus = [task_vector(finetuned[t], base) for t in names]
     scale_curve = {t: {lam: em(merge_models(base, [tau], MergeSpec("task_arithmetic", lam=lam)), t)

@@ -262,7 +262,8 @@ def train_packed(model: torch.nn.Module, data: Packed | Callable[[int], Packed],
         next_batch = data
     losses = []
     model.train()
-    bar = progress(range(steps if stop_after is None else min(stop_after, steps)), desc=desc)
+    bar = progress(range(steps if stop_after is None else min(stop_after, steps)), desc=desc,
+                   **({"disable": True} if desc is None else {}))  # desc=None: the caller shows one outer bar
     for step in bar:
         if warmup is not None:
             for g in opt.param_groups:
