@@ -5,7 +5,8 @@
     python benchmarks/kv_cache.py --device cuda        # on a GPU: adds torch.cuda.max_memory_allocated
 
 The model is a randomly initialised LLaMA-style decoder (weights do not change timings); the prompt is
-fixed. Prints tokens/s for each side, the ratio, and whether the generated tokens are identical.
+fixed (``decoding.cache_speedup``, which the Decoding chapter also calls). Prints tokens/s for each side,
+the ratio, and whether the generated tokens are identical.
 """
 
 from __future__ import annotations
@@ -22,9 +23,7 @@ import torch  # noqa: E402
 
 from llmcore.architecture import decoding as D  # noqa: E402
 from llmcore.architecture import quantization as Q  # noqa: E402
-from llmcore.architecture.generate import generate  # noqa: E402
-from llmcore.architecture.llama import Llama, ModelConfig  # noqa: E402
-from llmcore.core import pick_device, seed_everything  # noqa: E402
+from llmcore.core import pick_device  # noqa: E402
 
 
 def main() -> None:
@@ -39,24 +38,14 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     a = ap.parse_args()
     dev = pick_device(a.device)
-    seed_everything(a.seed)
-    cfg = ModelConfig(vocab_size=264, d_model=a.d_model, n_layers=a.layers, n_heads=a.heads, n_kv_heads=a.kv_heads,
-                      max_seq_len=a.prompt_len + a.new_tokens, init_std=0.1)
-    model = Llama(cfg).to(dev).eval()
-    prompt = torch.randint(0, 256, (1, a.prompt_len), generator=torch.Generator().manual_seed(a.seed)).to(dev)
-    print(f"device={dev} model: d={a.d_model} L={a.layers} H={a.heads} K={a.kv_heads} "
-          f"params={model.num_params():,}; prompt={a.prompt_len}, new tokens={a.new_tokens}; "
-          f"torch threads={torch.get_num_threads()}")
-
-    rows = {}
-    for name, kw in (("no cache (recompute)", dict(cache=None)), ("static KV cache", dict(cache="static"))):
-        res = generate(model, prompt, a.new_tokens, **kw)
-        rows[name] = res
-        print(f"{name:<24} {a.new_tokens / res.wall_s:9.1f} tok/s   wall {res.wall_s:7.2f} s   "
-              f"cache {res.cache_bytes / 2**10:8.1f} KiB")
-    same = torch.equal(rows["no cache (recompute)"].tokens, rows["static KV cache"].tokens)
-    speed = rows["no cache (recompute)"].wall_s / rows["static KV cache"].wall_s
-    print(f"speed-up with cache: {speed:.1f}x (goal >= 5x); identical tokens: {same}")
+    r = D.cache_speedup(a.new_tokens, a.prompt_len, a.d_model, a.layers, a.heads, a.kv_heads, dev, a.seed)
+    model, prompt = r["model_obj"], r["prompt"]
+    print(f"device={dev} model: {r['model']} params={r['params']:,}; prompt={a.prompt_len}, "
+          f"new tokens={a.new_tokens}; torch threads={torch.get_num_threads()}")
+    for name, key in (("no cache (recompute)", "no_cache_s"), ("static KV cache", "cache_s")):
+        print(f"{name:<24} {a.new_tokens / r[key]:9.1f} tok/s   wall {r[key]:7.2f} s")
+    print(f"static cache {r['cache_bytes'] / 2**10:.1f} KiB")
+    print(f"speed-up with cache: {r['ratio']:.1f}x (goal >= 5x); identical tokens: {r['same_tokens']}")
 
     print("\nweights: fp32 vs INT8 per-channel (dequantized on the fly), both with the static cache")
     for name, m in (("fp32 weights", model), ("int8 weights", Q.quantize_model(model, "int8_channel"))):

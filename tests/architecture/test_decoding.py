@@ -46,3 +46,23 @@ def test_cuda_path_runs_on_a_gpu_or_fails_clearly_without_one():
     else:
         with pytest.raises(LLMCoreError, match="no CUDA"):
             D.experiment(toy=True, device="cuda")
+
+
+def test_plot_kv_cache_growth_draws_one_square_per_position_and_step():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots()
+    assert D.plot_kv_cache_growth(ax, prompt_len=3, steps=4) is ax
+    assert len(ax.patches) == 2 * sum(3 + t for t in range(5))
+    colors = [tuple(p.get_facecolor()) for p in ax.patches[: sum(3 + t for t in range(5))]]
+    assert len(set(colors)) == 2  # with the cache: computed and read-back positions differ
+    plt.close(fig)
+
+
+def test_cache_speedup_small_model_same_tokens():
+    r = D.cache_speedup(new_tokens=12, prompt_len=4, d_model=32, layers=1, heads=2, kv_heads=1)
+    assert r["same_tokens"] and r["no_cache_s"] > 0 and r["cache_s"] > 0
+    assert r["cache_bytes"] == D.kv_cache_bytes(1, 1, 16, 4, 4 + 12 - 1)

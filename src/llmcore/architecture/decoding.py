@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
+from matplotlib.patches import Rectangle
 
 from llmcore.architecture import quantization as Q
 from llmcore.architecture.generate import (  # noqa: F401  (re-exported for the chapter)
@@ -46,6 +47,16 @@ from llmcore.architecture.kv_cache import (  # noqa: F401  (re-exported for the 
 )
 from llmcore.architecture.llama import Llama, ModelConfig
 from llmcore.architecture.pretrained import corpus_ids, tiny_lm
+from llmcore.architecture.speculative import (  # noqa: F401  (re-exported for the chapter)
+    SpeculativeResult,
+    expected_tokens_per_pass,
+    plot_speculative_round,
+    rejection_probs,
+    sampling_check,
+    speculative_accept,
+    speculative_generate,
+    speculative_sample,
+)
 from llmcore.architecture.training import evaluate
 from llmcore.core.device import pick_device
 from llmcore.core.errors import LLMCoreError, check_range
@@ -91,79 +102,42 @@ def beam_search(model, prompt: torch.Tensor, max_new_tokens: int, num_beams: int
 
 
 # =================================================================================================
-# Speculative decoding
+# Diagram: the KV cache grows by one column per step
 # =================================================================================================
 
 
-@dataclass
-class SpeculativeResult:
-    tokens: torch.Tensor  # (1, T_prompt + new)
-    prompt_len: int
-    k: int
-    rounds: int  # verification passes of the target (after the prefill)
-    drafted: int
-    accepted: int
-    wall_s: float
+def plot_kv_cache_growth(ax, prompt_len: int = 3, steps: int = 4):
+    r"""What a decode step computes and what it reads, with and without a KV cache.
 
-    @property
-    def acceptance_rate(self) -> float:
-        """Fraction of drafted tokens the target accepted."""
-        return self.accepted / max(1, self.drafted)
-
-    @property
-    def tokens_per_target_call(self) -> float:
-        """New tokens per target forward pass, the prefill included (plain decoding: exactly 1)."""
-        return (self.tokens.shape[1] - self.prompt_len) / (self.rounds + 1)
-
-
-@torch.no_grad()
-def speculative_generate(target, draft, prompt: torch.Tensor, max_new_tokens: int, k: int = 4) -> SpeculativeResult:
-    r"""Greedy speculative decoding (Leviathan et al. 2023; Chen et al. 2023) with batch 1.
-
-    Each round: the draft proposes $d_1..d_k$ greedily; the target runs once on
-    ``[last, d_1..d_k]`` and yields its own greedy choices $p_0..p_k$; accept the longest prefix with
-    $d_{i+1} = p_i$ (say $n$ tokens), then append $p_n$ -- the target's token at the first
-    disagreement (or a bonus token when all $k$ agree). Each round emits $n + 1 \ge 1$ tokens and the
-    sequence is exactly the target's greedy sequence. Rejected positions are cropped from both caches
-    (``crop`` of the cache protocol). Two models and a draft/verify round, so not a mode of :func:`generate`.
+    Row $t$ (top to bottom: the prefill, then ``steps`` decode steps) shows the positions the model
+    attends over at that step. Orange: positions whose $k, v$ are *computed* this step; blue: positions
+    whose $k, v$ are *read back* from the cache. With the cache (left) only the newest position is
+    computed; without it (right) every position is recomputed, every step. The cache holds
+    $2 \cdot L \cdot K \cdot D \cdot \text{bytes}$ per position. Returns ``ax``; one square per (row,
+    position) on each side, ``2 * sum(prompt_len + t for t in range(steps + 1))`` in all.
     """
-    check_range("k", k, 1)
-    if prompt.shape[0] != 1:
-        raise LLMCoreError("speculative_generate takes one prompt (batch 1)")
-    target.eval(), draft.eval()
-    dev = prompt.device
-    T0 = prompt.shape[1]
-    max_len = T0 + max_new_tokens + k + 1
-    tc, dc = StaticKVCache.for_model(target, 1, max_len), StaticKVCache.for_model(draft, 1, max_len)
-    _cuda_sync(dev)
-    t0 = time.perf_counter()
-    # prefill both on the prompt; the target's last logits give the first token
-    first = target(prompt, kv_cache=tc)[:, -1].argmax(-1)
-    seq = torch.cat([prompt[0], first])  # 1-D, every token emitted so far
-    rounds = drafted = accepted = 0
-    while seq.numel() - T0 < max_new_tokens:
-        # 1) draft k tokens (feed what the draft has not seen yet, then one token at a time)
-        proposal = []
-        step_in = seq[dc.seq_len:][None]
-        for _ in range(k):
-            d = draft(step_in, kv_cache=dc)[:, -1].argmax(-1)  # (1,)
-            proposal.append(d)
-            step_in = d[None]
-        prop = torch.cat(proposal)  # (k,)
-        # 2) the target scores [unseen tokens of seq, d_1..d_k] in one pass
-        t_in = torch.cat([seq[tc.seq_len:], prop])[None]
-        preds = target(t_in, kv_cache=tc)[0, -(k + 1):].argmax(-1)  # p_0..p_k, (k+1,)
-        # 3) accept the agreeing prefix, then the target's own token
-        agree = (prop == preds[:k]).long()
-        n = int(agree.cumprod(0).sum())
-        seq = torch.cat([seq, prop[:n], preds[n:n + 1]])
-        rounds, drafted, accepted = rounds + 1, drafted + k, accepted + n
-        # 4) roll back: the caches keep every token of seq except the newest one
-        tc.crop(seq.numel() - 1)
-        dc.crop(min(dc.seq_len, seq.numel() - 1))
-    _cuda_sync(dev)
-    wall = time.perf_counter() - t0
-    return SpeculativeResult(seq[: T0 + max_new_tokens][None], T0, k, rounds, drafted, accepted, wall)
+    check_range("prompt_len", prompt_len, 1)
+    check_range("steps", steps, 1)
+    width = prompt_len + steps
+    gap = width + 2.5
+    ax.set_xlim(-2.6, 2 * width + 2.8)
+    ax.set_ylim(-steps - 1.6, 1.6)
+    ax.set_aspect("equal")
+    ax.axis("off")
+    computed, cached = "#fdae6b", "#9ecae1"
+    for side, with_cache in ((0.0, True), (gap, False)):
+        for t in range(steps + 1):
+            n = prompt_len + t
+            for j in range(n):
+                new = (t == 0) or (j == n - 1) or not with_cache
+                ax.add_patch(Rectangle((side + j, -t), 0.9, 0.9, fc=computed if new else cached, ec="k", lw=0.6))
+            ax.text(side - 0.3, -t + 0.45, "prefill" if t == 0 else f"step {t}", ha="right", va="center",
+                    fontsize=7)
+        ax.text(side + width / 2, 1.2, "with KV cache: compute 1, read t" if with_cache
+                else "no cache: recompute all t positions", ha="center", fontsize=8)
+    ax.text(0, -steps - 1.2, "orange: k, v computed this step    blue: k, v read from the cache "
+            r"($2\,L\,K\,D\cdot$bytes per position)", fontsize=7)
+    return ax
 
 
 # =================================================================================================
@@ -223,6 +197,28 @@ def timing_curve(model, prompt: torch.Tensor, max_new_tokens: int, cache: str | 
     return generate(model, prompt, max_new_tokens, cache=cache).step_s
 
 
+def cache_speedup(new_tokens: int = 512, prompt_len: int = 16, d_model: int = 256, layers: int = 4, heads: int = 8,
+                  kv_heads: int = 2, device: str | torch.device = "cpu", seed: int = 0) -> dict:
+    """Greedy decode of ``new_tokens`` with no cache (recompute the prefix every step) and with the static
+    cache, same randomly initialised model (weights do not change timings) and prompt, one run each.
+
+    Returns the wall seconds of both, their ratio and whether the tokens are identical; the benchmark
+    ``benchmarks/kv_cache.py`` and the chapter call it (a wall-clock ratio: shown, never checked).
+    """
+    dev = pick_device(device)
+    seed_everything(seed)
+    cfg = ModelConfig(vocab_size=264, d_model=d_model, n_layers=layers, n_heads=heads, n_kv_heads=kv_heads,
+                      ffn_hidden=None, max_seq_len=prompt_len + new_tokens, init_std=0.1)
+    model = Llama(cfg).to(dev).eval()
+    prompt = torch.randint(0, 256, (1, prompt_len), generator=torch.Generator().manual_seed(seed)).to(dev)
+    none = generate(model, prompt, new_tokens, cache=None)
+    static = generate(model, prompt, new_tokens, cache="static")
+    return {"new_tokens": new_tokens, "params": model.num_params(), "no_cache_s": none.wall_s,
+            "cache_s": static.wall_s, "ratio": none.wall_s / static.wall_s,
+            "same_tokens": torch.equal(none.tokens, static.tokens), "cache_bytes": static.cache_bytes,
+            "model": f"d={d_model} L={layers} H={heads} K={kv_heads}", "model_obj": model, "prompt": prompt}
+
+
 @torch.no_grad()
 def kv_cache_perplexity(model, tokens: torch.Tensor, seq_len: int, max_windows: int | None, cache_cls) -> float:
     """Perplexity when attention reads keys/values back from ``cache_cls`` (e.g. INT8): one prefill per window."""
@@ -245,6 +241,12 @@ def perplexity(model, tokens: torch.Tensor, seq_len: int, max_windows: int | Non
 # =================================================================================================
 # The closed loop
 # =================================================================================================
+
+#: Two-token continuations drawn by speculative sampling for the distribution check (toy, full).
+SAMPLING_N = {True: 4000, False: 40000}
+#: Greedy speculative decoding: tokens per verification pass may differ from the i.i.d. formula
+#: $(1-\alpha^{k+1})/(1-\alpha)$ (pooled $\alpha$) by at most this fraction (acceptance is not i.i.d.).
+TOKENS_PER_PASS_RTOL = 0.15
 
 #: The draft model of speculative decoding: the tiny LM's recipe at half the width and one layer.
 DRAFT_OVERRIDES = dict(d_model=32, n_layers=1, n_heads=2, n_kv_heads=2, ffn_hidden=96, steps=300, desc="draft LM")
@@ -297,6 +299,7 @@ class DecodingResults:
     spec: list[SpeculativeResult]
     spec_base_s: float  # target-alone cached greedy wall time
     spec_equal: bool
+    spec_sampling: dict  # sampling_check: chi-square p-values, TV distances, first-position acceptance
     quant: dict[str, dict]  # scheme -> {ppl, bytes..., err}
     kv_int8: dict[str, float]
     fp8_equal: dict[str, bool]
@@ -358,6 +361,10 @@ def experiment(toy: bool = True, device: str = "auto", seed: int = 0) -> Decodin
     spec = [speculative_generate(target, draft, prompt, spec_new, k) for k in progress(ks, desc="speculative k")]
     spec_equal = all(torch.equal(r.tokens, base.tokens) for r in spec)
     lap("speculative")
+    # speculative *sampling*: many two-token continuations of the prompt against the target's exact distribution
+    gen = torch.Generator(device=dev).manual_seed(seed)
+    spec_sampling = sampling_check(target, draft, prompt, SAMPLING_N[toy], k=2, generator=gen)
+    lap("speculative sampling")
 
     # 4) quantization: storage, perplexity, error
     windows = 8 if toy else None
@@ -379,7 +386,8 @@ def experiment(toy: bool = True, device: str = "auto", seed: int = 0) -> Decodin
     a = generate(target, prompt, n_new, cache="static")
     q8 = generate(target, prompt, n_new, cache="int8")
     agree = float((a.tokens[0, prompt.shape[1]:] == q8.tokens[0, prompt.shape[1]:]).float().mean())
-    first_diff = int((a.tokens[0] != q8.tokens[0]).nonzero()[0]) - prompt.shape[1] if agree < 1 else n_new
+    # the first new token (0-based) where the INT8-cache decode differs; None when all n_new agree
+    first_diff = int((a.tokens[0] != q8.tokens[0]).nonzero()[0]) - prompt.shape[1] if agree < 1 else None
     kv_int8 = {"fp32_bytes": a.cache_bytes, "int8_bytes": q8.cache_bytes, "token_agreement": agree,
                "first_divergence": first_diff}
     # FP8: our hand-written rounding equals torch's casts
@@ -394,7 +402,7 @@ def experiment(toy: bool = True, device: str = "auto", seed: int = 0) -> Decodin
     cuda = cuda_report(target, prompt, 256 if toy else 1024) if dev.type == "cuda" else None
     lap("cuda")
     return DecodingResults(toy, str(dev), sdiff, beam_equal, ours, cache_equal, cache_bytes, timing, spec,
-                           base.wall_s, spec_equal, quant, kv_int8, fp8_equal, cuda, stage_s)
+                           base.wall_s, spec_equal, spec_sampling, quant, kv_int8, fp8_equal, cuda, stage_s)
 
 
 def make_report(res: DecodingResults, toy: bool, device: str, seed: int):
@@ -430,6 +438,24 @@ def make_report(res: DecodingResults, toy: bool, device: str, seed: int):
     rep.check("INT8 weight data bytes / fp16", q["int8_channel"]["data_bytes"] / fp16, "==", 0.5)
     rep.check("INT4 weight data bytes / fp16", q["int4_group"]["data_bytes"] / fp16, "==", 0.25)
     rep.check("our FP8 rounding equals torch casts (1 = yes)", float(all(res.fp8_equal.values())), "==", 1)
+    # speculative decoding, per position (new in the editorial pass; the criteria above are unchanged)
+    for r in res.spec:
+        rep.metric(f"speculative k={r.k}: pooled per-position acceptance alpha", r.alpha)
+        rep.metric(f"speculative k={r.k}: tokens/verification pass", r.tokens_per_pass)
+        rep.metric(f"speculative k={r.k}: (1-alpha^(k+1))/(1-alpha)", r.predicted_tokens_per_pass)
+    ss = res.spec_sampling
+    rep.metric(f"speculative sampling k={ss['k']}: pooled per-position acceptance alpha", ss["alpha"])
+    rep.metric(f"speculative sampling k={ss['k']}: tokens/verification pass", ss["tokens_per_pass"])
+    rep.metric(f"speculative sampling k={ss['k']}: (1-alpha^(k+1))/(1-alpha)", ss["predicted_tokens_per_pass"])
+    worst = max([abs(r.tokens_per_pass / r.predicted_tokens_per_pass - 1) for r in res.spec]
+                + [abs(ss["tokens_per_pass"] / ss["predicted_tokens_per_pass"] - 1)])
+    rep.check("speculative tokens/pass vs (1-alpha^(k+1))/(1-alpha), max rel. error", worst, "<=",
+              TOKENS_PER_PASS_RTOL)
+    rep.check(f"speculative sampling: chi-square p, first token ({ss['n']} samples)", ss["chi2_p_x1"], ">=", 1e-3)
+    rep.check("speculative sampling: chi-square p, first two tokens (joint)", ss["chi2_p_joint"], ">=", 1e-3)
+    rep.check("same test on draft samples rejects them (chi-square p)", ss["chi2_p_draft_samples"], "<=", 1e-6)
+    rep.check("first-position acceptance vs sum(min(p, q)) (standard errors)",
+              abs(ss["acceptance_1"] - ss["acceptance_1_closed_form"]) / ss["acceptance_1_se"], "<=", 4.0)
     if res.cuda:
         for name, row in res.cuda.items():
             rep.notes.append(f"CUDA {name}: {row['tokens_per_s']:.0f} tok/s, peak {row['peak_mem'] / 2**20:.2f} MiB, "

@@ -315,6 +315,7 @@ def quant_error(w: torch.Tensor, scheme: str, group_size: int = 16) -> dict[str,
     """Quantize -> dequantize error of one weight matrix: max abs, relative Frobenius, bytes vs fp16."""
     if scheme == "llm_int8":
         scheme = "int8_channel"
+    w = w.detach()
     qt = quantize_weight(w, scheme, group_size)
     d = qt.dequantize() - w.float()
     return {"max_abs": float(d.abs().max()), "rel_fro": float(d.norm() / w.float().norm()),

@@ -141,6 +141,10 @@ MODULES: tuple[Module, ...] = (
            criteria=("samplers equal HF logits processors; beam search equals HF generate(num_beams)",
                      "greedy tokens identical with/without the static KV cache; cache bytes = formula",
                      "speculative decoding output equals the target's greedy output",
+                     "tokens per verification pass within 15% of (1-alpha^(k+1))/(1-alpha), alpha = pooled "
+                     "per-position acceptance",
+                     "speculative sampling's output distributed as the target's (chi-square p >= 1e-3; draft "
+                     "samples rejected); first-position acceptance = sum min(p, q) within 4 s.e.",
                      "INT8 halves and INT4 quarters fp16 weight bytes; perplexity +<=1% / +<=5%",
                      "our FP8 rounding equals torch's float8 casts")),
     # ---- Part 3 -----------------------------------------------------------------------------

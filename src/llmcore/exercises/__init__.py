@@ -7,6 +7,11 @@ what was expected and what came back.
     PASS check_gae: 6 hidden cases agree with the book's reference implementation
 """
 
+from llmcore.exercises.decoding import (
+    check_kv_cache_bytes,
+    check_speculative_accept,
+    check_top_p_filter,
+)
 from llmcore.exercises.foundation_rl import (
     check_bellman_q,
     check_discounted_return,
@@ -30,9 +35,12 @@ __all__ = [
     "check_double_q_target",
     "check_gae",
     "check_group_advantages",
+    "check_kv_cache_bytes",
     "check_lora_forward",
     "check_lora_param_count",
     "check_ppo_clip_loss",
     "check_reinforce_returns",
+    "check_speculative_accept",
     "check_ties_merge",
+    "check_top_p_filter",
 ]
