@@ -6,7 +6,9 @@ import pytest
 import torch
 
 from llmcore.architecture.kv_cache import DynamicKVCache, kv_cache_bytes
+from llmcore.core.errors import LLMCoreError
 from llmcore.engineering.dist_utils import launch
+from llmcore.engineering.distributed import Link, PlacementConfig, collective_time, placement_table
 from llmcore.engineering.expert_parallel import EPConfig, ep_worker
 from llmcore.engineering.pd_disagg import (
     PDConfig,
@@ -18,8 +20,16 @@ from llmcore.engineering.pd_disagg import (
     summarize,
     tensor_to_kv,
 )
-from llmcore.engineering.pipeline import PPConfig, bubble_formula, measured_bubble, pp_worker, schedule_ops
-from llmcore.engineering.tensor_parallel import TPConfig, tp_worker
+from llmcore.engineering.pipeline import (
+    PPConfig,
+    bubble_formula,
+    ideal_timeline,
+    measured_bubble,
+    plot_schedule_diagram,
+    pp_worker,
+    schedule_ops,
+)
+from llmcore.engineering.tensor_parallel import TPConfig, plot_column_row_split, tp_worker
 
 
 @pytest.mark.parametrize("world", [2, 4])
@@ -123,3 +133,64 @@ def test_pd_ships_the_llama_kv_cache_through_the_protocol():
             toks.append(int(model(torch.tensor([[toks[-1]]]), kv_cache=remote)[0, -1].argmax()))
     assert toks == reference_tokens(model, prompt, 6)
 
+
+
+# -- the schedule diagram, the TP diagram and the alpha-beta model (no process groups) -----------------
+
+
+@pytest.mark.parametrize("kind", ["gpipe", "1f1b"])
+@pytest.mark.parametrize("p,m,t_b", [(2, 1, 2.0), (4, 8, 2.0), (3, 5, 1.0), (4, 2, 3.0)])
+def test_ideal_timeline_bubble_is_exactly_the_formula(kind, p, m, t_b):
+    ranks = ideal_timeline(kind, p, m, t_f=1.0, t_b=t_b)
+    assert measured_bubble(ranks) == pytest.approx(bubble_formula(p, m), abs=1e-12)
+    end = max(r["events"][-1][3] for r in ranks)
+    assert end == pytest.approx((m + p - 1) * (1.0 + t_b))  # hand-derived makespan
+    for r in ranks:  # a stage never runs two ops at once, and follows schedule_ops' order
+        ev = r["events"]
+        assert [(o, i) for o, i, _a, _b in ev] == schedule_ops(kind, p, m, r["rank"])
+        assert all(ev[k][3] <= ev[k + 1][2] + 1e-12 for k in range(len(ev) - 1))
+
+
+def test_schedule_diagram_draws_every_op_and_the_stash():
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots()
+    p, m = 4, 6
+    assert plot_schedule_diagram(ax, "1f1b", p, m) is ax
+    assert len(ax.patches) == p + 2 * p * m  # one idle background per stage + every F and B
+    stash = [t.get_text() for t in ax.texts if t.get_text().startswith("stash")]
+    assert stash == [f"stash ≤ {p - r}" for r in range(p)]  # 1F1B: stage r holds at most p - r micro-batches
+    assert "3/9" in ax.get_title()
+    plt.close(fig)
+
+
+def test_column_row_split_diagram():
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots()
+    assert plot_column_row_split(ax, 3) is ax
+    labels = [t.get_text() for t in ax.texts]
+    assert {"$A_1$", "$A_3$", "$B_2$", "rank 2"} <= set(labels)
+    assert len(ax.patches) == 2 + 9 * 3  # X, Z, 4 boxes and 5 arrows per rank
+    plt.close(fig)
+
+
+def test_collective_time_hand_cases_and_errors():
+    link = Link("test", 1e9, 1e-6, "")
+    assert collective_time("all_reduce", 4096, 4, link) == pytest.approx(6e-6 + 6144 / 1e9)
+    assert collective_time("all_gather", 4096, 4, link) == pytest.approx(3e-6 + 3072 / 1e9)
+    assert collective_time("send", 1000, 8, link) == pytest.approx(1e-6 + 1e-6)
+    assert collective_time("all_reduce", 4096, 1, link) == 0.0
+    with pytest.raises(LLMCoreError, match="unknown collective"):
+        collective_time("broadcast", 1, 2, link)
+    with pytest.raises(LLMCoreError, match="n >= 1"):
+        collective_time("all_reduce", 1, 0, link)
+
+
+def test_placement_table_says_tp_inside_pp_dp_across():
+    rows = {r["dim"]: r for r in placement_table(PlacementConfig())}
+    # hand check of the TP row: 4 all-reduces of 1*4096*4096*2 B over 8 ranks on NVLink 4 (450 GB/s, 3 µs)
+    act = 4096 * 4096 * 2
+    assert rows["TP"]["inside_s"] == pytest.approx(4 * (14 * 3e-6 + 2 * 7 / 8 * act / 450e9))
+    assert rows["TP"]["across_ratio"] > 1 > rows["TP"]["inside_ratio"]  # TP across nodes costs more than compute
+    assert rows["PP"]["across_ratio"] < 0.2 and rows["DP"]["across_ratio"] < 0.2

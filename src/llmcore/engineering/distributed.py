@@ -109,6 +109,107 @@ def experiment(toy: bool = True, device: str = "auto", seed: int = 0, world: int
     return res
 
 
+# -- a bandwidth (alpha-beta) time model for placement ------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Link:
+    """One interconnect in the α–β model: a message step costs ``latency`` (α, s) plus bytes / ``bandwidth``
+    (β⁻¹, bytes/s in one direction per GPU). Values are *assumptions* taken from public peak specs."""
+
+    name: str
+    bandwidth: float
+    latency: float
+    spec: str
+
+
+#: public peak link specs (one direction, per GPU); α is an assumed order of magnitude of one NCCL ring
+#: step, not a spec. Achieved NCCL bus bandwidth is typically 70-90% of the peak.
+LINKS = {
+    "nvlink4": Link("NVLink 4 (H100 SXM, inside a node)", 450e9, 3e-6,
+                    "900 GB/s bidirectional per GPU -> 450 GB/s per direction"),
+    "pcie4": Link("PCIe 4.0 x16 (inside a node, no NVLink)", 32e9, 5e-6, "16 GT/s x 16 lanes ~ 32 GB/s per direction"),
+    "ib_ndr": Link("InfiniBand NDR (across nodes, 1 NIC per GPU)", 50e9, 6e-6, "400 Gb/s per port = 50 GB/s"),
+    "eth100": Link("100 Gb Ethernet / RoCE (across nodes)", 12.5e9, 10e-6, "100 Gb/s = 12.5 GB/s"),
+}
+
+
+def collective_time(kind: str, size_bytes: float, n: int, link: Link) -> float:
+    r"""α–β time of one collective of a ``size_bytes`` tensor over ``n`` ranks in a ring on ``link``.
+
+    A ring all-reduce is :math:`2(n-1)` steps that each move :math:`S/n` bytes per rank:
+
+    .. math:: T_{\text{all-reduce}} = 2(n-1)\,\alpha + \frac{2(n-1)}{n}\,\frac{S}{\beta};
+
+    reduce-scatter, all-gather and (pairwise) all-to-all are half of it, :math:`(n-1)\alpha +
+    \tfrac{n-1}{n} S/\beta`; a point-to-point ``send`` is :math:`\alpha + S/\beta`. The byte terms are
+    :func:`~llmcore.engineering.dist_utils.ring_all_reduce_bytes` and ``ring_gather_bytes`` — the counts
+    the chapter measures on the wire.
+    """
+    if n < 1 or size_bytes < 0:
+        raise LLMCoreError(f"collective_time needs n >= 1 and size_bytes >= 0, got n={n}, size_bytes={size_bytes}")
+    if kind == "send":
+        return link.latency + size_bytes / link.bandwidth
+    if n == 1:
+        return 0.0
+    if kind == "all_reduce":
+        return 2 * (n - 1) * link.latency + ring_all_reduce_bytes(size_bytes, n) / link.bandwidth
+    if kind in ("reduce_scatter", "all_gather", "all_to_all"):
+        return (n - 1) * link.latency + ring_gather_bytes(size_bytes, n) / link.bandwidth
+    raise LLMCoreError(f"unknown collective {kind!r}; valid: all_reduce, reduce_scatter, all_gather, all_to_all, send")
+
+
+@dataclass
+class PlacementConfig:
+    """A 3-D parallel training job for the placement table (defaults: a LLaMA-2-7B-like shape on 256 GPUs)."""
+
+    d_model: int = 4096
+    n_layers: int = 32
+    params: float = 6.7e9
+    seq: int = 4096
+    micro_batch: int = 1
+    micro_batches: int = 16     # m per step (gradient accumulation through the pipeline)
+    tp: int = 8
+    pp: int = 4
+    dp: int = 8
+    bytes_per_value: int = 2    # bf16 activations and gradients
+    gpu_flops: float = 400e12   # achieved bf16 FLOP/s per GPU (assumed ~40% of an H100's dense peak)
+
+
+def placement_table(cfg: PlacementConfig | None = None, inside: str = "nvlink4",
+                    across: str = "ib_ndr") -> list[dict[str, Any]]:
+    r"""Per-step communication time of TP, PP and DP on an intra-node and an inter-node link, against the
+    compute it accompanies (α–β model, no overlap).
+
+    * **TP** (``tp`` ranks): 4 all-reduces of the activation ``micro_batch·seq·d·bytes`` per layer per
+      micro-batch, against that layer's share of compute :math:`6 \cdot 12 d^2 \cdot \text{tokens} / (tp \cdot F)`;
+    * **PP** (``pp`` stages): one activation forward and one gradient backward per micro-batch per stage
+      boundary, against the stage's compute (``n_layers/pp`` layers);
+    * **DP** (``dp`` replicas): one all-reduce of this GPU's gradient shard ``params/(tp·pp)·bytes`` per step,
+      against the step's compute (``micro_batches`` micro-batches through the stage).
+    """
+    cfg = cfg or PlacementConfig()
+    tokens = cfg.micro_batch * cfg.seq
+    act = tokens * cfg.d_model * cfg.bytes_per_value
+    layer_s = 6 * 12 * cfg.d_model**2 * tokens / (cfg.tp * cfg.gpu_flops)
+    stage_s = layer_s * cfg.n_layers / cfg.pp
+    grad = cfg.params / (cfg.tp * cfg.pp) * cfg.bytes_per_value
+    dims = [
+        ("TP", f"4 all-reduces of {act / 1e6:.1f} MB per layer per micro-batch", cfg.tp,
+         lambda link: 4 * collective_time("all_reduce", act, cfg.tp, link), layer_s),
+        ("PP", f"2 sends of {act / 1e6:.1f} MB per micro-batch per stage", cfg.pp,
+         lambda link: 2 * collective_time("send", act, cfg.pp, link), stage_s),
+        ("DP", f"1 all-reduce of {grad / 1e6:.0f} MB gradient per step", cfg.dp,
+         lambda link: collective_time("all_reduce", grad, cfg.dp, link), stage_s * cfg.micro_batches),
+    ]
+    rows = []
+    for name, what, n, comm, compute_s in dims:
+        t_in, t_out = comm(LINKS[inside]), comm(LINKS[across])
+        rows.append({"dim": name, "n": n, "what": what, "compute_s": compute_s, "inside_s": t_in, "across_s": t_out,
+                     "inside_ratio": t_in / compute_s, "across_ratio": t_out / compute_s})
+    return rows
+
+
 # -- tables ---------------------------------------------------------------------------------------
 
 

@@ -209,3 +209,71 @@ def plot_timeline(ranks: list[dict[str, Any]], ax=None, title: str = ""):
     ax.set_title(title)
     ax.grid(False)
     return ax
+
+
+# -- the schedule as a picture: an idealised timeline from the dependencies alone ------------------------
+
+
+def ideal_timeline(kind: str, p: int, m: int, t_f: float = 1.0, t_b: float = 2.0) -> list[dict[str, Any]]:
+    r"""Start and end of every op of ``schedule_ops(kind, p, m, r)`` on every stage, with constant op times.
+
+    No processes and no clocks: each stage runs its ops in schedule order, as early as the data allows —
+    ``F(r, i)`` after ``F(r-1, i)`` has produced the activation, ``B(r, i)`` after ``B(r+1, i)`` has
+    produced the gradient. Returns the per-rank ``{"rank", "events", "busy"}`` dicts of :func:`run_pipeline`,
+    so :func:`measured_bubble` applies; for both schedules it gives exactly :math:`(p-1)/(m+p-1)` when
+    ``t_b`` is any multiple of ``t_f`` (checked in the tests).
+    """
+    ops = [schedule_ops(kind, p, m, r) for r in range(p)]
+    done: dict[tuple[str, int, int], float] = {}
+    free, nxt = [0.0] * p, [0] * p
+    events: list[list[tuple[str, int, float, float]]] = [[] for _ in range(p)]
+    while any(nxt[r] < len(ops[r]) for r in range(p)):
+        progressed = False
+        for r in range(p):
+            if nxt[r] == len(ops[r]):
+                continue
+            op, i = ops[r][nxt[r]]
+            dep = ("F", r - 1, i) if op == "F" and r > 0 else ("B", r + 1, i) if op == "B" and r < p - 1 else None
+            if dep is not None and dep not in done:
+                continue
+            t0 = max(free[r], done.get(dep, 0.0))
+            t1 = t0 + (t_f if op == "F" else t_b)
+            done[(op, r, i)], free[r] = t1, t1
+            events[r].append((op, i, t0, t1))
+            nxt[r] += 1
+            progressed = True
+        if not progressed:
+            raise RuntimeError(f"schedule {kind!r} deadlocks for p={p}, m={m}")
+    return [{"rank": r, "events": ev, "busy": sum(b - a for _o, _i, a, b in ev)} for r, ev in enumerate(events)]
+
+
+def plot_schedule_diagram(ax, kind: str = "1f1b", p: int = 4, m: int = 8, t_f: float = 1.0, t_b: float = 2.0):
+    """Draw the idealised schedule (:func:`ideal_timeline`): forwards blue, backwards orange with the
+    micro-batch index inside, the idle bubble hatched grey, and the stash (micro-batches whose activations
+    a stage holds) written at the end of each row. Returns ``ax``."""
+    from matplotlib.patches import Rectangle
+
+    from llmcore.core.plotting import PALETTE
+
+    ranks = ideal_timeline(kind, p, m, t_f, t_b)
+    end = max(r["events"][-1][3] for r in ranks)
+    for r in ranks:
+        ax.add_patch(Rectangle((0, r["rank"] - 0.4), end, 0.8, facecolor="0.93", edgecolor="0.6", hatch="///",
+                               lw=0, zorder=0))
+        live = peak = 0
+        for op, i, a, b in r["events"]:
+            live += 1 if op == "F" else -1
+            peak = max(peak, live)
+            ax.add_patch(Rectangle((a, r["rank"] - 0.4), b - a, 0.8, facecolor=PALETTE[0] if op == "F" else PALETTE[1],
+                                   edgecolor="white", lw=1, zorder=1))
+            ax.text((a + b) / 2, r["rank"], str(i), ha="center", va="center", fontsize=7, color="white", zorder=2)
+        ax.text(end + 0.3, r["rank"], f"stash ≤ {peak}", va="center", fontsize=7)
+    bubble = measured_bubble(ranks)
+    ax.set_xlim(0, end * 1.12)
+    ax.set_ylim(p - 0.5, -0.5)
+    ax.set_yticks(range(p), [f"stage {r}" for r in range(p)])
+    ax.set_xlabel(r"time (units of $t_f$; $t_b = %g\,t_f$)" % (t_b / t_f))
+    ax.set_title(f"{'GPipe' if kind == 'gpipe' else '1F1B'}, p={p}, m={m}: bubble {bubble:.3f} "
+                 f"= (p-1)/(m+p-1) = {p - 1}/{m + p - 1}", fontsize=9)
+    ax.grid(False)
+    return ax

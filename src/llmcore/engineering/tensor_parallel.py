@@ -259,3 +259,51 @@ def tp_worker(rank: int, world: int, cfg: TPConfig) -> dict[str, Any]:
         "params_local": n_tp,
         "params_full": sum(p.numel() for p in ref.parameters()),
     }
+
+
+# -- the split as a picture ------------------------------------------------------------------------------
+
+
+def plot_column_row_split(ax, n: int = 2):
+    r"""Draw Megatron's MLP split over ``n`` ranks: the replicated input :math:`X` enters :math:`f`, rank
+    :math:`i` multiplies by its column slice :math:`A_i` (``d × d_ff/n``), applies the activation locally,
+    multiplies by its row slice :math:`B_i` (``d_ff/n × d``) to a *partial* output :math:`Z_i`, and
+    :math:`g` all-reduces :math:`Z = \sum_i Z_i`. Box shapes follow the matrix shapes. Returns ``ax``."""
+    from matplotlib.patches import FancyArrowPatch, Rectangle
+
+    from llmcore.core.plotting import PALETTE
+
+    def box(x, y, w, h, label, color, text_color="white"):
+        ax.add_patch(Rectangle((x - w / 2, y - h / 2), w, h, facecolor=color, edgecolor="black", lw=0.6))
+        ax.text(x, y, label, ha="center", va="center", fontsize=8, color=text_color)
+
+    def arrow(x0, y0, x1, y1):
+        ax.add_patch(FancyArrowPatch((x0, y0), (x1, y1), arrowstyle="-|>", mutation_scale=8, lw=0.8, color="0.3"))
+
+    step = 1.6
+    ys = [-(i - (n - 1) / 2) * step for i in range(n)]
+    box(0, 0, 0.9, 0.5, "X\n(B·T, d)", "0.55")
+    ax.text(1.15, 0, "f: copy fwd,\nall-reduce bwd", fontsize=6.5, ha="center", va="center")
+    box(8.75, 0, 0.9, 0.5, "Z\n(B·T, d)", "0.55")
+    ax.text(7.75, 0, "g: all-reduce\nfwd, identity\nbwd", fontsize=6.5, ha="center", va="center")
+    for i, y in enumerate(ys):
+        c = PALETTE[i % len(PALETTE)]
+        arrow(0.45, 0, 1.6, y)
+        box(2.0, y, 0.5, 1.0, f"$A_{i + 1}$", c)            # column slice: d x d_ff/n (tall)
+        arrow(2.25, y, 3.1, y)
+        box(3.6, y, 0.9, 0.5, f"act($XA_{i + 1}$)", c)       # local, never communicated
+        arrow(4.05, y, 4.85, y)
+        box(5.35, y, 1.0, 0.5, f"$B_{i + 1}$", c)            # row slice: d_ff/n x d (wide)
+        arrow(5.85, y, 6.45, y)
+        box(6.9, y, 0.8, 0.5, f"$Z_{i + 1}$\npartial", c)
+        arrow(7.3, y, 8.3, 0)
+        ax.text(-1.2, y, f"rank {i}", va="center", fontsize=8, color=c)
+    ax.text(2.0, ys[-1] - 0.85, "column-parallel\n(split output dim)", ha="center", va="top", fontsize=7)
+    ax.text(5.35, ys[-1] - 0.85, "row-parallel\n(split input dim)", ha="center", va="top", fontsize=7)
+    ax.set_xlim(-1.6, 9.4)
+    ax.set_ylim(ys[-1] - 1.6, ys[0] + 1.0)
+    ax.set_aspect("equal")
+    ax.axis("off")
+    ax.set_title(rf"Tensor parallelism of $Z = \mathrm{{act}}(XA)\,B$ on {n} ranks: "
+                 rf"$Z = \sum_i \mathrm{{act}}(XA_i)B_i$, one all-reduce per direction", fontsize=9)
+    return ax

@@ -24,6 +24,8 @@ How each stage gets there (every layer's weight and bias are one flat buffer, pa
   for DDP and ZeRO-1/2 (measured below with :class:`~llmcore.engineering.dist_utils.Comm`).
 * **Offload** (ZeRO-Offload) — Adam's states and step live on the CPU; the gradient slice goes down,
   the updated parameter slice comes back.
+* **Mixed precision** (:data:`MIXED_VARIANTS`) — the model in bf16: shards, gradients and communication
+  are 16-bit, Adam updates fp32 master copies of the slices: the paper's :math:`16\Psi` per parameter, measured.
 
 Activation checkpointing (Chen et al., 2016) is the orthogonal saving: keep only each segment's input
 and recompute the segment in backward (:func:`checkpoint`).
@@ -34,6 +36,7 @@ from __future__ import annotations
 import math
 import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -41,6 +44,7 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from llmcore.core.report import Report
 from llmcore.engineering.dist_utils import (
@@ -101,6 +105,55 @@ def zero_formula(psi: float, n: int, stage: int, pgk: tuple[int, int, int] = MIX
     grads = G * psi / (n if stage >= 2 else 1)
     optim = K * psi / (n if stage >= 1 else 1)
     return {"params": params, "grads": grads, "optim": optim, "total": params + grads + optim}
+
+
+def plot_partitioning(ax, n: int = 4, pgk: tuple[int, int, int] = MIXED_PRECISION):
+    r"""Draw which model states each of ``n`` ranks holds under DDP and ZeRO-1/2/3.
+
+    One row per stage, one column per rank; in every cell a bar of :math:`P + G + K` units (bytes per
+    parameter) split into parameters, gradients and optimizer states. A sharded state is cut into ``n``
+    pieces and rank ``r`` keeps (colours) piece ``r`` only; the pieces it does not keep are left as outlines.
+    The right margin gives the per-rank bytes of :func:`zero_formula`. Returns ``ax``.
+    """
+    from matplotlib.patches import Patch, Rectangle
+
+    from llmcore.core.plotting import PALETTE
+
+    P, G, K = pgk
+    total = P + G + K
+    names = ["DDP", "ZeRO-1 ($P_{os}$)", "ZeRO-2 ($P_{os+g}$)", "ZeRO-3 ($P_{os+g+p}$)"]
+    kinds = (("parameters", P, 3), ("gradients", G, 2), ("optimizer states", K, 1))  # sharded from stage
+    cell_w, gap = total, 0.25 * total
+    for stage in range(len(names)):
+        y = stage
+        for r in range(n):
+            x0 = r * (cell_w + gap)
+            x = x0
+            for (_label, width, from_stage), color in zip(kinds, PALETTE):
+                if stage < from_stage:  # replicated: the rank holds all of it
+                    ax.add_patch(Rectangle((x, y - 0.3), width, 0.6, facecolor=color, edgecolor="white", lw=0.5))
+                else:  # sharded: n pieces, piece r is this rank's
+                    for k in range(n):
+                        held = k == r
+                        ax.add_patch(Rectangle((x + k * width / n, y - 0.3), width / n, 0.6,
+                                               facecolor=color if held else "none", edgecolor=color if not held
+                                               else "white", lw=0.5, alpha=1.0 if held else 0.5))
+                x += width
+        f = zero_formula(1, n, stage, pgk)["total"]
+        ax.text(n * (cell_w + gap) - gap / 2, y, f"{f:g}Ψ B/rank", va="center", fontsize=8)
+    for r in range(n):
+        ax.text(r * (cell_w + gap) + cell_w / 2, -0.6, f"rank {r}", ha="center", va="bottom", fontsize=8)
+    ax.set_xlim(-0.2, n * (cell_w + gap) + 0.9 * total)
+    ax.set_ylim(len(names) - 0.4, -0.9)
+    ax.set_yticks(range(len(names)), names)
+    ax.set_xticks([])
+    ax.grid(False)
+    for side in ("top", "right", "bottom"):
+        ax.spines[side].set_visible(False)
+    ax.legend(handles=[Patch(color=c, label=f"{lab} ({w} B/param)") for (lab, w, _s), c in zip(kinds, PALETTE)],
+              loc="upper center", bbox_to_anchor=(0.45, -0.02), ncol=3, fontsize=8, frameon=False)
+    ax.set_title(f"Model states held by each of N = {n} ranks (P, G, K) = {pgk} bytes per parameter", fontsize=9)
+    return ax
 
 
 def storage_bytes(tensors) -> int:
@@ -191,12 +244,17 @@ class ShardedLinear(nn.Module):
 
 
 class ZeroEngine:
-    """ZeRO stage 1, 2 or 3 (optionally with CPU offload of the optimizer) around an MLP of ``nn.Linear``."""
+    """ZeRO stage 1, 2 or 3 (optionally with CPU offload of the optimizer) around an MLP of ``nn.Linear``.
+
+    A model in bf16/fp16 trains in mixed precision: the shards, gradients and communication stay 16-bit,
+    Adam updates fp32 *master* copies of this rank's slices and the result is cast back into the shards
+    (the paper's :math:`(P, G, K) = (2, 2, 4 + 8)`)."""
 
     def __init__(self, model: nn.Sequential, stage: int, comm: Comm, lr: float, offload: bool = False):
         if stage not in (1, 2, 3):
             raise ValueError(f"ZeRO stage must be 1, 2 or 3, got {stage}")
         self.model, self.stage, self.comm, self.offload = model, stage, comm, offload
+        model_dtype = next(model.parameters()).dtype
         n, r = comm.world, comm.rank
         self.tracker = {"live": 0, "peak": 0, "grad_live": 0, "grad_peak": 0}
         self.shards: list[nn.Parameter] = []
@@ -229,9 +287,13 @@ class ZeroEngine:
                     p.register_post_accumulate_grad_hook(self._make_hook(layer))
             self.layers.append(layer)
             self.shards.append(shard)
-        if offload:  # Adam runs on CPU copies of the shards; states never touch the device
-            self.cpu_shards = [nn.Parameter(s.detach().to("cpu", copy=True)) for s in self.shards]
-            self.opt = torch.optim.Adam(self.cpu_shards, lr=lr)
+        # Adam runs on *master* copies of the shards when they must live elsewhere (offload: host memory) or in
+        # another precision (mixed precision: fp32 masters of bf16/fp16 shards); otherwise on the shards.
+        self.master: list[nn.Parameter] | None = None
+        if offload or model_dtype != torch.float32:
+            where = "cpu" if offload else self.shards[0].device
+            self.master = [nn.Parameter(s.detach().to(where, torch.float32, copy=True)) for s in self.shards]
+            self.opt = torch.optim.Adam(self.master, lr=lr)
         else:
             self.opt = torch.optim.Adam(self.shards, lr=lr)
 
@@ -268,13 +330,13 @@ class ZeroEngine:
             for layer in self.layers:
                 g = self.comm.reduce_scatter(layer["gflat"], tag="zero1.reduce_scatter_grad") / n
                 layer["shard"].grad.copy_(g)
-        if self.offload:
-            for s, c in zip(self.shards, self.cpu_shards):
-                c.grad = s.grad.detach().to("cpu")
+        if self.master is not None:  # gradient slice -> master (host and/or fp32), Adam, updated slice back
+            for s, c in zip(self.shards, self.master):
+                c.grad = s.grad.detach().to(c.device, c.dtype)
             self.opt.step()
             with torch.no_grad():
-                for s, c in zip(self.shards, self.cpu_shards):
-                    s.copy_(c.detach().to(s.device))
+                for s, c in zip(self.shards, self.master):
+                    s.copy_(c.detach().to(s.device, s.dtype))
         else:
             self.opt.step()
         if self.stage in (1, 2):
@@ -296,7 +358,10 @@ class ZeroEngine:
         dev, host = optimizer_state_bytes(self.opt)
         if self.offload:  # states and the optimizer's copy of the shard live in host memory
             return {"params": params, "grads": grads, "optim": 0, "optim_offloaded": dev + host,
-                    "host_param_copy": storage_bytes(self.cpu_shards)}
+                    "host_param_copy": storage_bytes(self.master)}
+        if self.master is not None:  # mixed precision: the fp32 master slice is an optimizer state (K = 4 + 8)
+            return {"params": params, "grads": grads, "optim": dev + host + storage_bytes(self.master),
+                    "optim_offloaded": 0, "host_param_copy": 0}
         return {"params": params, "grads": grads, "optim": dev + host, "optim_offloaded": 0, "host_param_copy": 0}
 
 
@@ -323,7 +388,10 @@ def _full_params(model: nn.Module, comm: Comm | None = None) -> torch.Tensor:
 def train_variant(name: str, rank: int, world: int, cfg: ZeroConfig) -> dict[str, Any]:
     """Train ``cfg.steps`` steps with one variant; return losses, final params, memory and bytes."""
     dev = worker_device(rank) if cfg.device == "cuda" else torch.device("cpu")
+    mixed = name.endswith("_mp")  # bf16 parameters and gradients, fp32 master slices in the optimizer
     model = make_mlp(cfg.sizes, cfg.seed).to(dev)
+    if mixed:
+        model = model.to(torch.bfloat16)
     psi = sum(p.numel() for p in model.parameters())
     comm = Comm()
     if dev.type == "cuda":
@@ -350,7 +418,7 @@ def train_variant(name: str, rank: int, world: int, cfg: ZeroConfig) -> dict[str
                 fully_shard(m)
         fully_shard(model)
         net, opt = model, torch.optim.Adam(model.parameters(), lr=cfg.lr)
-    else:  # "zero1", "zero2", "zero3", "zero3_offload"
+    else:  # "zero1", "zero2", "zero3", "zero3_offload" and the mixed-precision "zero{1,2,3}_mp"
         stage = int(name[4])
         engine = ZeroEngine(model, stage, comm, cfg.lr, offload=name.endswith("offload"))
         net, opt = model, None
@@ -362,7 +430,7 @@ def train_variant(name: str, rank: int, world: int, cfg: ZeroConfig) -> dict[str
             engine.zero_grad()
         else:
             opt.zero_grad(set_to_none=False)
-        loss = F.mse_loss(net(x), y)
+        loss = F.mse_loss(net(x.to(torch.bfloat16)).float(), y) if mixed else F.mse_loss(net(x), y)
         loss.backward()
         if engine is not None:
             engine.step()
@@ -395,6 +463,8 @@ def train_variant(name: str, rank: int, world: int, cfg: ZeroConfig) -> dict[str
 
 
 ALL_VARIANTS = ("ddp", "zero1", "zero2", "zero3", "zero3_offload", "torch_zero_redundancy", "torch_fsdp2")
+#: mixed precision (bf16 parameters and gradients, fp32 master + Adam): the paper's 16Ψ, measured
+MIXED_VARIANTS = ("zero1_mp", "zero2_mp", "zero3_mp")
 
 
 def zero_worker(rank: int, world: int, cfg: ZeroConfig, variants: tuple[str, ...] = ALL_VARIANTS) -> list[dict]:
@@ -437,6 +507,22 @@ def checkpoint(segment: nn.Module, x: torch.Tensor) -> torch.Tensor:
     return _Checkpoint.apply(segment, x, *segment.parameters())
 
 
+class MatmulFlops(TorchDispatchMode):
+    """Count the FLOPs of every matrix multiply that runs while active, forward *and* backward
+    (``mm``: :math:`2 \\cdot M K N`; ``addmm`` the same, the bias add not counted)."""
+
+    def __init__(self):
+        super().__init__()
+        self.flops = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        if func is torch.ops.aten.mm.default or func is torch.ops.aten.addmm.default:
+            a, b = args[-2], args[-1]
+            self.flops += 2 * a.shape[0] * a.shape[1] * b.shape[1]
+        return out
+
+
 def make_deep_mlp(depth: int, width: int, seed: int) -> nn.Sequential:
     torch.manual_seed(seed)
     return nn.Sequential(*[nn.Sequential(nn.Linear(width, width), nn.GELU()) for _ in range(depth)])
@@ -474,6 +560,12 @@ def saved_activation_bytes(model: nn.Sequential, x: torch.Tensor, every: int) ->
     return sum(seen.values())
 
 
+def _counted_flops(fn: Callable[[], Any]) -> int:
+    with MatmulFlops() as counter:
+        fn()
+    return counter.flops
+
+
 def checkpoint_experiment(depth: int = 16, width: int = 64, batch: int = 64, everies=(0, 1, 2, 4, 8),
                           repeats: int = 3, seed: int = 0, device: str = "cpu") -> list[dict[str, Any]]:
     """Memory kept for backward and fwd+bwd time, for checkpointing every k blocks; grads vs no-ckpt."""
@@ -507,6 +599,7 @@ def checkpoint_experiment(depth: int = 16, width: int = 64, batch: int = 64, eve
             "saved_bytes": saved_activation_bytes(model, x, k),
             "time_s": sorted(times)[len(times) // 2],
             "grad_err": (gk - ref).abs().max().item(),
+            "matmul_flops": _counted_flops(lambda k=k: grads(k)),
             "grad_err_vs_torch": (gk - grads(k, "torch")).abs().max().item() if k else 0.0,
             "cuda_peak": peak,
         })
@@ -528,6 +621,7 @@ class ZeroResult:
     ckpt: list[dict[str, Any]]
     backend: str
     cuda_offload: dict[str, Any] | None = None
+    mixed: dict[int, list[dict[str, Any]]] | None = None  # world N -> rank 0's MIXED_VARIANTS results
 
     def variant(self, n: int, name: str) -> dict[str, Any]:
         return next(v for v in self.runs[n] if v["name"] == name)
@@ -548,9 +642,10 @@ def experiment(toy: bool = True, device: str = "auto", seed: int = 0, worlds: tu
     for n in worlds:
         variants = ALL_VARIANTS if n == main_world else ("ddp", "zero1", "zero2", "zero3", "zero3_offload")
         runs[n] = launch(zero_worker, n, (cfg, variants), backend=backend)[0]
+    mixed = {n: launch(zero_worker, n, (cfg, MIXED_VARIANTS), backend=backend)[0] for n in worlds}
     ck = checkpoint_experiment(seed=seed, device="cuda" if dev_type == "cuda" else "cpu",
                                **({} if toy else {"depth": 32, "width": 1024, "batch": 1024}))
-    res = ZeroResult(cfg, runs, ck, backend)
+    res = ZeroResult(cfg, runs, ck, backend, mixed=mixed)
     if torch.cuda.is_available():  # offload's real saving on one GPU (NCCL, one rank): also on a 1-GPU Colab,
         one = replace(cfg, device="cuda")  # where the multi-rank runs above fall back to gloo on the CPU
         r = launch(zero_worker, 1, (one, ("zero3", "zero3_offload")), backend="nccl")[0]
@@ -572,6 +667,23 @@ def memory_table(res: ZeroResult) -> list[dict[str, Any]]:
                          ("params", "grads", "optim", "optim_offloaded", "host_param_copy")},
                          "measured_total": measured, "formula_total": f["total"],
                          "ratio": measured / f["total"], "on_device": measured - mem["optim_offloaded"]})
+    return rows
+
+
+def mixed_table(res: ZeroResult) -> list[dict[str, Any]]:
+    """Mixed-precision runs: measured per-rank model-state bytes vs the paper's :math:`(2 + 2 + 12)\\Psi`
+    formula, and the largest relative loss difference from the fp32 DDP run on the same data."""
+    rows = []
+    for n, variants in (res.mixed or {}).items():
+        ddp = res.variant(n, "ddp")["losses"]
+        for v in variants:
+            mem = v["memory"]
+            measured = mem["params"] + mem["grads"] + mem["optim"]
+            f = zero_formula(v["psi"], n, int(v["name"][4]), MIXED_PRECISION)
+            rows.append({"N": n, "variant": v["name"], "psi": v["psi"], "params": mem["params"], "grads": mem["grads"],
+                         "optim": mem["optim"], "measured_total": measured, "formula_total": f["total"],
+                         "ratio": measured / f["total"], "bytes_per_param": measured / v["psi"],
+                         "loss_rel_diff": max(abs(a - b) / abs(b) for a, b in zip(v["losses"], ddp))})
     return rows
 
 
@@ -618,6 +730,14 @@ def make_report(res: ZeroResult, toy: bool, device: str, seed: int) -> Report:
     rep.metric(f"activation bytes kept, checkpoint every {k_best} / none", ck[k_best]["saved_bytes"] / ck[0]["saved_bytes"])
     rep.check("checkpoint every block keeps <= 1/2 of the activation bytes", ck[1]["saved_bytes"] / ck[0]["saved_bytes"],
               "<=", 0.5)
+    if res.mixed:
+        mx = mixed_table(res)
+        rep.metric("N=1 mixed-precision model-state bytes per parameter",
+                   next(r["bytes_per_param"] for r in mx if r["N"] == min(res.mixed) and r["variant"] == "zero1_mp"))
+        rep.check("mixed precision (bf16 + fp32 master): bytes / (2+2+12)Ψ formula, worst (max |ratio-1|)",
+                  max(abs(r["ratio"] - 1) for r in mx), "<", 0.10)
+        rep.check("mixed precision loss vs fp32 DDP, every step (max relative diff)",
+                  max(r["loss_rel_diff"] for r in mx), "<", 0.02)
     if res.cuda_offload:
         rep.metric("CUDA max_memory_allocated ZeRO-3 (1 GPU) bytes", res.cuda_offload["zero3"])
         rep.metric("CUDA max_memory_allocated ZeRO-3+offload (1 GPU) bytes", res.cuda_offload["zero3_offload"])

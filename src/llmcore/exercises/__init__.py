@@ -12,6 +12,13 @@ from llmcore.exercises.decoding import (
     check_speculative_accept,
     check_top_p_filter,
 )
+from llmcore.exercises.engineering import (
+    check_allreduce_time,
+    check_column_parallel_split,
+    check_pipeline_bubble,
+    check_ring_allreduce_bytes,
+    check_zero_memory,
+)
 from llmcore.exercises.foundation_rl import (
     check_bellman_q,
     check_discounted_return,
@@ -30,7 +37,9 @@ from llmcore.exercises.policy_gradient import (
 )
 
 __all__ = [
+    "check_allreduce_time",
     "check_bellman_q",
+    "check_column_parallel_split",
     "check_discounted_return",
     "check_double_q_target",
     "check_gae",
@@ -38,9 +47,12 @@ __all__ = [
     "check_kv_cache_bytes",
     "check_lora_forward",
     "check_lora_param_count",
+    "check_pipeline_bubble",
     "check_ppo_clip_loss",
     "check_reinforce_returns",
+    "check_ring_allreduce_bytes",
     "check_speculative_accept",
     "check_ties_merge",
     "check_top_p_filter",
+    "check_zero_memory",
 ]
