@@ -7,6 +7,7 @@ what was expected and what came back.
     PASS check_gae: 6 hidden cases agree with the book's reference implementation
 """
 
+from llmcore.exercises.architecture import check_online_softmax, check_repeat_kv, check_rmsnorm, check_rope
 from llmcore.exercises.foundation_rl import (
     check_bellman_q,
     check_discounted_return,
@@ -14,4 +15,5 @@ from llmcore.exercises.foundation_rl import (
     check_gae,
 )
 
-__all__ = ["check_bellman_q", "check_discounted_return", "check_double_q_target", "check_gae"]
+__all__ = ["check_bellman_q", "check_discounted_return", "check_double_q_target", "check_gae",
+           "check_online_softmax", "check_repeat_kv", "check_rmsnorm", "check_rope"]
