@@ -360,10 +360,10 @@ widgets.interact(tiles, block=widgets.Dropdown(options=[32, 64, 128, 256, 512], 
 #
 # ```{admonition} Hardware and cost card · 硬件与成本
 # :class: tip
-# - **Toy (this page, `run.py --module attention --toy`):** 103 s wall and 0.52 GB peak RAM on the 2-core CPU
-#   with 3 seeds in the equal-size comparison, measured under load with `/usr/bin/time -v`; the default of 2
-#   seeds saves one seed's three runs (about 25 s). The rest (SDPA checks, Triton interpreter, memory sweep to
-#   $N = 2048$, the 5-model KV table) took 30 s.
+# - **Toy (this page, `run.py --module attention --toy`):** 75 s wall and 0.51 GB peak RAM on the 2-core CPU
+#   with the default 2 seeds in the equal-size comparison, measured under load with `/usr/bin/time -v`; with
+#   3 seeds it took 103 s, over the 90 s toy budget. Without the comparison (SDPA checks, Triton interpreter,
+#   memory sweep to $N = 2048$, the 5-model KV table) the loop took 30 s: each extra 300-step model costs about 9 s.
 # - **Full (`toy=False`):** 3000-step runs, 5 seeds and $N$ up to 8192: roughly 20 × the training time of the
 #   toy, about 25–30 min on this CPU; minutes on one GPU. The naive $N = 8192$ score matrix alone is
 #   256 MiB per head in fp32.

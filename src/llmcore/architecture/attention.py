@@ -33,6 +33,7 @@ from llmcore.architecture.pretrained import TINY_CONFIG, TINY_TRAIN, corpus_ids,
 from llmcore.architecture.training import TrainConfig, evaluate, random_windows, train
 from llmcore.core.device import pick_device
 from llmcore.core.errors import LLMCoreError
+from llmcore.core.progress import progress
 from llmcore.core.report import Report
 from llmcore.core.seed import seed_everything
 from llmcore.core.triton_env import kernel_device
@@ -282,10 +283,12 @@ def kv_variants_table(toy: bool = True, seed: int = 0, device: str = "cpu") -> l
                 "val_loss": evaluate(m, val_ids, tcfg.seq_len, max_windows=eval_windows)}
 
     rows, models = [], {}
+    bar = progress(total=5, desc="KV-head variants: 3 trainings + 2 uptrainings")
     for name, kv in (("MHA", 4), ("GQA-2", 2), ("MQA", 1)):
         seed_everything(seed)
         m = Llama(replace(cfg, n_kv_heads=kv)).to(device)
-        train(m, replace(tcfg, desc=f"{name} ({kv} KV heads)"), batches)
+        train(m, replace(tcfg, desc=f"{name} ({kv} KV heads)"), batches, show_progress=False)
+        bar.update()
         models[name] = m
         rows.append(row(name, m))
     up = replace(tcfg, steps=tcfg.steps // 10, warmup_steps=3, seed=seed + 1)
@@ -293,8 +296,10 @@ def kv_variants_table(toy: bool = True, seed: int = 0, device: str = "cpu") -> l
         pooled = mha_to_gqa(models["MHA"], kv)
         rows.append(row(f"MHA→{name} mean-pooled", pooled))
         seed_everything(seed)
-        train(pooled, replace(up, desc=f"uptrain pooled {name}"), batches)
+        train(pooled, replace(up, desc=f"uptrain pooled {name}"), batches, show_progress=False)
+        bar.update()
         rows.append(row(f"MHA→{name} pooled + {up.steps} steps", pooled))
+    bar.close()
     return rows
 
 
@@ -325,6 +330,7 @@ def kv_seed_sweep(seeds=(0, 1, 2), toy: bool = True, device: str = "cpu", known:
     train_ids, val_ids = corpus_ids()
     known = known or {}
     rows = []
+    bar = progress(total=len(seeds) * len(KV_VARIANTS), desc=f"equal-size MHA/GQA/MQA, {len(seeds)} seeds")
     for seed in seeds:
         base, tcfg = kv_setup(toy, seed)
         for name, kv in KV_VARIANTS:
@@ -335,10 +341,12 @@ def kv_seed_sweep(seeds=(0, 1, 2), toy: bool = True, device: str = "cpu", known:
                 loss = known[(name, seed)]
             else:
                 train(m, replace(tcfg, desc=f"{name}, equal size, seed {seed}"),
-                      lambda g, t=tcfg: random_windows(train_ids, t.batch_size, t.seq_len, g))
+                      lambda g, t=tcfg: random_windows(train_ids, t.batch_size, t.seq_len, g), show_progress=False)
                 loss = evaluate(m, val_ids, tcfg.seq_len, max_windows=200 if toy else None)
+            bar.update()
             rows.append({"variant": name, "seed": seed, "kv_heads": kv, "ffn_hidden": cfg.ffn_hidden,
                          "params": m.num_params(), "val_loss": loss})
+    bar.close()
     return rows
 
 
@@ -391,7 +399,7 @@ def plot_head_grouping(ax, n_heads: int = 8, n_kv_heads: int = 2, title: str | N
     name = "MHA" if G == 1 else "MQA" if n_kv_heads == 1 else f"GQA-{n_kv_heads}"
     ax.text(n_heads / 2, -0.25, f"KV cache per token and layer: 2 x {n_kv_heads} x D  ({n_kv_heads}/{n_heads} of MHA)",
             ha="center", fontsize=8)
-    ax.set_title(title or f"{name}: {n_heads} query heads, {n_kv_heads} KV head(s), groups of G = {G}", fontsize=9)
+    ax.set_title(title or f"{name}: H = {n_heads} query heads, K = {n_kv_heads}, G = {G}", fontsize=9)
     return ax
 
 
