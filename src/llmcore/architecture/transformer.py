@@ -378,7 +378,12 @@ def retrieval(image_tower: ImageTower, text_tower: TextTower, images, labels, ca
 
 def contrastive_alignment(cfg: AlignConfig | None = None, device: str = "cpu") -> AlignResult:
     """Train an image tower and a text tower with :func:`info_nce` so that a shape's patches and its caption
-    land close together in one ``d_model``-wide space; measure held-out retrieval before and after."""
+    land close together in one ``d_model``-wide space; measure held-out retrieval before and after.
+
+    Its own few-line AdamW loop, not the kit's :func:`~llmcore.architecture.training.train`: that loop
+    trains one language model on ``(inputs, labels)`` token batches with the next-token loss, while this
+    one trains two towers on image-caption pairs with a contrastive loss.
+    """
     cfg = cfg or AlignConfig()
     x, y = shape_images(cfg.n_train, seed=cfg.seed)
     xt, yt = (t.to(device) for t in shape_images(cfg.n_test, seed=cfg.seed + 10_000))
