@@ -1,10 +1,14 @@
 """Attention variants, MHA -> GQA pooling, tiled FlashAttention (torch and Triton), memory meter."""
 
+import matplotlib.pyplot as plt
 import pytest
 import torch
+from matplotlib.patches import Rectangle
 
 from llmcore.architecture.attention import (
+    KV_VARIANTS,
     PeakMemory,
+    equal_size_ffn,
     equivalence_checks,
     flash_attention,
     grouped_query_attention,
@@ -14,9 +18,13 @@ from llmcore.architecture.attention import (
     memory_sweep,
     mha_to_gqa,
     naive_attention,
+    online_softmax_update,
     peak_memory,
+    plot_head_grouping,
+    seed_summary,
 )
 from llmcore.architecture.llama import Llama, ModelConfig
+from llmcore.architecture.pretrained import TINY_CONFIG
 from llmcore.core import triton_env  # first: sets TRITON_INTERPRET=1 on CPU before Triton is imported
 from llmcore.core.errors import LLMCoreError
 
@@ -109,3 +117,50 @@ def test_triton_kernel_runs_where_the_kernel_device_says():
         q, k, v = _qkv(1, n=16, d=16)
         with pytest.raises(LLMCoreError, match="needs CUDA tensors"):
             flash_attention_triton(q, k, v)
+
+
+@pytest.mark.parametrize("H,K", [(8, 8), (8, 2), (8, 1), (6, 3)])
+def test_head_grouping_diagram(H, K):
+    fig, ax = plt.subplots()
+    assert plot_head_grouping(ax, H, K) is ax
+    rects = [p for p in ax.patches if isinstance(p, Rectangle)]
+    assert len(rects) == H + K  # one box per query head and per KV head
+    assert len(ax.lines) == H  # one line per query head to its KV head
+    G = H // K
+    for h, line in enumerate(ax.lines):  # query head h is wired to KV head h // G
+        assert line.get_xdata()[1] == pytest.approx((h // G) * G + G / 2)
+    with pytest.raises(LLMCoreError, match="multiple"):
+        plot_head_grouping(ax, 8, 3)
+    plt.close(fig)
+
+
+def test_online_softmax_update_over_tiles_equals_softmax():
+    g = torch.Generator().manual_seed(1)
+    s, v = torch.randn(3, 10, generator=g, dtype=torch.float64), torch.randn(10, 4, generator=g, dtype=torch.float64)
+    m, ell, acc = torch.full((3, 1), float("-inf"), dtype=torch.float64), torch.zeros(3, 1, dtype=torch.float64), \
+        torch.zeros(3, 4, dtype=torch.float64)  # noqa: E741
+    for j in range(0, 10, 3):  # ragged tiles 3, 3, 3, 1
+        m, ell, acc = online_softmax_update(m, ell, acc, s[:, j:j + 3], v[j:j + 3])
+    assert torch.allclose(acc / ell, torch.softmax(s, -1) @ v)
+    assert torch.allclose(m, s.amax(-1, keepdim=True)) and torch.allclose(ell, torch.exp(s - m).sum(-1, keepdim=True))
+
+
+def test_equal_size_ffn_gives_equal_parameter_counts():
+    base = ModelConfig(**{**TINY_CONFIG.__dict__, "tie_embeddings": False, "max_seq_len": 64})
+    sizes = {}
+    for name, kv in KV_VARIANTS:
+        cfg = ModelConfig(**{**base.__dict__, "n_kv_heads": kv, "ffn_hidden": equal_size_ffn(base, kv)})
+        sizes[name] = Llama(cfg).num_params()
+    # MQA frees 2 * 64 * 16 * 3 = 6144 weights per layer = 32 FFN units of 3 * 64: exactly equal
+    assert equal_size_ffn(base, 1) == base.ffn_hidden + 32 and sizes["MQA"] == sizes["MHA"]
+    # GQA-2 frees 4096 = 21.33 units: 21 units, 64 weights per layer short
+    assert sizes["MHA"] - sizes["GQA-2"] == 2 * 64
+
+
+def test_seed_summary_pairs_by_seed():
+    rows = [{"variant": n, "seed": s, "val_loss": v} for n, s, v in (
+        ("MHA", 0, 2.0), ("MHA", 1, 3.0), ("GQA-2", 0, 2.1), ("GQA-2", 1, 3.1), ("MQA", 0, 2.5), ("MQA", 1, 2.5))]
+    summ = seed_summary(rows)
+    assert summ["MHA"]["mean"] == pytest.approx(2.5) and summ["MHA"]["diff_mean"] == 0
+    assert summ["GQA-2"]["diff_mean"] == pytest.approx(0.1) and summ["GQA-2"]["diff_std"] == pytest.approx(0.0, abs=1e-9)
+    assert summ["MQA"]["diff_mean"] == pytest.approx(0.0) and summ["MQA"]["diff_std"] == pytest.approx(2 ** 0.5 * 0.5)

@@ -23,13 +23,19 @@ from dataclasses import dataclass, field, replace
 
 import torch
 import torch.nn.functional as F
+from matplotlib.patches import Rectangle
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 
 from llmcore.architecture.flash_triton import flash_attention_triton
-from llmcore.architecture.llama import Llama
+from llmcore.architecture.llama import Llama, ModelConfig
+from llmcore.architecture.pretrained import TINY_CONFIG, TINY_TRAIN, corpus_ids, unigram_loss
+from llmcore.architecture.training import TrainConfig, evaluate, random_windows, train
+from llmcore.core.device import pick_device
 from llmcore.core.errors import LLMCoreError
+from llmcore.core.progress import progress
 from llmcore.core.report import Report
+from llmcore.core.seed import seed_everything
 from llmcore.core.triton_env import kernel_device
 
 
@@ -65,6 +71,23 @@ def grouped_query_attention(q, k, v, causal: bool = False) -> torch.Tensor:
     return (torch.softmax(scores, dim=-1) @ v[:, :, None]).reshape(B, H, N, D)
 
 
+def online_softmax_update(m, ell, acc, s, v):
+    r"""Fold one tile of scores into the running softmax statistics (one FlashAttention step).
+
+    ``m, ell (..., bq, 1)``: running row max $m$ and normaliser $\ell = \sum_j e^{s_j - m}$; ``acc (..., bq, D)``: the
+    unnormalised output $\sum_j e^{s_j - m} v_j$; ``s (..., bq, bk)``: the new tile's scores (``-inf`` where
+    masked); ``v (..., bk, D)``: its values. Returns the updated ``(m, ell, acc)``; after the last tile
+    the attention output is ``acc / ell``, exactly.
+
+    $$ m' = \max(m, \max_j s_j),\quad \ell' = e^{m-m'}\,\ell + \sum_j e^{s_j-m'},\quad
+       acc' = e^{m-m'}\,acc + \sum_j e^{s_j-m'}\,v_j . $$
+    """
+    m_new = torch.maximum(m, s.amax(-1, keepdim=True))
+    alpha = torch.exp(m - m_new)  # rescale the old partial sums to the new max
+    p = torch.exp(s - m_new)
+    return m_new, alpha * ell + p.sum(-1, keepdim=True), alpha * acc + p @ v
+
+
 def flash_attention(q, k, v, causal: bool = False, block_q: int = 128, block_k: int = 128) -> torch.Tensor:
     """FlashAttention forward in torch: tiles of ``block_q`` queries x ``block_k`` keys, online softmax.
 
@@ -92,12 +115,7 @@ def flash_attention(q, k, v, causal: bool = False, block_q: int = 128, block_k: 
                     rows = torch.arange(i, i + bq, device=q.device)[:, None] + offset
                     cols = torch.arange(j, j + s.shape[-1], device=q.device)[None, :]
                     s = s.masked_fill(cols > rows, float("-inf"))
-                m_new = torch.maximum(m, s.amax(-1, keepdim=True))
-                alpha = torch.exp(m - m_new)  # rescale the old partial sums to the new max
-                p = torch.exp(s - m_new)
-                l = alpha * l + p.sum(-1, keepdim=True)  # noqa: E741
-                acc = alpha * acc + p @ vh[:, :, j:j + block_k]
-                m = m_new
+                m, l, acc = online_softmax_update(m, l, acc, s, vh[:, :, j:j + block_k])  # noqa: E741
             out[:, kv_h * G:(kv_h + 1) * G, i:i + bq] = acc / l
     return out
 
@@ -214,6 +232,7 @@ class AttentionResult:
     memory: dict[str, list[int]] = field(default_factory=dict)
     kv_rows: list[dict] = field(default_factory=list)  # the KV-size vs validation-loss table
     unigram: float = float("nan")
+    seed_rows: list[dict] = field(default_factory=list)  # equal-size MHA/GQA/MQA over seeds (kv_seed_sweep)
 
 
 def equivalence_checks(seed: int = 0, n: int = 70, d: int = 16, with_triton: bool = True,
@@ -238,18 +257,21 @@ def equivalence_checks(seed: int = 0, n: int = 70, d: int = 16, with_triton: boo
     return errors, triton_errors
 
 
+def kv_setup(toy: bool, seed: int) -> tuple[ModelConfig, TrainConfig]:
+    """The model and training recipe of the KV-head experiments (4 query heads, 2 layers, ``d = 64``).
+
+    Short windows, a high learning rate and untied embeddings: the fastest way off the unigram plateau
+    on 2 CPU cores (the cached tiny LM of the previous chapter trains longer, tied).
+    """
+    tcfg = replace(TINY_TRAIN, steps=300 if toy else 3000, batch_size=32, seq_len=64, lr=2e-2, seed=seed)
+    return replace(TINY_CONFIG, max_seq_len=tcfg.seq_len, tie_embeddings=False), tcfg
+
+
 def kv_variants_table(toy: bool = True, seed: int = 0, device: str = "cpu") -> list[dict]:
     """Train the tiny LM's architecture with 4 / 2 / 1 KV heads (same budget and seed), then convert the
     MHA model to GQA-2 / MQA by mean-pooling -- as is, and after a short uptraining (10% of the steps)."""
-    from llmcore.architecture.pretrained import TINY_CONFIG, TINY_TRAIN, corpus_ids
-    from llmcore.architecture.training import evaluate, random_windows, train
-    from llmcore.core.seed import seed_everything
-
     train_ids, val_ids = corpus_ids()
-    # short windows, a high learning rate and untied embeddings: the fastest way off the unigram
-    # plateau on 2 CPU cores (the cached tiny LM of the previous chapter trains longer, tied)
-    tcfg = replace(TINY_TRAIN, steps=300 if toy else 3000, batch_size=32, seq_len=64, lr=2e-2, seed=seed)
-    cfg = replace(TINY_CONFIG, max_seq_len=tcfg.seq_len, tie_embeddings=False)
+    cfg, tcfg = kv_setup(toy, seed)
     eval_windows = 200 if toy else None
 
     def batches(g):
@@ -261,10 +283,12 @@ def kv_variants_table(toy: bool = True, seed: int = 0, device: str = "cpu") -> l
                 "val_loss": evaluate(m, val_ids, tcfg.seq_len, max_windows=eval_windows)}
 
     rows, models = [], {}
+    bar = progress(total=5, desc="KV-head variants: 3 trainings + 2 uptrainings")
     for name, kv in (("MHA", 4), ("GQA-2", 2), ("MQA", 1)):
         seed_everything(seed)
         m = Llama(replace(cfg, n_kv_heads=kv)).to(device)
-        train(m, replace(tcfg, desc=f"{name} ({kv} KV heads)"), batches)
+        train(m, replace(tcfg, desc=f"{name} ({kv} KV heads)"), batches, show_progress=False)
+        bar.update()
         models[name] = m
         rows.append(row(name, m))
     up = replace(tcfg, steps=tcfg.steps // 10, warmup_steps=3, seed=seed + 1)
@@ -272,21 +296,123 @@ def kv_variants_table(toy: bool = True, seed: int = 0, device: str = "cpu") -> l
         pooled = mha_to_gqa(models["MHA"], kv)
         rows.append(row(f"MHA→{name} mean-pooled", pooled))
         seed_everything(seed)
-        train(pooled, replace(up, desc=f"uptrain pooled {name}"), batches)
+        train(pooled, replace(up, desc=f"uptrain pooled {name}"), batches, show_progress=False)
+        bar.update()
         rows.append(row(f"MHA→{name} pooled + {up.steps} steps", pooled))
+    bar.close()
     return rows
 
 
-def experiment(toy: bool = True, seed: int = 0, device: str = "cpu", with_triton: bool = True) -> AttentionResult:
-    from llmcore.architecture.pretrained import corpus_ids, unigram_loss
-    from llmcore.core.seed import seed_everything
+def equal_size_ffn(cfg: ModelConfig, n_kv_heads: int) -> int:
+    r"""``ffn_hidden`` that gives a model with ``n_kv_heads`` (about) the parameter count of ``cfg``.
 
+    Each key/value head dropped frees $2\,d\,D$ weights per layer (its rows of ``k_proj`` and ``v_proj``);
+    each SwiGLU hidden unit costs $3d$ (``gate``, ``up``, ``down``). The freed weights go to the FFN,
+    rounded to the nearest unit, so the models differ only in how they spend the same budget.
+    """
+    freed = 2 * cfg.d_model * cfg.head_dim * (cfg.n_kv_heads - n_kv_heads)
+    return cfg.ffn_hidden + round(freed / (3 * cfg.d_model))
+
+
+#: the variants of the equal-size comparison: (name, KV heads) for 4 query heads
+KV_VARIANTS = (("MHA", 4), ("GQA-2", 2), ("MQA", 1))
+
+
+def kv_seed_sweep(seeds=(0, 1, 2), toy: bool = True, device: str = "cpu", known: dict | None = None) -> list[dict]:
+    """MHA / GQA-2 / MQA at **equal parameter count** (the freed attention weights moved to the FFN, see
+    :func:`equal_size_ffn`), each trained with :func:`kv_setup`'s recipe for every seed (initialisation and
+    batch order both change with the seed). One row per (variant, seed): ``variant, seed, kv_heads,
+    ffn_hidden, params, val_loss``.
+
+    ``known`` maps ``(variant, seed)`` to a validation loss already measured with exactly this config and
+    recipe (the seed-0 MHA model of :func:`kv_variants_table` is one); those runs are not repeated.
+    """
+    train_ids, val_ids = corpus_ids()
+    known = known or {}
+    rows = []
+    bar = progress(total=len(seeds) * len(KV_VARIANTS), desc=f"equal-size MHA/GQA/MQA, {len(seeds)} seeds")
+    for seed in seeds:
+        base, tcfg = kv_setup(toy, seed)
+        for name, kv in KV_VARIANTS:
+            cfg = replace(base, n_kv_heads=kv, ffn_hidden=equal_size_ffn(base, kv))
+            seed_everything(seed)
+            m = Llama(cfg).to(device)
+            if (name, seed) in known:
+                loss = known[(name, seed)]
+            else:
+                train(m, replace(tcfg, desc=f"{name}, equal size, seed {seed}"),
+                      lambda g, t=tcfg: random_windows(train_ids, t.batch_size, t.seq_len, g), show_progress=False)
+                loss = evaluate(m, val_ids, tcfg.seq_len, max_windows=200 if toy else None)
+            bar.update()
+            rows.append({"variant": name, "seed": seed, "kv_heads": kv, "ffn_hidden": cfg.ffn_hidden,
+                         "params": m.num_params(), "val_loss": loss})
+    bar.close()
+    return rows
+
+
+def _std(t: torch.Tensor) -> float:
+    return float(t.std()) if len(t) > 1 else float("nan")
+
+
+def sweep_seeds(toy: bool, seed: int) -> tuple[int, ...]:
+    """Seeds of the equal-size comparison: 2 in toy mode (3 seeds took 103 s, over the 90 s toy budget of a
+    2-core CPU), 5 in full mode; the first is the run's own seed (its MHA model is reused)."""
+    return tuple(seed + i for i in range(2 if toy else 5))
+
+
+def seed_summary(rows: list[dict]) -> dict[str, dict[str, float]]:
+    """Per variant: mean and sample std of the validation loss over seeds, and the mean and std of the
+    *paired* difference to MHA (same seed: same data order), which cancels the seed-to-seed noise they share."""
+    by = {(r["variant"], r["seed"]): r["val_loss"] for r in rows}
+    seeds = sorted({r["seed"] for r in rows})
+    out = {}
+    for name, _ in KV_VARIANTS:
+        x = torch.tensor([by[(name, s)] for s in seeds], dtype=torch.float64)
+        d = x - torch.tensor([by[("MHA", s)] for s in seeds], dtype=torch.float64)
+        out[name] = {"mean": float(x.mean()), "std": _std(x), "diff_mean": float(d.mean()), "diff_std": _std(d),
+                     "n": len(seeds)}
+    return out
+
+
+def plot_head_grouping(ax, n_heads: int = 8, n_kv_heads: int = 2, title: str | None = None):
+    """Which key/value head each query head reads: ``g(h) = h // (n_heads / n_kv_heads)``.
+
+    Draws ``n_heads`` query-head boxes (top), ``n_kv_heads`` KV-head boxes (bottom, width proportional to
+    the KV cache they hold) and one line per query head to its KV head, coloured by group. Returns ``ax``.
+    """
+    if n_kv_heads < 1 or n_heads % n_kv_heads:
+        raise LLMCoreError(f"n_heads={n_heads} must be a positive multiple of n_kv_heads={n_kv_heads}")
+    G = n_heads // n_kv_heads
+    colors = [f"C{g % 10}" for g in range(n_kv_heads)]
+    ax.set_xlim(-0.2, n_heads + 0.2)
+    ax.set_ylim(-0.5, 3.1)
+    ax.axis("off")
+    for h in range(n_heads):
+        g = h // G
+        ax.add_patch(Rectangle((h + 0.1, 2.0), 0.8, 0.6, facecolor=colors[g], alpha=0.35, edgecolor="k"))
+        ax.text(h + 0.5, 2.3, f"q{h}", ha="center", va="center", fontsize=8)
+        kv_x = g * G + G / 2  # centre of the KV head box below
+        ax.plot([h + 0.5, kv_x], [2.0, 0.9], color=colors[g], lw=1.2)
+    for g in range(n_kv_heads):
+        ax.add_patch(Rectangle((g * G + 0.1, 0.3), G - 0.2, 0.6, facecolor=colors[g], alpha=0.8, edgecolor="k"))
+        ax.text(g * G + G / 2, 0.6, f"k{g}, v{g}" if G > 1 else f"kv{g}", ha="center", va="center", fontsize=8)
+    name = "MHA" if G == 1 else "MQA" if n_kv_heads == 1 else f"GQA-{n_kv_heads}"
+    ax.text(n_heads / 2, -0.25, f"KV cache per token and layer: 2 x {n_kv_heads} x D  ({n_kv_heads}/{n_heads} of MHA)",
+            ha="center", fontsize=8)
+    ax.set_title(title or f"{name}: H = {n_heads} query heads, K = {n_kv_heads}, G = {G}", fontsize=9)
+    return ax
+
+
+def experiment(toy: bool = True, seed: int = 0, device: str = "cpu", with_triton: bool = True) -> AttentionResult:
     seed_everything(seed)
     res = AttentionResult()
     res.errors, res.triton_errors = equivalence_checks(seed, with_triton=with_triton, device=device)
     ns = [256, 512, 1024, 2048] if toy else [512, 1024, 2048, 4096, 8192]
     res.memory = memory_sweep(ns, seed=seed)
     res.kv_rows = kv_variants_table(toy=toy, seed=seed, device=device)
+    mha = next(r for r in res.kv_rows if r["variant"] == "MHA")  # the same config, recipe and seed: reused
+    res.seed_rows = kv_seed_sweep(sweep_seeds(toy, seed), toy=toy, device=device,
+                                  known={("MHA", seed): mha["val_loss"]})
     tr, va = corpus_ids()
     res.unigram = unigram_loss(tr, va, 264)
     return res
@@ -317,12 +443,22 @@ def make_report(res: AttentionResult, toy: bool, device: str, seed: int) -> Repo
     pooled, uptrained = res.kv_rows[3], res.kv_rows[4]
     rep.check("uptraining recovers the mean-pooled GQA-2 (val loss drop)",
               pooled["val_loss"] - uptrained["val_loss"], ">", 0.1)
+    if res.seed_rows:
+        summ = seed_summary(res.seed_rows)
+        n = summ["MHA"]["n"]
+        for name, st in summ.items():
+            rep.metric(f"equal size, {n} seeds: val loss {name} mean", st["mean"])
+            rep.metric(f"equal size, {n} seeds: val loss {name} std", st["std"])
+            if name != "MHA":
+                rep.metric(f"equal size, {n} seeds: {name} - MHA (paired) mean", st["diff_mean"])
+                rep.metric(f"equal size, {n} seeds: {name} - MHA (paired) std", st["diff_std"])
+        sizes = [r["params"] for r in res.seed_rows]
+        rep.check("equal-size variants: parameter counts within 0.2% of each other",
+                  (max(sizes) - min(sizes)) / max(sizes), "<=", 0.002)
     return rep
 
 
 def run(toy: bool = True, device: str = "auto", seed: int = 0) -> Report:
-    from llmcore.core.device import pick_device
-
     dev = pick_device(device)
     res = experiment(toy=toy, seed=seed, device=str(dev))
     return make_report(res, toy, str(dev), seed)

@@ -119,7 +119,7 @@ def train(model: torch.nn.Module, cfg: TrainConfig,
           eval_fn: Callable[[torch.nn.Module], float] | None = None,
           on_backward: Callable[[int, torch.nn.Module], None] | None = None,
           checkpoint_dir: str | Path | None = None, state_dir: str | Path | None = None,
-          save_every: int = 0) -> TrainResult:
+          save_every: int = 0, show_progress: bool = True) -> TrainResult:
     """Train ``model`` for ``cfg.steps`` steps; return the history.
 
     ``on_backward(step, model)`` runs after ``loss.backward()`` and before clipping (read gradients
@@ -130,6 +130,8 @@ def train(model: torch.nn.Module, cfg: TrainConfig,
     optimizer moments, the batch generator's state, the history) is written atomically to
     ``state_dir/state.pt``; a later call with the same ``state_dir`` resumes from it and continues
     exactly as if it had never stopped (same batches, same updates).
+
+    ``show_progress=False`` hides this run's bar (for loops over many runs that show one bar of their own).
     """
     dev = next(model.parameters()).device
     gen = torch.Generator().manual_seed(cfg.seed)
@@ -140,7 +142,8 @@ def train(model: torch.nn.Module, cfg: TrainConfig,
         start = load_train_state(Path(state_dir) / "state.pt", model, opt, gen, res)
     model.train()
     t0 = time.perf_counter() - res.wall_s
-    bar = progress(range(start, cfg.steps), desc=cfg.desc, initial=start, total=cfg.steps)
+    quiet = {} if show_progress else {"disable": True}  # a caller with its own outer bar passes False
+    bar = progress(range(start, cfg.steps), desc=cfg.desc, initial=start, total=cfg.steps, **quiet)
     for step in bar:
         lr = lr_at(step, cfg)
         for g in opt.param_groups:

@@ -7,6 +7,12 @@ what was expected and what came back.
     PASS check_gae: 6 hidden cases agree with the book's reference implementation
 """
 
+from llmcore.exercises.architecture import (
+    check_online_softmax,
+    check_repeat_kv,
+    check_rmsnorm,
+    check_rope,
+)
 from llmcore.exercises.decoding import (
     check_kv_cache_bytes,
     check_speculative_accept,
@@ -47,10 +53,14 @@ __all__ = [
     "check_kv_cache_bytes",
     "check_lora_forward",
     "check_lora_param_count",
+    "check_online_softmax",
     "check_pipeline_bubble",
     "check_ppo_clip_loss",
     "check_reinforce_returns",
+    "check_repeat_kv",
     "check_ring_allreduce_bytes",
+    "check_rmsnorm",
+    "check_rope",
     "check_speculative_accept",
     "check_ties_merge",
     "check_top_p_filter",
