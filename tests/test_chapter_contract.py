@@ -54,6 +54,17 @@ def test_every_chapter_file_is_registered():
         assert str(py.relative_to(ROOT)) in registered, f"{py} is not in the registry"
 
 
+def test_toc_follows_the_prerequisite_graph():
+    """A written chapter comes after every written chapter it lists as a prerequisite (issue 17)."""
+    order = [line.split("file: ", 1)[1] for line in TOC.splitlines() if "file: chapters/" in line]
+    by_name = {m.name: m.chapter[:-3] for m in MODULES}
+    for m in WRITTEN:
+        for p in m.prerequisites:
+            if by_name[p] in order and by_name[p] != m.chapter[:-3]:
+                assert order.index(by_name[p]) < order.index(m.chapter[:-3]), \
+                    f"{m.chapter} comes before its prerequisite {by_name[p]} in _toc.yml (reorder the registry)"
+
+
 def test_toc_and_knowledge_map_are_generated_from_the_registry():
     r = subprocess.run([sys.executable, str(ROOT / "tools" / "gen_toc.py"), "--check"], capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
