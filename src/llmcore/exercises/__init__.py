@@ -7,6 +7,12 @@ what was expected and what came back.
     PASS check_gae: 6 hidden cases agree with the book's reference implementation
 """
 
+from llmcore.exercises.alignment import (
+    check_bradley_terry_loss,
+    check_dpo_loss,
+    check_masked_sft_loss,
+    check_sft_loss_mask,
+)
 from llmcore.exercises.foundation_rl import (
     check_bellman_q,
     check_discounted_return,
@@ -14,4 +20,5 @@ from llmcore.exercises.foundation_rl import (
     check_gae,
 )
 
-__all__ = ["check_bellman_q", "check_discounted_return", "check_double_q_target", "check_gae"]
+__all__ = ["check_bellman_q", "check_bradley_terry_loss", "check_discounted_return", "check_double_q_target",
+           "check_dpo_loss", "check_gae", "check_masked_sft_loss", "check_sft_loss_mask"]
