@@ -401,9 +401,9 @@ widgets.interact(ask, prompt=widgets.Text(value="name of: def read_file(path, mo
 # ```{admonition} Hardware and cost card · 硬件与成本
 # :class: tip
 # - **Toy (this page):** COST_TOY
-# - **Full (`toy=False`):** seven task families, 6000 steps of 32 rows × 128 tokens: about 40× the toy's
-#   training compute — a few minutes on one GPU, hours on a laptop CPU. No GPU figures are recorded for this
-#   chapter in the [benchmarks page](../../book/benchmarks.md).
+# - **Full (`toy=False`):** seven task families, 6000 steps of 32 rows × 128 tokens: 80× the toy's training
+#   tokens on the same 2M-parameter model — roughly an hour on this CPU, minutes on one GPU (an estimate: no
+#   GPU figures are recorded for this chapter in the [benchmarks page](../../book/benchmarks.md)).
 # ```
 #
 # ```{admonition} 要点 · Key points

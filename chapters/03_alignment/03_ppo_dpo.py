@@ -31,7 +31,9 @@
 # - read DPO's training curves: implicit reward margin, chosen / rejected log-probabilities;
 # - evaluate alignment by its parts: a win on a mixed reward can hide a loss of correctness;
 # - train a Bradley–Terry reward model and run PPO-RLHF (policy, reference, value head, per-token KL,
-#   GAE, clipped losses); watch reward over-optimisation appear when a flawed proxy is optimised without KL.
+#   GAE, clipped losses); watch reward over-optimisation appear when a flawed proxy is optimised without KL;
+# - derive the optimum of the KL-regularised objective, and tell online alignment (PPO: the policy writes its
+#   own data) from offline alignment (DPO: fixed pairs) by what each can and cannot fix.
 #
 # **Prerequisites:** [Supervised fine-tuning](01_sft.ipynb); [Policy gradient & actor-critic](04_pg_ac.ipynb)
 # (PPO's clipped surrogate); [GAE](../01_foundation_rl/03_gae.ipynb); the book LM of
