@@ -402,7 +402,7 @@ widgets.interact(ask, prompt=widgets.Text(value="name of: def read_file(path, mo
 #
 # ```{admonition} Hardware and cost card · 硬件与成本
 # :class: tip
-# - **Toy (this page):** the page executes in 48 s with peak RAM 0.79 GB on the 2-core CPU (measured under
+# - **Toy (this page):** the page executes in 48–60 s with peak RAM 0.79 GB on the 2-core CPU (measured under
 #   load, with the seed-0 SFT checkpoint already cached: the scratch comparison, the four 60-step data arms
 #   and the evaluations). Training that checkpoint the first time adds 300 steps of 16 × 64 tokens; it took
 #   365 s when this notebook's checkpoint was made, on a heavily shared machine.
