@@ -551,9 +551,10 @@ widgets.interact(play_beta, b=widgets.FloatLogSlider(value=0.5, base=10, min=-2,
 # ```{admonition} Hardware and cost card · 硬件与成本
 # :class: tip
 # - **Toy (this page):** COST_TOY
-# - **Full (`toy=False`):** PPO 200 iterations of 128 prompts (16× the toy's rollouts) and DPO on 4096 prompts'
-#   pairs: minutes on one GPU, most of it sampling; on this CPU roughly 15–20 minutes for PPO alone. No GPU
-#   figures are recorded for this chapter in the [benchmarks page](../../book/benchmarks.md).
+# - **Full (`toy=False`):** PPO 200 iterations of 128 prompts (16× the toy's rollouts, for each of the two PPO
+#   runs) and DPO on the pairs of 4096 prompts: by the toy's rate (about 19 s per 25 × 64 rollouts) some 5
+#   minutes per PPO run on this CPU, and a fraction of that on one GPU (an estimate: no GPU figures are recorded
+#   for this chapter in the [benchmarks page](../../book/benchmarks.md)).
 # - **Memory.** The model-state table above is the part that scales: PPO keeps policy + value head with
 #   gradients and AdamW moments, plus a frozen reference and a reward model; DPO drops the RM and the value
 #   head. For a 7B model in bf16 with fp32 AdamW that is roughly 112 GB of policy state plus 14 GB per frozen
