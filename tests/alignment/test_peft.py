@@ -109,6 +109,19 @@ def test_prefix_and_prompt_tuning_shapes_and_grads(base):
     assert pr.logits(ids).shape == (1, ids.shape[1], base.config.vocab_size)
 
 
+def test_prompt_tuning_cached_generate_equals_recomputed_greedy(base):
+    """The cached decode (soft prompt prefilled into the KV cache) = greedy argmax over :meth:`logits`."""
+    pr = P.PromptTuning(copy.deepcopy(base), n_virtual=4, init_ids=T.encode("upper: ")).eval()
+    with torch.no_grad():
+        pr.soft.add_(0.3 * torch.randn(pr.soft.shape, generator=torch.Generator().manual_seed(0)))
+    ids = torch.tensor([T.prompt_ids(T.make_examples(("upper",), 1, "test", "t0", seed=5)[0].prompt)])
+    seq = ids
+    with torch.no_grad():
+        for _ in range(6):  # recompute the whole sequence each step (the training-time path)
+            seq = torch.cat([seq, pr.logits(seq)[:, -1].argmax(-1, keepdim=True)], 1)
+    assert torch.equal(pr.generate(ids, 6), seq)
+
+
 def test_ties_hand_computed():
     t1 = torch.tensor([0.5, -0.1, 0.3, 0.0])
     t2 = torch.tensor([-0.2, -0.4, 0.1, 0.15])
@@ -176,10 +189,11 @@ def test_prompt_tuning_text_init(base):
     assert pr.soft.requires_grad and not any(p.requires_grad for p in pr.model.parameters())
 
 
-def test_merge_grid_labels():
-    grid = P.merge_grid()
+@pytest.mark.parametrize("toy, size", [(True, 7), (False, 11)])
+def test_merge_grid_labels(toy, size):
+    grid = P.merge_grid(toy)
     labels = {lab for lab, _ in grid}
-    assert labels == {"average", "task arithmetic", "TIES"}
+    assert labels == {"average", "task arithmetic", "TIES"} and len(grid) == size
     assert all(spec.density < 1 for lab, spec in grid if lab == "TIES")  # TIES always trims
     assert P.spec_label(P.MergeSpec("ties", lam=1.2, density=0.5)) == "k=50%, lam=1.2"
     assert P.spec_label(P.MergeSpec("average")) == "lam=1/2"

@@ -37,6 +37,8 @@ from llmcore.alignment import sft as S
 from llmcore.alignment import tasks as T
 from llmcore.alignment.sft import packed_mask
 from llmcore.architecture.book_lm import BOOK_LM_CONFIG, load_book_lm
+from llmcore.architecture.generate import SamplerConfig, generate
+from llmcore.architecture.kv_cache import make_cache
 from llmcore.architecture.llama import Llama, rope_cos_sin
 from llmcore.architecture.quantization import QuantLinear
 from llmcore.core.device import CPU
@@ -293,6 +295,21 @@ class PromptTuning(nn.Module):
             x = layer(x, cos, sin, mask)
         return m.lm_head(m.model.norm(x))
 
+    @torch.no_grad()
+    def generate(self, idx: torch.Tensor, max_new_tokens: int, temperature: float = 0.0, eos_id: int | None = None,
+                 generator: torch.Generator | None = None) -> torch.Tensor:
+        """``idx (B, T)`` + up to ``max_new_tokens`` tokens, like :meth:`Llama.generate`, with the KV cache.
+
+        The soft prompt is written into a dynamic cache first (positions ``0..P-1``, one forward on
+        ``inputs_embeds``); the kit's :func:`~llmcore.architecture.generate.generate` then continues from it at
+        position ``P``, which is what :meth:`logits` computes without a cache (placeholders at ``0..P-1``).
+        """
+        m, B = self.model, idx.shape[0]
+        cache = make_cache("dynamic", m, B, self.n_virtual + idx.shape[1] + max_new_tokens)
+        m.hidden_states(inputs_embeds=self.soft[None].expand(B, -1, -1), kv_cache=cache)
+        sampler = SamplerConfig(greedy=temperature == 0, temperature=temperature or 1.0)
+        return generate(m, idx, max_new_tokens, sampler, cache=cache, generator=generator, eos_id=eos_id).tokens
+
     def logits(self, idx: torch.Tensor) -> torch.Tensor:
         """``idx (B, T)`` *without* placeholders -> logits ``(B, T, V)`` of the real tokens."""
         B, T = idx.shape
@@ -431,7 +448,7 @@ def adapt(base: Llama, method: Method, cfg, device: str | torch.device = "cpu"):
     """Fine-tune a copy of ``base`` on ``cfg`` (an :class:`~llmcore.alignment.sft.SFTConfig`) with ``method``.
 
     Returns ``(module, logits_fn or None, losses, trainable, total)``; ``logits_fn(idx)`` is needed for
-    greedy decoding of prefix / prompt tuned models.
+    greedy decoding of prefix-tuned models (a prompt-tuned one decodes with the cache: :meth:`PromptTuning.generate`).
     """
     seed_everything(cfg.seed)
     model = copy.deepcopy(base).to(device)
@@ -457,7 +474,8 @@ def adapt(base: Llama, method: Method, cfg, device: str | torch.device = "cpu"):
     losses = S.finetune(wrapper, replace(cfg, weight_decay=0.0), method.name, params=params, data=data,
                         logits_fn=lambda w, idx, doc, pos: w.packed_logits(idx, doc, pos))
     tr = sum(p.numel() for p in params)
-    return wrapper, wrapper.logits, losses, tr, tr + sum(p.numel() for p in base.parameters())
+    fn = wrapper.logits if method.kind == "prefix" else None
+    return wrapper, fn, losses, tr, tr + sum(p.numel() for p in base.parameters())
 
 
 def task_config(toy: bool, family: str, seed: int = 0, templates: str = "t0"):
@@ -470,12 +488,14 @@ def task_config(toy: bool, family: str, seed: int = 0, templates: str = "t0"):
                        batch_rows=32, seq_len=128, warmup_steps=30, data_seed=2, seed=seed)
 
 
-def merge_grid(seed: int = 0) -> list[tuple[str, MergeSpec]]:
+def merge_grid(toy: bool = True) -> list[tuple[str, MergeSpec]]:
     """Merge candidates ``(method label, spec)``; per label, the best spec on the validation split is used.
-    TIES always trims (top 20 % or 50 % of each task vector)."""
+    TIES always trims (top 20 % or 50 % of each task vector). The toy grid is the full grid's corners
+    (each candidate costs two validation decodes; at toy scale every merge is report-only)."""
+    lams_ta, lams_ties = ((0.6, 1.0), (1.0, 1.8)) if toy else ((0.6, 0.8, 1.0, 1.2), (1.0, 1.4, 1.8))
     grid = [("average", MergeSpec("average"))]
-    grid += [("task arithmetic", MergeSpec("task_arithmetic", lam=lam)) for lam in (0.6, 0.8, 1.0, 1.2)]
-    grid += [("TIES", MergeSpec("ties", lam=lam, density=k)) for k in (0.2, 0.5) for lam in (1.0, 1.4, 1.8)]
+    grid += [("task arithmetic", MergeSpec("task_arithmetic", lam=lam)) for lam in lams_ta]
+    grid += [("TIES", MergeSpec("ties", lam=lam, density=k)) for k in (0.2, 0.5) for lam in lams_ties]
     return grid
 
 
@@ -575,7 +595,7 @@ def experiment(toy: bool = True, seed: int = 0, device: torch.device = CPU,
     scale_curve = {t: {lam: em(merge_models(base, [tau], MergeSpec("task_arithmetic", lam=lam)), t)
                        for lam in (0.5, 1.0)} for t, tau in zip(names, taus)}
     val_scores, best = [], {}
-    for label, spec in merge_grid(seed):  # choose each method's hyperparameters on the validation split
+    for label, spec in merge_grid(toy):  # choose each method's hyperparameters on the validation split
         merged = merge_models(base, taus, spec)
         v = sum(em(merged, t, split=vals) for t in names) / len(names)
         val_scores.append((label, spec_label(spec), v))
