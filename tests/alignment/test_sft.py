@@ -79,9 +79,13 @@ def test_identifier_families():
         assert name in x.prompt and args in x.prompt
     words, args = T.identifier_parts()
     assert "path" in args and "read" in words
-    for fam in ("fname", "fargs", "fcall"):  # the decoding budget covers every answer (+ <eos>)
-        drawn = T.make_examples([fam], 3000, seed=4)
-        assert max(len(T.encode(e.response)) for e in drawn) < T.max_response_len([fam])
+    for fam in T.FAMILIES:  # every family's decoding budget covers every answer (+ <eos>), toy and full
+        for full in (False, True):
+            drawn = T.make_examples([fam], 3000 if fam.startswith("f") else 300, seed=4, full=full)
+            assert max(len(T.encode(e.response)) for e in drawn) < T.max_response_len([fam], full), (fam, full)
+    assert T.max_response_len(["add", "fcall"]) == T.max_response_len(["fcall"])  # the longest family decides
+    with pytest.raises(LLMCoreError, match="unknown task families"):
+        T.max_response_len(["nope"])
     assert len({e.key for e in T.make_examples(["fname"], 3000, seed=5)}) > 2900  # new signatures, few repeats
 
 

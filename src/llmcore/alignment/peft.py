@@ -36,7 +36,7 @@ from torch import nn
 from llmcore.alignment import sft as S
 from llmcore.alignment import tasks as T
 from llmcore.alignment.sft import packed_mask
-from llmcore.architecture.book_lm import BOOK_LM_CONFIG, load_book_lm
+from llmcore.architecture.book_lm import BOOK_LM_CONFIG
 from llmcore.architecture.generate import SamplerConfig, generate
 from llmcore.architecture.kv_cache import make_cache
 from llmcore.architecture.llama import Llama, rope_cos_sin
@@ -433,15 +433,12 @@ def default_methods(rank: int = 4) -> list[Method]:
 
 
 def base_model(init: str = "book_lm", seed: int = 0) -> Llama:
-    """The base every method adapts: the pretrained book LM (:func:`~llmcore.architecture.book_lm.load_book_lm`)
-    or, for the comparison at equal steps, a randomly initialised Llama of the same shape (``init="scratch"``,
-    drawn after ``torch.manual_seed(seed)``)."""
-    if init == "book_lm":
-        return load_book_lm().model
+    """The base every method adapts, in eval mode: :func:`~llmcore.alignment.sft.initial_model` -- the pretrained
+    book LM, or (``init="scratch"``, the comparison at equal steps) a random Llama of its shape drawn after
+    ``torch.manual_seed(seed)``."""
     if init == "scratch":
         torch.manual_seed(seed)
-        return Llama(BOOK_LM_CONFIG).eval()
-    raise LLMCoreError(f"init must be 'book_lm' or 'scratch', got {init!r}")
+    return S.initial_model(init).eval()
 
 
 def adapt(base: Llama, method: Method, cfg, device: str | torch.device = "cpu"):

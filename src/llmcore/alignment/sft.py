@@ -58,11 +58,18 @@ from llmcore.core.seed import seed_everything
 INITS = ("book_lm", "scratch")  #: where an SFT run starts: the pretrained book LM or random weights
 
 
-def initial_model(init: str) -> Llama:
-    """The first weights of a fine-tune: the book LM (train mode), or a random model of its shape."""
+def initial_model(init: str, config: ModelConfig = BOOK_LM_CONFIG) -> Llama:
+    """The first weights of every fine-tune in Part 3 (SFT, the arithmetic warm start, PEFT's bases): the
+    pretrained book LM (``init="book_lm"``), or a random model of ``config`` (``"scratch"``: the comparison at
+    equal steps; drawn from torch's global generator, which the caller has seeded). Returned in train mode.
+    """
     if init not in INITS:
         raise LLMCoreError(f"init must be one of {INITS}, got {init!r}")
-    return load_book_lm().model.train() if init == "book_lm" else Llama(BOOK_LM_CONFIG)
+    if init == "book_lm":
+        if config != BOOK_LM_CONFIG:
+            raise LLMCoreError("init='book_lm' loads the book LM's own shape; pass config only with init='scratch'")
+        return load_book_lm().model.train()
+    return Llama(config)
 
 
 @dataclass
@@ -430,8 +437,8 @@ class ArithConfig(T.ArithTask):
                        max_seq_len=32)
 
     def initial_model(self) -> Llama:
-        """The warm start's first weights: the book LM, or a fresh random model."""
-        return load_book_lm().model.train() if self.init == "book_lm" else Llama(self.model_config())
+        """The warm start's first weights: :func:`initial_model` of this config's ``init`` and shape."""
+        return initial_model(self.init, self.model_config())
 
 
 def arith_sft_batch(problems: np.ndarray, cfg: ArithConfig, rng: np.random.Generator) -> tuple[torch.Tensor, torch.Tensor]:

@@ -83,6 +83,7 @@ class Family:
     name: str
     templates: tuple[str, ...]  # format strings over the fields returned by ``draw``
     draw: Callable[[random.Random, bool], dict]  # (rng, full) -> fields, incl. "key" and "answer"
+    max_answer: Callable[[bool], int]  # (full) -> a bound on the answer's length in tokens (without <eos>)
 
 
 def _word(rng: random.Random, full: bool) -> str:
@@ -168,20 +169,36 @@ def _def_task(field: str):
     return draw
 
 
+def _signature_bound(field: str) -> Callable[[bool], int]:
+    """Answer-length bound of the signature families, from the longest corpus words (see :func:`_signature`):
+    a name is up to 2 words joined by ``_`` (3 in full), the arguments up to three joined by ``", "``."""
+    def bound(full: bool) -> int:
+        words, args = identifier_parts()
+        name = (3 if full else 2) * max(len(encode(w)) for w in words) + (2 if full else 1)
+        arg = 3 * max(len(encode(a)) for a in args) + 4
+        return {"name": name, "args": arg, "call": name + arg + 2}[field]
+    return bound
+
+
+def _fixed(toy: int, full: int) -> Callable[[bool], int]:
+    return lambda is_full: full if is_full else toy
+
+
 FAMILIES: dict[str, Family] = {f.name: f for f in (
-    Family("add", ("{a}+{b}=", "add {a} and {b}", "sum of {a}+{b}="), _add),
-    Family("sub", ("{a}-{b}=", "subtract {b} from {a}", "{a} minus {b}?"), _sub),
-    Family("reverse", ("reverse: {s}", "{s} backwards", "mirror {s}"), _string(lambda s: s[::-1])),
-    Family("sort", ("sort: {s}", "{s} in order", "alphabetize {s}"), _string(lambda s: "".join(sorted(s)))),
-    Family("upper", ("upper: {s}", "caps {s}", "shout {s}"), _string(str.upper)),
-    Family("shift", ("shift: {s}", "{s} moved one letter on", "next letters of {s}"), _string(_shift)),
-    Family("lookup", ("{table} | {q}?", "{table}; value of {q}", "in {table} find {q}"), _lookup),
+    Family("add", ("{a}+{b}=", "add {a} and {b}", "sum of {a}+{b}="), _add, _fixed(3, 4)),
+    Family("sub", ("{a}-{b}=", "subtract {b} from {a}", "{a} minus {b}?"), _sub, _fixed(2, 3)),
+    Family("reverse", ("reverse: {s}", "{s} backwards", "mirror {s}"), _string(lambda s: s[::-1]), _fixed(6, 10)),
+    Family("sort", ("sort: {s}", "{s} in order", "alphabetize {s}"), _string(lambda s: "".join(sorted(s))),
+           _fixed(6, 10)),
+    Family("upper", ("upper: {s}", "caps {s}", "shout {s}"), _string(str.upper), _fixed(6, 10)),
+    Family("shift", ("shift: {s}", "{s} moved one letter on", "next letters of {s}"), _string(_shift), _fixed(6, 10)),
+    Family("lookup", ("{table} | {q}?", "{table}; value of {q}", "in {table} find {q}"), _lookup, _fixed(1, 1)),
     Family("fname", ("name of: def {name}({args}):", "def {name}({args}): function name?",
-                     "which function does def {name}({args}): define?"), _def_task("name")),
+                     "which function does def {name}({args}): define?"), _def_task("name"), _signature_bound("name")),
     Family("fargs", ("parameters of: def {name}({args}):", "def {name}({args}): its arguments?",
-                     "what does def {name}({args}): take?"), _def_task("args")),
+                     "what does def {name}({args}): take?"), _def_task("args"), _signature_bound("args")),
     Family("fcall", ("call {name} on {args}", "{name} applied to {args}", "invoke {name} with {args}"),
-           _def_task("call")),
+           _def_task("call"), _signature_bound("call")),
 )}
 
 
@@ -322,16 +339,10 @@ def reward(ex: Example, output: str) -> float:
 
 def max_response_len(families: Sequence[str], full: bool = False) -> int:
     """Longest response in tokens, incl. ``<eos>`` (the decoding budget)."""
-    n = 0
-    for f in families:
-        if f in ("fname", "fargs", "fcall"):  # bounds from the longest words (see _signature)
-            words, args = identifier_parts()
-            name = (3 if full else 2) * max(len(encode(w)) for w in words) + (2 if full else 1)
-            arg = 3 * max(len(encode(a)) for a in args) + 4  # three arguments and two ", "
-            n = max(n, {"fname": name, "fargs": arg, "fcall": name + arg + 2}[f])
-        else:
-            n = max(n, {"add": 4 if full else 3, "sub": 3 if full else 2, "lookup": 1}.get(f, 10 if full else 6))
-    return n + 1
+    bad = [f for f in families if f not in FAMILIES]
+    if bad or not families:
+        raise LLMCoreError(f"unknown task families {bad or families}; valid: {sorted(FAMILIES)}")
+    return max(FAMILIES[f].max_answer(full) for f in families) + 1
 
 
 # ---- arithmetic with a format-aware verifier (the RL chapters' task) -----------------------------------
