@@ -262,7 +262,7 @@ show_source(P.ppo_policy_loss, P.ppo_value_loss)
 # ## Closed loop 1: SFT → reward model → PPO-RLHF / 闭环一：SFT → 奖励模型 → PPO-RLHF
 #
 # 1. **SFT**: the book LM fine-tuned on both styles for 500 steps of 32 problems (seed 0: greedy held-out
-#    accuracy 0.85; sampled, it answers wordily a third of the time, so the true reward has room to grow).
+#    accuracy 0.77; sampled, it answers wordily a third of the time, so the true reward has room to grow).
 # 2. **Pairs:** for ~1000 training prompts sample 4 responses from the SFT model (T=1), score them with
 #    the true reward, keep the best as *chosen* and the worst as *rejected* (ties dropped). Held-out
 #    pairs come from the 400 held-out prompts.
@@ -551,7 +551,7 @@ widgets.interact(play_beta, b=widgets.FloatLogSlider(value=0.5, base=10, min=-2,
 #
 # ```{admonition} Hardware and cost card · 硬件与成本
 # :class: tip
-# - **Toy (this page):** the page executes in about 85 s with peak RAM 1.2 GB on the 2-core CPU, one torch
+# - **Toy (this page):** the page executes in 85–98 s with peak RAM 1.1–1.2 GB on the 2-core CPU, one torch
 #   thread (measured under load, the two SFT warm starts — book LM and scratch — already cached): two reward
 #   models, two 25-iteration PPO runs, 60 DPO steps, the TRL cross-check and the evaluations. Training the
 #   warm starts the first time adds 500 steps each.
