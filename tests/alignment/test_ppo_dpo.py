@@ -7,6 +7,8 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from matplotlib.figure import Figure
+from matplotlib.text import Annotation
 
 from llmcore.alignment import ppo_dpo as P
 from llmcore.alignment import sft as S
@@ -197,3 +199,16 @@ def test_ppo_rlhf_runs_and_logs():
     assert all(np.isfinite(v).all() for v in res.history.values())
     assert abs(res.history["kl"][0]) < 1e-5
     assert len(res.history["true_reward"]) == 2
+
+
+def test_rlhf_pipeline_diagram_has_every_box_and_arrow():
+    ax = Figure().subplots()
+    assert P.plot_rlhf_pipeline(ax) is ax
+    boxes = [t for t in ax.texts if not isinstance(t, Annotation) and t.get_bbox_patch() is not None]
+    assert sorted(t.get_text() for t in boxes) == sorted(text for _, _, text in P.RLHF_BOXES.values())
+    arrows = [t for t in ax.texts if isinstance(t, Annotation)]
+    assert len(arrows) == len(P.RLHF_ARROWS)
+    assert all(a in P.RLHF_BOXES and b in P.RLHF_BOXES for a, b in P.RLHF_ARROWS)
+    # the PPO loop (rollout <-> policy) and DPO fed by the pairs and the reference, not by the reward model
+    assert {("policy", "rollout"), ("rollout", "policy"), ("label", "dpo"), ("ref", "dpo")} <= set(P.RLHF_ARROWS)
+    assert not any(b == "dpo" and a == "rm" for a, b in P.RLHF_ARROWS)

@@ -6,6 +6,8 @@ from dataclasses import replace
 
 import pytest
 import torch
+from matplotlib.colors import to_hex
+from matplotlib.figure import Figure
 
 from llmcore.alignment import sft as S
 from llmcore.alignment import tasks as T
@@ -185,3 +187,19 @@ def test_arith_warm_start_is_cached_and_a_corrupt_cache_is_retrained(tmp_path, m
     again = S.arith_sft_model(cfg, "cpu", seed=3)
     assert all(torch.equal(a, b) for a, b in zip(fresh.state_dict().values(), again.state_dict().values()))
     assert torch.equal(fresh.state_dict()["model.embed_tokens.weight"], again.lm_head.weight)  # tied again
+
+
+def test_sft_data_path_diagram_draws_the_real_packing():
+    ax = Figure().subplots()
+    assert S.plot_sft_data_path(ax, seq_len=64, n_rows=2) is ax
+    examples = T.make_examples(("fname", "fargs"), 8, seed=1)
+    ids, resp = T.encode_chat(examples[0])
+    data = S.pack(examples, 64)
+    # one cell per token of the conversation, and per slot of each packed row in the row and label bands
+    assert len(ax.patches) == len(ids) + 2 * 2 * 64
+    orange = sum(to_hex(p.get_facecolor()) == "#fdae6b" for p in ax.patches)
+    assert orange == sum(resp) + int((data.labels[:2] != -100).sum())  # scored tokens, nothing else
+    hatched = sum(p.get_hatch() == "///" for p in ax.patches)
+    assert hatched == int((data.doc[:2] < 0).sum())  # padding slots
+    texts = [t.get_text() for t in ax.texts]
+    assert "1. chat template\n(one conversation)" in texts and sum(t.startswith("3. labels row") for t in texts) == 2

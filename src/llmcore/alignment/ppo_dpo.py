@@ -744,3 +744,50 @@ def run(toy: bool = True, device: torch.device = CPU, seed: int = 0) -> Report:
     """Closed loop: SFT -> RM (Bradley–Terry) -> PPO-RLHF; over-optimisation of a weaker proxy without KL."""
     res = rlhf_experiment(toy=toy, device=device, seed=seed)
     return rlhf_report(res, toy, str(device), seed)
+
+
+# ---- diagram --------------------------------------------------------------------------------------------------
+#: the boxes of :func:`plot_rlhf_pipeline`: name -> (x, y, text); :data:`RLHF_ARROWS` joins them by name
+RLHF_BOXES = {
+    "base": (0.55, 3.0, "pretrained LM\n(book LM)"),
+    "sft": (2.4, 3.0, "SFT\n(demonstrations)"),
+    "sample": (4.65, 3.0, "sample k responses\nper prompt, y ~ π_SFT"),
+    "label": (7.1, 3.0, "preference pairs\ny_w ≻ y_l (humans; here r*)"),
+    "ref": (2.4, 1.6, "reference π_ref\n(frozen SFT copy)"),
+    "policy": (4.65, 1.6, "policy π_θ + value head\n(PPO, clipped)"),
+    "rollout": (7.1, 1.6, "rollout y ~ π_θ, reward\nr_φ(x,y) − β·log π_θ/π_ref"),
+    "rm": (9.55, 1.6, "reward model r_φ\n(Bradley–Terry)"),
+    "dpo": (9.0, 0.15, "DPO: −log σ(β[Δ_w − Δ_l]),\nΔ = log π_θ/π_ref"),
+}
+RLHF_ARROWS = [("base", "sft"), ("sft", "sample"), ("sample", "label"), ("label", "rm"), ("sft", "ref"),
+               ("ref", "policy"), ("policy", "rollout"), ("rm", "rollout"), ("rollout", "policy"),
+               ("label", "dpo"), ("ref", "dpo")]
+
+
+def plot_rlhf_pipeline(ax):
+    """Draw the RLHF pipeline on ``ax``: SFT -> preference pairs -> Bradley–Terry reward model -> PPO (online:
+    the policy generates its own rollouts, scored by the RM with a KL penalty to the frozen reference), and
+    DPO as the offline shortcut (the same fixed preference pairs, no reward model, no sampling while it
+    trains). Boxes and arrows are :data:`RLHF_BOXES` / :data:`RLHF_ARROWS`. Returns ``ax``."""
+    colours = {"base": "#d9d9d9", "sft": "#c6dbef", "sample": "#c6dbef", "label": "#fdd0a2", "rm": "#fdd0a2",
+               "ref": "#e5e5e5", "policy": "#c7e9c0", "rollout": "#c7e9c0", "dpo": "#dadaeb"}
+    ax.set_xlim(-0.4, 10.7)
+    ax.set_ylim(-0.7, 3.55)
+    ax.axis("off")
+    boxes = {name: ax.text(x, y, text, ha="center", va="center", fontsize=7.5,
+                           bbox={"boxstyle": "round,pad=0.4", "fc": colours[name], "ec": "#444444", "lw": 0.8})
+             for name, (x, y, text) in RLHF_BOXES.items()}
+    bend = {("rollout", "policy"): -0.45, ("policy", "rollout"): -0.45, ("ref", "dpo"): 0.2}
+    for a, b in RLHF_ARROWS:
+        ax.annotate("", xy=(0.5, 0.5), xycoords=boxes[b], xytext=(0.5, 0.5), textcoords=boxes[a],
+                    arrowprops={"arrowstyle": "-|>", "color": "#444444", "lw": 1,
+                                "patchA": boxes[a].get_bbox_patch(), "patchB": boxes[b].get_bbox_patch(),
+                                "connectionstyle": f"arc3,rad={bend.get((a, b), 0.0)}"})
+    ax.text(5.9, 0.52, "PPO is online: the policy writes its own data every iteration,\n"
+            "and the reward model scores responses it was never fitted on", ha="center", fontsize=7,
+            color="#238b45", style="italic")
+    ax.text(10.65, -0.42, "DPO is offline: it learns only from the fixed pairs\nthe SFT model wrote (no RM, no sampling)",
+            ha="right", fontsize=7, color="#6a51a3", style="italic")
+    ax.set_title("RLHF: SFT → reward model → PPO with a KL penalty to the reference; DPO: the same pairs, "
+                 "no reward model, no sampling", fontsize=8.5)
+    return ax

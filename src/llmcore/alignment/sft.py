@@ -742,3 +742,60 @@ def run(toy: bool = True, device: torch.device = CPU, seed: int = 0) -> Report:
     rep = make_report(res, toy, str(dev), seed)
     rep.notes += [f"{p!r} -> {a!r} (reference {r!r})" for p, a, r in res.samples]
     return rep
+
+
+# ---- diagram ------------------------------------------------------------------------------------------------
+def plot_sft_data_path(ax, families: Sequence[str] = ("fname", "fargs"), seq_len: int = 64, n_rows: int = 2,
+                       seed: int = 1):
+    """Draw the SFT data path on ``ax`` with real data: one conversation in the chat template, the packed
+    rows it lands in (documents coloured, position ids restarting), and the labels the loss sees
+    (scored response tokens vs ``-100``). Returns ``ax``.
+
+    Top band: the token pieces of the first generated conversation (special tokens abbreviated), prompt
+    blue, response orange (``<eos>`` included: it is a target), the template's own tokens grey. Middle: the first ``n_rows`` rows of :func:`pack` (``seq_len`` slots each; the
+    number under a slot is its position id, padding grey). Bottom: the same rows' labels -- orange where a
+    slot is a training target, grey where it is ``-100`` (prompt, each document's first token, padding).
+    """
+    examples = T.make_examples(families, 4 * n_rows, seed=seed)
+    ids, resp = T.encode_chat(examples[0])
+    data = pack(examples, seq_len)
+    special = {T.BOS: "bos", T.USER: "user", T.ASSISTANT: "asst", T.EOS: "eos"}
+    doc_colours = ["#9ecae1", "#a1d99b", "#fdd0a2", "#dadaeb", "#fcbba1", "#c7e9c0"]
+    w = seq_len / len(ids)  # top band: one conversation spread over the row's width
+    ax.set_xlim(-12, seq_len + 0.5)
+    ax.set_ylim(-0.75 - 1.5 * n_rows, 3.4)
+    ax.axis("off")
+
+    def cell(x, y, width, height, colour, text="", size=6.0, hatch=None):
+        ax.fill([x, x + width, x + width, x], [y, y, y + height, y + height], facecolor=colour,
+                edgecolor="white" if hatch is None else "#888888", lw=0.6, hatch=hatch)
+        if text:
+            ax.text(x + width / 2, y + height / 2, text, ha="center", va="center", fontsize=size)
+
+    ax.text(-11.5, 2.75, "1. chat template\n(one conversation)", fontsize=8, va="center")
+    for k, (i, r) in enumerate(zip(ids, resp)):
+        label = special.get(i, T.render([i]).replace(" ", "␣"))
+        cell(k * w, 2.4, w, 0.7, "#fdae6b" if r else ("#bbbbbb" if i in special else "#9ecae1"), label)
+    ax.text(0, 3.2, "prompt (context, not a target)", fontsize=7, color="#3182bd")
+    ax.text(len(ids) * w, 3.2, "response (the targets)", fontsize=7, color="#e6550d", ha="right")
+    ax.annotate("", xy=(seq_len / 2, 1.05), xytext=(seq_len / 2, 2.35),
+                arrowprops={"arrowstyle": "->", "color": "k", "lw": 1})
+    ax.text(seq_len / 2 + 0.8, 1.7, "pack greedily into rows of L tokens: block-diagonal mask, positions restart",
+            fontsize=7)
+    for r in range(n_rows):
+        y = 0.3 - 0.75 * r
+        ax.text(-11.5, y + 0.3, f"2. packed row {r}\n(document colour)", fontsize=7, va="center")
+        for t in range(seq_len):
+            d = int(data.doc[r, t])
+            cell(t, y, 1, 0.6, "#f0f0f0" if d < 0 else doc_colours[d % len(doc_colours)],
+                 "" if d < 0 else str(int(data.pos[r, t])), size=4.5, hatch="///" if d < 0 else None)
+    y0 = 0.3 - 0.75 * n_rows - 0.35
+    for r in range(n_rows):
+        y = y0 - 0.75 * r
+        ax.text(-11.5, y + 0.3, f"3. labels row {r}\n(orange = scored)", fontsize=7, va="center")
+        for t in range(seq_len):
+            scored = int(data.labels[r, t]) != -100
+            cell(t, y, 1, 0.6, "#fdae6b" if scored else "#d9d9d9")
+    ax.set_title("SFT data path: chat template → packed rows (numbers = position ids) → labels "
+                 "(grey = −100: prompt, first token of each document, padding)", fontsize=8)
+    return ax

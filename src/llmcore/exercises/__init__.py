@@ -7,6 +7,12 @@ what was expected and what came back.
     PASS check_gae: 6 hidden cases agree with the book's reference implementation
 """
 
+from llmcore.exercises.alignment import (
+    check_bradley_terry_loss,
+    check_dpo_loss,
+    check_masked_sft_loss,
+    check_sft_loss_mask,
+)
 from llmcore.exercises.architecture import (
     check_online_softmax,
     check_repeat_kv,
@@ -45,14 +51,17 @@ from llmcore.exercises.policy_gradient import (
 __all__ = [
     "check_allreduce_time",
     "check_bellman_q",
+    "check_bradley_terry_loss",
     "check_column_parallel_split",
     "check_discounted_return",
     "check_double_q_target",
+    "check_dpo_loss",
     "check_gae",
     "check_group_advantages",
     "check_kv_cache_bytes",
     "check_lora_forward",
     "check_lora_param_count",
+    "check_masked_sft_loss",
     "check_online_softmax",
     "check_pipeline_bubble",
     "check_ppo_clip_loss",
@@ -61,6 +70,7 @@ __all__ = [
     "check_ring_allreduce_bytes",
     "check_rmsnorm",
     "check_rope",
+    "check_sft_loss_mask",
     "check_speculative_accept",
     "check_ties_merge",
     "check_top_p_filter",
