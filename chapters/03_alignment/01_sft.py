@@ -161,7 +161,7 @@ print(f"device={dev}, toy={toy}, seed={seed}")
 # = P_\theta(v = 1 \mid p)\;\mathbb E\big[\nabla_\theta \log \pi_\theta(y\mid p) \,\big|\, v = 1\big],
 # $$
 #
-# i.e. REINFORCE with a 0/1 reward (the [policy-gradient chapter](04_pg_ac.ipynb)); GRPO later does the same
+# i.e. REINFORCE with a 0/1 reward (the [policy-gradient chapter](03_pg_ac.ipynb)); GRPO later does the same
 # with a baseline. Without the filter, training on one's own samples mostly reinforces what the model already
 # does, errors included. In the toy every prompt is *generated* by `llmcore` (task families × phrasings, a
 # hash-based train/test split), so the whole data pipeline — generate prompts, answer by program or by the

@@ -33,8 +33,8 @@
 # - measure what dropping the critic saves: model-state bytes of GRPO, of the book's own PPO-RLHF (a value
 #   head on a shared trunk) and of PPO with a separate value model.
 #
-# **Prerequisites:** [PPO / DPO](03_ppo_dpo.ipynb) (clipped surrogate, KL to a reference);
-# [Policy gradient & actor-critic](04_pg_ac.ipynb); [SFT](01_sft.ipynb) (the warm start); the book LM
+# **Prerequisites:** [PPO / DPO](04_ppo_dpo.ipynb) (clipped surrogate, KL to a reference);
+# [Policy gradient & actor-critic](03_pg_ac.ipynb); [SFT](01_sft.ipynb) (the warm start); the book LM
 # of Part 2.
 
 # %% tags=["parameters"]
@@ -105,7 +105,7 @@ print(f"device={dev}, toy={toy}, seed={seed}, G={group_size}, beta={beta}")
 #
 # ### The objective / 目标函数
 #
-# GRPO keeps PPO's clipped importance ratio {cite}`schulman2017ppo_rlhf` (the [policy-gradient chapter](04_pg_ac.ipynb)
+# GRPO keeps PPO's clipped importance ratio {cite}`schulman2017ppo_rlhf` (the [policy-gradient chapter](03_pg_ac.ipynb)
 # derives it), averages it over the tokens of each response and over the group, and puts the KL to the
 # reference policy into the loss — not into the reward, as PPO-RLHF does — estimated token by token with the
 # **k3** estimator {cite}`schulman2020klapprox`:
@@ -277,7 +277,7 @@ print(f"groups with zero reward std per round: min {zero.min():.2f}, max {zero.m
 #
 # ### What dropping the critic saves: memory / 去掉评论家省下多少内存
 #
-# The book's own PPO-RLHF ([PPO / DPO chapter](03_ppo_dpo.ipynb)) does *not* train a second network as its
+# The book's own PPO-RLHF ([PPO / DPO chapter](04_ppo_dpo.ipynb)) does *not* train a second network as its
 # critic: it puts a `Linear(d, 1)` value head on the policy's trunk, so policy and critic share weights,
 # gradients and AdamW moments, and the critic costs $d + 1$ parameters. What it holds beyond GRPO is the
 # frozen **reward model** (a copy of the LM with a small head) — and GRPO needs none because its reward is

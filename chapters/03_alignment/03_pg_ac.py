@@ -366,7 +366,7 @@ widgets.interact(play, eps=widgets.FloatSlider(value=0.2, min=0.05, max=0.5, ste
 # ```{admonition} Where this differs from the paper / production · 与论文和生产系统的差别
 # :class: note
 # - **Separate actor and critic networks.** Ours are two 64-unit MLPs; Atari-scale PPO and PPO-RLHF share a
-#   trunk and put a value head on it (the [PPO-RLHF chapter](03_ppo_dpo.ipynb) does), which saves memory but
+#   trunk and put a value head on it (the [PPO-RLHF chapter](04_ppo_dpo.ipynb) does), which saves memory but
 #   lets the value loss pull on the policy's features ($c_v$ then matters).
 # - **No $\gamma^t$, on purpose.** Like every implementation we know of, the updates weight all steps equally;
 #   they are not the exact gradient of the discounted objective (theory above, {cite}`nota2020pg`).

@@ -35,7 +35,7 @@
 # - derive the optimum of the KL-regularised objective, and tell online alignment (PPO: the policy writes its
 #   own data) from offline alignment (DPO: fixed pairs) by what each can and cannot fix.
 #
-# **Prerequisites:** [Supervised fine-tuning](01_sft.ipynb); [Policy gradient & actor-critic](04_pg_ac.ipynb)
+# **Prerequisites:** [Supervised fine-tuning](01_sft.ipynb); [Policy gradient & actor-critic](03_pg_ac.ipynb)
 # (PPO's clipped surrogate); [GAE](../01_foundation_rl/03_gae.ipynb); the book LM of
 # [the Transformer chapter](../02_architecture/01_transformer.ipynb) (the pretrained start).
 
