@@ -526,13 +526,16 @@ def arith_sft_model(cfg: ArithConfig, device: str | torch.device = "cpu", seed: 
         steps = cfg.sft_steps
         if cfg.sft_target_acc is None:
             train_packed(model, arith_batches(train_set, cfg, rng), cfg.sft_steps, **kw)
-        else:
+        else:  # chunks of sft_check_every steps under one bar (the chunks show none of their own)
             probe = train_set[:200]
+            bar = progress(total=cfg.sft_steps, desc=f"SFT warm start (until {cfg.sft_target_acc:.0%} correct)")
             for start in range(0, cfg.sft_steps, cfg.sft_check_every):
-                train_packed(model, arith_batches(train_set, cfg, rng), cfg.sft_check_every, **kw)
+                train_packed(model, arith_batches(train_set, cfg, rng), cfg.sft_check_every, **{**kw, "desc": None})
                 steps = start + cfg.sft_check_every
+                bar.update(cfg.sft_check_every)
                 if arith_accuracy(model, probe, cfg)["correct"] >= cfg.sft_target_acc:
                     break
+            bar.close()
         model.warm_start_steps = steps
         if path is not None:
             model.save_pretrained(path)  # HF layout; a tied lm_head is stored once
