@@ -20,7 +20,7 @@ from llmcore.core.registry import PARTS, knowledge_map_markdown, rows  # noqa: E
 TOC = ROOT / "_toc.yml"
 TABLE = ROOT / "book" / "knowledge_map_table.md"
 #: Technical Reference part: (file stem under book/, shown if the file exists)
-REFERENCE_PAGES = ["reference", "benchmarks", "robustness", "glossary", "bibliography"]
+REFERENCE_PAGES = ["reference", "models", "benchmarks", "robustness", "glossary", "bibliography"]
 
 
 def has_chapter(m) -> bool:
