@@ -124,7 +124,7 @@ print(f"device={dev}, toy={toy}, seed={seed}, Triton interpreter: {INTERPRET}")
 fig, axes = plt.subplots(1, 3, figsize=(13, 2.9))
 for ax, kv in zip(axes, (8, 2, 1)):
     A.plot_head_grouping(ax, n_heads=8, n_kv_heads=kv)
-fig.suptitle("Head grouping: boxes of one colour share a key/value head (bottom); its width ~ KV cache", fontsize=10)
+fig.suptitle("Head grouping: boxes of one colour share a key/value head (bottom); its width ~ KV cache", fontsize=10, y=1.06)
 plt.show()
 
 # %% [markdown]
