@@ -570,7 +570,8 @@ for name, mdl, tok, n_new in (("tiny LM", model, byte_tok, 160), ("book LM", blm
 res = X.TransformerResult(tok_cmp, hf_diff, lm.metrics["val_loss"], lm.metrics["unigram_loss"],
                           lm.metrics["params"], lm.metrics["steps"], patch_diff, runs, book, align=align)
 report = X.make_report(res, toy, str(dev), seed)
-print("\n".join(str(c) for c in report.criteria))
+for c in report.criteria:
+    print(f"[{'PASS' if c.passed else 'FAIL'}] {c.name} {c.op} {c.threshold:g}")
 assert report.passed, report.failures()
 
 # %%

@@ -315,7 +315,8 @@ plt.show()
 tr_ids, va_ids = corpus_ids()
 res = A.AttentionResult(errors, triton_errors, mem, rows, unigram_loss(tr_ids, va_ids, 264), seed_rows)
 report = A.make_report(res, toy, str(dev), seed)
-print("\n".join(str(c) for c in report.criteria))
+for c in report.criteria:
+    print(f"[{'PASS' if c.passed else 'FAIL'}] {c.name} {c.op} {c.threshold:g}")
 assert report.passed, report.failures()
 
 # %%
