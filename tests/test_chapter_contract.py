@@ -238,8 +238,6 @@ def test_exercises_and_references(chapter):
     assert "## Exercises" in md and "## References" in md and "{cite}" in md
 
 
-#: chapters written before the editorial contract (issue 17) and not yet brought up to it; the set only shrinks
-PENDING_EDITORIAL: set[str] = set()
 ADMONITION = re.compile(r"^```\{admonition\} (.+)$", re.M)
 
 
@@ -277,9 +275,6 @@ def editorial_problems(nb) -> list[str]:
 def test_editorial_contract(chapter):
     m, nb, _ = chapter
     problems = editorial_problems(nb)
-    if m.name in PENDING_EDITORIAL:
-        assert problems, f"{m.name} now meets the editorial contract: remove it from PENDING_EDITORIAL"
-        pytest.skip(f"{m.name}: editorial pass pending (issue 17): {problems[0]}")
     assert not problems, f"{m.chapter}: " + "; ".join(problems)
 
 
