@@ -5,6 +5,9 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -158,4 +161,36 @@ def test_a_training_run_that_dies_leaves_no_entry():
     t = Trainer()
     cached(t)
     assert t.calls == 1
-    assert [p.name for p in C.entry_dir("toy", Cfg()).parent.iterdir()] == [C.entry_dir("toy", Cfg()).name]
+    entries = [p.name for p in C.entry_dir("toy", Cfg()).parent.iterdir() if not p.name.endswith(".lock")]
+    assert entries == [C.entry_dir("toy", Cfg()).name]
+
+
+#: a process that asks for the same entry as its twin: training takes 1.5 s and logs the trainer's pid
+_TWIN = """
+import os, sys, time
+from pathlib import Path
+from llmcore.core import checkpoints as C
+log = Path(sys.argv[1])
+
+def train(folder):
+    with open(log, "a") as f:
+        f.write(f"{os.getpid()}\\n")
+    time.sleep(1.5)
+    (folder / "value.txt").write_text(str(os.getpid()))
+
+print(C.train_once("twin", {"width": 4}, train, lambda d: (d / "value.txt").read_text()))
+"""
+
+
+def test_two_processes_asking_for_one_entry_train_it_once(tmp_path):
+    """Two notebooks run in parallel (``make test``) must not both train the same model: the second waits
+    on the entry's lock, then loads the first one's files."""
+    log = tmp_path / "trainers.log"
+    env = {**os.environ, "LLMCORE_OUTPUT": str(tmp_path / "out")}
+    procs = [subprocess.Popen([sys.executable, "-c", _TWIN, str(log)], env=env, stdout=subprocess.PIPE, text=True)
+             for _ in range(2)]
+    outs = [p.communicate(timeout=60)[0].strip() for p in procs]
+    assert [p.returncode for p in procs] == [0, 0]
+    trainers = log.read_text().split()
+    assert len(trainers) == 1  # one process trained ...
+    assert outs == [trainers[0], trainers[0]]  # ... and both loaded its entry

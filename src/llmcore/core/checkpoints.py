@@ -16,6 +16,13 @@ a ``manifest.json`` (config, and each file's size and sha256) is written last an
 renamed into place. A run killed half-way leaves only a ``.tmp-*`` folder, which is never read (the
 next run removes it).
 
+**One trainer at a time.** Two processes that want the same entry (two notebooks re-executed in
+parallel by ``make test``) would both train it. :func:`train_once` therefore holds an exclusive
+``fcntl.flock`` on ``<name>-<key>.lock`` from the cache check to the rename: the second process
+waits, then loads the first one's entry. The lock is advisory and released by the kernel when the
+holder dies, so a killed run never blocks the next. (Where ``fcntl`` does not exist -- Windows --
+there is no lock and each process trains its own copy, as before.)
+
 **Validation on load.** The manifest must parse, every file it lists must exist with its recorded
 size and sha256, and ``load`` must succeed. Otherwise the entry is *invalid*: it is retrained when
 the caller can retrain (``retrain=True``, the default), or rejected with a one-line
@@ -33,11 +40,17 @@ import json
 import os
 import shutil
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, TypeVar
 
 import torch
+
+try:
+    import fcntl  # POSIX only: the cross-process lock of train_once
+except ImportError:  # pragma: no cover -- Windows
+    fcntl = None
 
 from llmcore.core.errors import LLMCoreError
 from llmcore.core.paths import output_dir
@@ -124,6 +137,20 @@ def entry_dir(name: str, config: Any, version: int = 1, env: bool = True) -> Pat
     return output_dir("checkpoints") / f"{name}-{config_key(config, version, env)}"
 
 
+@contextmanager
+def _exclusive(path: Path) -> Iterator[None]:
+    """Hold an exclusive advisory lock on ``path`` (created if absent) for the ``with`` block."""
+    if fcntl is None:  # pragma: no cover -- Windows
+        yield
+        return
+    with open(path, "a") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)  # blocks while another process trains this entry
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
 def train_once(name: str, config: Any, train: Callable[[Path], None], load: Callable[[Path], T], *,
                version: int = 1, env: bool = True, refresh: bool = False, retrain: bool = True) -> T:
     """``load(entry)`` of the cached entry for ``config``; train it first when absent or invalid.
@@ -135,6 +162,13 @@ def train_once(name: str, config: Any, train: Callable[[Path], None], load: Call
     """
     key = config_key(config, version, env)
     final = output_dir("checkpoints") / f"{name}-{key}"
+    with _exclusive(final.with_name(f"{final.name}.lock")):
+        return _train_once(final, key, config, train, load, refresh=refresh, retrain=retrain)
+
+
+def _train_once(final: Path, key: str, config: Any, train: Callable[[Path], None], load: Callable[[Path], T], *,
+                refresh: bool, retrain: bool) -> T:
+    """:func:`train_once` for the entry folder ``final``, the caller holding its lock."""
     for stale in final.parent.glob(f"{final.name}.tmp-*"):  # leftovers of killed runs: never read
         if not _alive(stale.name.rsplit("-", 1)[-1]):
             shutil.rmtree(stale, ignore_errors=True)
