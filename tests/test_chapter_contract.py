@@ -218,6 +218,14 @@ def test_imports_llmcore_and_shows_source(chapter):
     assert "pick_device(device)" in code and re.search(r"seed_everything\(seed[,)]", code)
 
 
+def test_llmcore_modules_imported_by_their_own_names(chapter):
+    """``peft.apply_lora``, not ``P.apply_lora``: one-letter aliases meant three modules across chapters."""
+    _, nb, _ = chapter
+    code = "\n".join(c.source for c in code_cells(nb))
+    short = re.findall(r"^from llmcore[\w.]* import \w+ as (\w{1,2})$", code, re.M)
+    assert not short, f"import llmcore modules by their own names, not as {short}"
+
+
 def test_results_cell_checked_by_nbval_with_asserts(chapter):
     _, nb, _ = chapter
     checked = [c for c in code_cells(nb) if c.source.startswith("# NBVAL_CHECK_OUTPUT")]

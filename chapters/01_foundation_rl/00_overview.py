@@ -55,7 +55,7 @@ import numpy as np
 
 from llmcore.core import pick_device, seed_everything, show_source, use_style
 from llmcore.core.registry import MODULES
-from llmcore.foundation_rl import overview as O
+from llmcore.foundation_rl import overview
 from llmcore.foundation_rl.tabular import td_control
 
 dev = pick_device(device)
@@ -121,7 +121,7 @@ print(f"device={dev}, toy={toy}, seed={seed}")
 
 # %%
 fig, ax = plt.subplots(figsize=(10, 2.6))
-O.plot_token_mdp(ax)
+overview.plot_token_mdp(ax)
 ax.set_title("Generation as an episode: one token per step, reward at the end")
 plt.show()
 
@@ -154,13 +154,13 @@ plt.show()
 # axis, model-based vs model-free.
 
 # %%
-rows = O.taxonomy_rows()
+rows = overview.taxonomy_rows()
 print(f"{'algorithm':<18}{'family':<21}{'policy':<16}{'data':<20}{'model':<13}chapter")
 for r in rows:
     print(f"{r['algorithm']:<18}{r['family']:<21}{r['policy']:<16}{r['data']:<20}{r['model']:<13}"
           f"{r['chapter']} [{r['status']}]")
 fig, ax = plt.subplots(figsize=(9, 4.2))
-O.plot_taxonomy(ax)
+overview.plot_taxonomy(ax)
 ax.set_title("RL algorithms in this book: family × data regime")
 plt.show()
 
@@ -172,10 +172,10 @@ plt.show()
 
 # %%
 fig, ax = plt.subplots(figsize=(11, 5))
-O.plot_learning_path(ax)
+overview.plot_learning_path(ax)
 ax.set_title("Learning path through LLM-Core (arrows: prerequisite → chapter)")
 plt.show()
-depth = O.learning_path()
+depth = overview.learning_path()
 print("start here:", ", ".join(sorted(n for n, d in depth.items() if d == 0)))
 print("written:", ", ".join(m.name for m in MODULES if m.written))
 
@@ -212,7 +212,7 @@ show_source(td_control)
 # exact success probability, computed by dynamic programming in the next chapter.
 
 # %%
-res = O.random_vs_trained(toy=toy, seed=seed)
+res = overview.random_vs_trained(toy=toy, seed=seed)
 window = 200
 curve = np.convolve(res.train_returns, np.ones(window) / window, mode="valid")
 fig, (a1, a2) = plt.subplots(1, 2, figsize=(10, 3.4), gridspec_kw={"width_ratios": [2, 1]})
@@ -260,7 +260,7 @@ assert abs(res.random_returns.mean() - res.random_exact) < 3 * se_r
 
 # %%
 # NBVAL_CHECK_OUTPUT
-report = O.make_report(res, toy, str(dev), seed)
+report = overview.make_report(res, toy, str(dev), seed)
 for c in report.criteria:
     print(f"[{'PASS' if c.passed else 'FAIL'}] {c.name} {c.op} {c.threshold:g}")
 assert report.passed, report.failures()

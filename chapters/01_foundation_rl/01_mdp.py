@@ -54,7 +54,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 
 from llmcore.core import pick_device, seed_everything, show_source, use_style
-from llmcore.foundation_rl import mdp as M
+from llmcore.foundation_rl import mdp
 
 dev = pick_device(device)
 seed_everything(seed)
@@ -98,8 +98,8 @@ print(f"device={dev}, toy={toy}, seed={seed}, gamma={gamma}")
 
 # %%
 fig, axes = plt.subplots(1, 2, figsize=(11, 3.6))
-M.plot_backup_diagram(axes[0], "v")
-M.plot_backup_diagram(axes[1], "q")
+mdp.plot_backup_diagram(axes[0], "v")
+mdp.plot_backup_diagram(axes[1], "q")
 fig.suptitle("Backup diagrams: open circles = states, dots = actions")
 plt.show()
 
@@ -162,20 +162,20 @@ plt.show()
 # intended direction with probability 1/3 and slips to each perpendicular direction with 1/3.
 
 # %%
-show_source(M.from_gymnasium)
+show_source(mdp.from_gymnasium)
 
 # %%
-env = M.make_env("4x4" if toy else "8x8")
-mdp = M.from_gymnasium(env, gamma)
+env = mdp.make_env("4x4" if toy else "8x8")
+lake = mdp.from_gymnasium(env, gamma)
 print("map:\n" + "\n".join(r.tobytes().decode() for r in env.unwrapped.desc))
-print(f"|S|={mdp.n_states}  |A|={mdp.n_actions}  gamma={mdp.gamma}")
-print("P shape", mdp.P.shape, " R shape", mdp.R.shape, " rows of P sum to 1:",
-      bool(np.allclose(mdp.P.sum(-1), 1)))
+print(f"|S|={lake.n_states}  |A|={lake.n_actions}  gamma={lake.gamma}")
+print("P shape", lake.P.shape, " R shape", lake.R.shape, " rows of P sum to 1:",
+      bool(np.allclose(lake.P.sum(-1), 1)))
 s = 14  # the cell left of the goal
 for a, name in enumerate(["LEFT", "DOWN", "RIGHT", "UP"]):
-    nz = np.flatnonzero(mdp.P[s, a])
-    print(f"s={s} a={name:<5} -> " + ", ".join(f"s'={j}: p={mdp.P[s, a, j]:.3f}" for j in nz),
-          f"| R(s,a)={mdp.R[s, a]:.3f}")
+    nz = np.flatnonzero(lake.P[s, a])
+    print(f"s={s} a={name:<5} -> " + ", ".join(f"s'={j}: p={lake.P[s, a, j]:.3f}" for j in nz),
+          f"| R(s,a)={lake.R[s, a]:.3f}")
 
 # %% [markdown]
 # ## The implementation / 实现
@@ -184,27 +184,27 @@ for a, name in enumerate(["LEFT", "DOWN", "RIGHT", "UP"]):
 # all $(s, a)$ at once: `Pc @ V` contracts the last axis of the `(S, A, S)` kernel with `(S,)`.
 
 # %%
-show_source(M.q_from_v)
+show_source(mdp.q_from_v)
 
 # %% [markdown]
 # A stochastic policy is evaluated by averaging the kernel and the reward over $\pi(a|s)$ and solving
 # the linear system; $Q^\pi$ then follows from $V^\pi$ by one `q_from_v`.
 
 # %%
-show_source(M.evaluate_stochastic)
+show_source(mdp.evaluate_stochastic)
 
 # %% [markdown]
 # Value iteration takes the max over actions of `q_from_v` until the change is below `tol`; policy
 # iteration alternates an exact solve and a greedy improvement and stops when the policy is stable.
 
 # %%
-show_source(M.value_iteration, M.policy_iteration)
+show_source(mdp.value_iteration, mdp.policy_iteration)
 
 # %% [markdown]
 # The LP hands one inequality per $(s, a)$ to scipy's HiGHS solver — an independent oracle.
 
 # %%
-show_source(M.solve_lp)
+show_source(mdp.solve_lp)
 
 # %% [markdown]
 # ## The closed loop / 闭环实验
@@ -215,7 +215,7 @@ show_source(M.solve_lp)
 # exactly with a finite-horizon evaluation and compare.
 
 # %%
-res = M.experiment(toy=toy, seed=seed, gamma=gamma, keep=100_000)
+res = mdp.experiment(toy=toy, seed=seed, gamma=gamma, keep=100_000)
 print(f"value iteration: {res.vi_sweeps} sweeps; policy iteration: {res.pi_iters} iterations; "
       f"policy evaluation: {res.eval_sweeps} sweeps")
 
@@ -225,7 +225,7 @@ print(f"value iteration: {res.vi_sweeps} sweeps; policy iteration: {res.pi_iters
 # Each sweep of value iteration pushes value one step further from the goal; holes stay at 0.
 
 # %%
-side = int(np.sqrt(mdp.n_states))
+side = int(np.sqrt(lake.n_states))
 sweeps = [0, 1, 2, 4, 8, 16, 32, res.vi_sweeps]
 fig, axes = plt.subplots(2, len(sweeps) // 2, figsize=(9, 5))
 for ax, k in zip(axes.flat, sweeps):
@@ -240,7 +240,7 @@ for ax, k in zip(axes.flat, sweeps):
 fig.suptitle("Value iteration on FrozenLake: V_k per sweep")
 plt.show()
 
-residuals = [M.bellman_residual(res.mdp, V) for V in res.vi_history]
+residuals = [mdp.bellman_residual(res.mdp, V) for V in res.vi_history]
 fig, ax = plt.subplots(figsize=(6, 3))
 ax.semilogy(residuals, label=r"$\|TV_k - V_k\|_\infty$")
 k = np.arange(len(residuals))
@@ -275,9 +275,9 @@ assert steps.min() >= -1e-10
 nonterm = ~res.mdp.terminal
 assert np.array_equal(res.pi_vi[nonterm], res.pi_pi[nonterm]), "VI and PI disagree on the policy"
 assert np.max(np.abs(res.V_vi - res.V_lp)) < 1e-6, "V* differs from scipy's LP solution"
-assert M.bellman_residual(res.mdp, res.V_vi) < 1e-8
+assert mdp.bellman_residual(res.mdp, res.V_vi) < 1e-8
 print("greedy policy (← ↓ → ↑; H hole, G goal):")
-print("\n".join(M.policy_grid(res.desc, res.pi_vi)))
+print("\n".join(mdp.policy_grid(res.desc, res.pi_vi)))
 print(f"max|V_VI - V_LP| = {np.max(np.abs(res.V_vi - res.V_lp)):.1e}, "
       f"max|V_VI - V_PI| = {np.max(np.abs(res.V_vi - res.V_pi)):.1e}")
 
@@ -309,7 +309,7 @@ plt.show()
 
 # %%
 # NBVAL_CHECK_OUTPUT
-report = M.make_report(res, toy, str(dev), seed)
+report = mdp.make_report(res, toy, str(dev), seed)
 for c in report.criteria:
     print(f"[{'PASS' if c.passed else 'FAIL'}] {c.name} {c.op} {c.threshold:g}")
 assert report.passed, report.failures()
@@ -328,12 +328,12 @@ import ipywidgets as widgets
 
 
 def show_policy(g: float = 0.99) -> None:
-    m = M.from_gymnasium(env, g)
-    V, pi, sweeps, _ = M.value_iteration(m)
+    m = mdp.from_gymnasium(env, g)
+    V, pi, sweeps, _ = mdp.value_iteration(m)
     fig, ax = plt.subplots(figsize=(3.2, 3.2))
     ax.imshow(V.reshape(side, side), cmap="viridis")
     ax.grid(False), ax.set_xticks([]), ax.set_yticks([])
-    for i, ch in enumerate("".join(M.policy_grid(res.desc, pi))):
+    for i, ch in enumerate("".join(mdp.policy_grid(res.desc, pi))):
         ax.text(i % side, i // side, ch, ha="center", va="center", fontsize=14, color="w")
     ax.set_title(f"gamma={g:.2f}: V*(s0)={V[0]:.3f}, {sweeps} sweeps", fontsize=9)
     plt.show()
@@ -390,7 +390,7 @@ widgets.interact(show_policy, g=widgets.FloatSlider(value=0.99, min=0.5, max=0.9
 # 4. Replace the exact evaluation in `policy_iteration` by $k$ sweeps of iterative evaluation
 #    (*modified policy iteration*). How does the number of improvement steps change with $k$?
 # 5. Read the dual of the linear program: what do its variables mean?
-# 6. Evaluate the uniform random policy with `M.evaluate_stochastic` and do one greedy improvement step.
+# 6. Evaluate the uniform random policy with `mdp.evaluate_stochastic` and do one greedy improvement step.
 #    Which states' values rise the most, and does the theorem promise the new policy is optimal?
 #
 # :::{admonition} Solutions

@@ -56,8 +56,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 
 from llmcore.core import PALETTE, pick_device, seed_everything, show_source, use_style
-from llmcore.foundation_rl import tabular
-from llmcore.foundation_rl import td_learning as TD
+from llmcore.foundation_rl import tabular, td_learning
 from llmcore.foundation_rl.mdp import from_gymnasium
 
 dev = pick_device(device)
@@ -149,7 +148,7 @@ print(f"device={dev}, toy={toy}, seed={seed}, epsilon={epsilon}, alpha={alpha}")
 
 # %%
 fig, ax = plt.subplots(figsize=(8, 2.6))
-TD.plot_bias_mdp(ax)
+td_learning.plot_bias_mdp(ax)
 ax.set_title("Example 6.7: the MDP behind maximisation bias")
 plt.show()
 
@@ -169,7 +168,7 @@ show_source(tabular.epsilon_greedy, tabular.td_control)
 # own transition table, read by the [MDP chapter](01_mdp.ipynb)'s `from_gymnasium`.
 
 # %%
-show_source(TD.soft_value_iteration, TD.eps_greedy_return)
+show_source(td_learning.soft_value_iteration, td_learning.eps_greedy_return)
 
 # %% [markdown]
 # ## The closed loop: Sutton & Barto Example 6.6 / 闭环实验：S&B 例 6.6
@@ -179,7 +178,7 @@ show_source(TD.soft_value_iteration, TD.eps_greedy_return)
 # behaviour). Runs use seeds `seed, seed+1, ...`.
 
 # %%
-res = TD.experiment(toy=toy, seed=seed, epsilon=epsilon, alpha=alpha, episodes=episodes, show_progress=True)
+res = td_learning.experiment(toy=toy, seed=seed, epsilon=epsilon, alpha=alpha, episodes=episodes, show_progress=True)
 print(f"{len(res.seeds)} runs per algorithm, {episodes} episodes each")
 
 
@@ -225,14 +224,14 @@ plt.show()
 
 # %%
 fig, axes = plt.subplots(1, 2, figsize=(11, 3.4))
-TD.plot_paths(axes[0], {"Q-learning": TD.greedy_path(TD.mean_q(res, "q_learning")),
-                        "SARSA": TD.greedy_path(TD.mean_q(res, "sarsa"))}, "learned greedy paths (run-averaged Q)")
-TD.plot_paths(axes[1], {"Q* (value iteration)": TD.greedy_path(res.Q_star),
-                        "best ε-greedy (ε-soft VI)": TD.greedy_path(res.Q_soft)}, "closed-form paths")
+td_learning.plot_paths(axes[0], {"Q-learning": td_learning.greedy_path(td_learning.mean_q(res, "q_learning")),
+                        "SARSA": td_learning.greedy_path(td_learning.mean_q(res, "sarsa"))}, "learned greedy paths (run-averaged Q)")
+td_learning.plot_paths(axes[1], {"Q* (value iteration)": td_learning.greedy_path(res.Q_star),
+                        "best ε-greedy (ε-soft VI)": td_learning.greedy_path(res.Q_soft)}, "closed-form paths")
 plt.show()
 for algo in ("q_learning", "sarsa"):
     print(algo, "greedy path (run-averaged Q):")
-    print("\n".join(TD.draw_path(TD.greedy_path(TD.mean_q(res, algo)))))
+    print("\n".join(td_learning.draw_path(td_learning.greedy_path(td_learning.mean_q(res, algo)))))
 
 # %% [markdown]
 # ### Cross-check against the closed forms / 与闭式解交叉验证
@@ -241,12 +240,12 @@ for algo in ("q_learning", "sarsa"):
 # return of ε-greedy behaviour on that path must match Q-learning's measured online return.
 
 # %%
-env = TD.make_env()
+env = td_learning.make_env()
 mdp = from_gymnasium(env, gamma=1.0)
 env.close()
-opt = TD.path_stats(TD.greedy_path(res.Q_star))
+opt = td_learning.path_stats(td_learning.greedy_path(res.Q_star))
 assert opt["steps"] == 13 and opt["edge_cells"] == 10, opt
-assert TD.path_agreement(res, "q_learning", res.Q_star) == 1.0
+assert td_learning.path_agreement(res, "q_learning", res.Q_star) == 1.0
 q_online = res.returns["q_learning"][:, 100:].mean()
 print(f"Q-learning online return {q_online:.1f} vs exact {res.exact_return['optimal']:.1f}")
 assert abs(q_online - res.exact_return["optimal"]) < 5.0
@@ -260,7 +259,7 @@ assert abs(q_online - res.exact_return["optimal"]) < 5.0
 # differs from Q-learning is the target:
 
 # %%
-show_source(TD.double_q_target)
+show_source(td_learning.double_q_target)
 
 # %%
 b = res.bias
@@ -290,7 +289,7 @@ print(f"Q-learning: peak {b.left_q.max():.0%} LEFT at episode {np.argmax(b.left_
 
 # %%
 # NBVAL_CHECK_OUTPUT
-report = TD.make_report(res, toy, str(dev), seed)
+report = td_learning.make_report(res, toy, str(dev), seed)
 for c in report.criteria:
     print(f"[{'PASS' if c.passed else 'FAIL'}] {c.name} {c.op} {c.threshold:g}")
 assert report.passed, report.failures()
@@ -310,13 +309,13 @@ import ipywidgets as widgets
 
 
 def play(eps: float = 0.1) -> None:
-    r = TD.experiment(toy=True, seed=seed, epsilon=eps, alpha=alpha, episodes=300, runs=4)
+    r = td_learning.experiment(toy=True, seed=seed, epsilon=eps, alpha=alpha, episodes=300, runs=4)
     fig, axes = plt.subplots(1, 2, figsize=(12, 3.2), gridspec_kw={"width_ratios": [1, 1.3]})
     for k, algo in enumerate(("sarsa", "q_learning")):
         axes[0].plot(smooth(r.returns[algo]).mean(0), color=PALETTE[k], label=algo)
     axes[0].set_ylim(-100, 0), axes[0].legend(), axes[0].set_title(f"online return, ε = {eps:.2f}")
-    TD.plot_paths(axes[1], {"Q-learning": TD.greedy_path(TD.mean_q(r, "q_learning")),
-                            "SARSA": TD.greedy_path(TD.mean_q(r, "sarsa"))})
+    td_learning.plot_paths(axes[1], {"Q-learning": td_learning.greedy_path(td_learning.mean_q(r, "q_learning")),
+                            "SARSA": td_learning.greedy_path(td_learning.mean_q(r, "sarsa"))})
     plt.show()
 
 
@@ -372,7 +371,7 @@ widgets.interact(play, eps=widgets.FloatSlider(value=0.1, min=0.0, max=0.3, step
 # 3. Decay ε to 0 over training (`TDConfig(epsilon_final=0.0)`). Which path does SARSA end on?
 # 4. Use the slippery variant `CliffWalkingSlippery-v1`. Does Q-learning still prefer the edge?
 # 5. Prove that SARSA's fixed point is $Q^{\varepsilon*}$: write its expected update as a backup.
-# 6. In Example 6.7, give B 100 actions instead of 10 (`TD.BiasConfig(n_b_actions=100)`). How does
+# 6. In Example 6.7, give B 100 actions instead of 10 (`td_learning.BiasConfig(n_b_actions=100)`). How does
 #    Q-learning's peak change, and Double Q's?
 #
 # :::{admonition} Solutions

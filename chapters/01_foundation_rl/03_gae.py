@@ -56,7 +56,7 @@ import numpy as np
 import torch
 
 from llmcore.core import PALETTE, pick_device, seed_everything, show_source, use_style
-from llmcore.foundation_rl import gae as G
+from llmcore.foundation_rl import gae
 
 dev = pick_device(device)
 seed_everything(seed)
@@ -128,7 +128,7 @@ print(f"device={dev}, toy={toy}, seed={seed}, gamma={gamma}, lambda={lam}")
 
 # %%
 fig, ax = plt.subplots(figsize=(8, 3.2))
-G.plot_lambda_weights(ax)
+gae.plot_lambda_weights(ax)
 ax.set_title("GAE(λ) = a weighted mix of n-step advantage estimators")
 plt.show()
 
@@ -140,21 +140,21 @@ plt.show()
 # bootstrap at an episode's end and stops credit flowing back across it.
 
 # %%
-show_source(G.compute_gae)
+show_source(gae.compute_gae)
 
 # %% [markdown]
 # A time-limit cut is folded into the reward before GAE runs, so `compute_gae` sees only real ends.
 
 # %%
-show_source(G.bootstrap_truncation)
+show_source(gae.bootstrap_truncation)
 
 # %% [markdown]
 # An independent reference with no loop over time at all: $\hat A = W\delta$ with an upper-triangular
 # matrix whose entries are the products $\prod_{j=t}^{k-1}\gamma\lambda(1-d_j)$ (a plain scalar loop,
-# `G.compute_gae_loop`, is the third).
+# `gae.compute_gae_loop`, is the third).
 
 # %%
-show_source(G.compute_gae_matrix)
+show_source(gae.compute_gae_matrix)
 
 # %% [markdown]
 # ### A hand-computed example / 手算示例
@@ -167,7 +167,7 @@ show_source(G.compute_gae_matrix)
 r = torch.tensor([[1.0], [1.0], [1.0]])
 v = torch.tensor([[0.5], [0.4], [0.3]])
 d = torch.tensor([[0.0], [1.0], [0.0]])
-adv, ret = G.compute_gae(r, v, d, torch.tensor([0.2]), gamma=0.9, lam=0.8)
+adv, ret = gae.compute_gae(r, v, d, torch.tensor([0.2]), gamma=0.9, lam=0.8)
 print("advantages", [round(x, 4) for x in adv[:, 0].tolist()], " returns", [round(x, 4) for x in ret[:, 0].tolist()])
 assert torch.allclose(adv[:, 0], torch.tensor([1.292, 0.6, 0.88]), atol=1e-6)
 
@@ -177,12 +177,12 @@ assert torch.allclose(adv[:, 0], torch.tensor([1.292, 0.6, 0.88]), atol=1e-6)
 # Eight states in a row; the policy moves right with probability 0.6, else left (a wall at 0); stepping
 # right from the last state ends the episode with +1; every step also pays −0.1 plus Gaussian noise
 # (std 0.5). The true values solve $(I - \gamma P_\pi)V = r_\pi$ and $Q = R + \gamma P V$ (the MDP
-# chapter's linear system), computed by `G.ChainMDP.true_values`. Our critic is deliberately wrong:
+# chapter's linear system), computed by `gae.ChainMDP.true_values`. Our critic is deliberately wrong:
 # $\hat V = V + \text{noise}$ with std `value_error`. The experiment below also runs the A2C λ sweep of
 # the last section.
 
 # %%
-res = G.experiment(toy=toy, seed=seed, gamma=gamma, lam=lam, value_error=value_error)
+res = gae.experiment(toy=toy, seed=seed, gamma=gamma, lam=lam, value_error=value_error)
 fig, ax = plt.subplots(figsize=(6, 3))
 ax.plot(res.V, "o-", label=r"true $V^\pi$ (closed form)")
 ax.plot(res.V_hat, "s--", label=r"critic $\hat V$ (imperfect)")
@@ -195,7 +195,7 @@ plt.show()
 #
 # Random chain rollouts of 64 envs × 48 steps (several episodes per env, the last one cut by the
 # rollout's end and bootstrapped with $\hat V$), plus time-limit truncations planted in every env.
-# `G.identity_errors` compares `compute_gae` at λ = 0 with `td_errors`, at λ = 1 with
+# `gae.identity_errors` compares `compute_gae` at λ = 0 with `td_errors`, at λ = 1 with
 # `discounted_returns` minus $\hat V$ (summed forwards, an independent computation), with the scalar
 # loop, with the matrix form, and with the n-step mixture `lambda_returns_forward`.
 
@@ -215,7 +215,7 @@ for e in (res.err_lam0_td, res.err_lam1_mc, res.err_trunc, res.err_vec_loop, res
 #
 # For every visited $(s,a)$ we compare the sampled $\hat A_t$ with its target $Q^\pi(s,a) - \hat V(s)$
 # — the part of the advantage that changes the expected policy gradient (the baseline $\hat V(s_t)$ does
-# not) — and average the squared bias and the variance over visits (`G.advantage_bias_variance`, 4000
+# not) — and average the squared bias and the variance over visits (`gae.advantage_bias_variance`, 4000
 # sampled episodes in toy mode).
 
 # %%
@@ -283,7 +283,7 @@ for lm in st.lams:
 
 # %%
 # NBVAL_CHECK_OUTPUT
-report = G.make_report(res, toy, str(dev), seed)
+report = gae.make_report(res, toy, str(dev), seed)
 for c in report.criteria:
     print(f"[{'PASS' if c.passed else 'FAIL'}] {c.name} {c.op} {c.threshold:g}")
 assert report.passed, report.failures()
@@ -303,16 +303,16 @@ for c in report.criteria:  # identity errors are ~1e-15 float noise: print them 
 # %% tags=["nbval-ignore-output"]
 import ipywidgets as widgets
 
-play_chain = G.ChainMDP()
+play_chain = gae.ChainMDP()
 play_data = play_chain.sample(4, 60, np.random.default_rng(seed))
 
 
 def play(g: float = 0.95, lm: float = 0.9) -> None:
-    V, _ = G.ChainMDP(gamma=g).true_values()
+    V, _ = gae.ChainMDP(gamma=g).true_values()
     V_hat = V + value_error * np.random.default_rng(seed + 1).standard_normal(len(V))
     rr = torch.as_tensor(play_data["rewards"])
     dd = torch.as_tensor(play_data["dones"])
-    a, _ = G.compute_gae(rr, torch.as_tensor(V_hat[play_data["states"]]), dd,
+    a, _ = gae.compute_gae(rr, torch.as_tensor(V_hat[play_data["states"]]), dd,
                          torch.as_tensor(V_hat[play_data["last_states"]]), g, lm)
     fig, ax = plt.subplots(figsize=(8, 3))
     for n in range(4):
@@ -377,7 +377,7 @@ widgets.interact(play, g=widgets.FloatSlider(value=0.95, min=0.5, max=0.999, ste
 # 4. Show that $\sum_{n\ge1}(1-\lambda)\lambda^{n-1}\hat A^{(n)}_t = \sum_l(\gamma\lambda)^l\delta_{t+l}$ by
 #    exchanging the sums.
 # 5. PPO normalises advantages per minibatch. Does that change the identities? The gradient's direction?
-# 6. Rerun the λ sweep with `G.lambda_stability(lams=(0.9, 0.95, 0.99), seeds=range(3))`. Where is the
+# 6. Rerun the λ sweep with `gae.lambda_stability(lams=(0.9, 0.95, 0.99), seeds=range(3))`. Where is the
 #    best λ for A2C on CartPole, and how wide is the good range?
 #
 # :::{admonition} Solutions

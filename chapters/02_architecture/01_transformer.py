@@ -61,12 +61,7 @@ import numpy as np
 import torch
 from transformers import LlamaForCausalLM
 
-from llmcore.architecture import book_lm
-from llmcore.architecture import llama as L
-from llmcore.architecture import pretrained as P
-from llmcore.architecture import tokenizer as T
-from llmcore.architecture import training as TR
-from llmcore.architecture import transformer as X
+from llmcore.architecture import book_lm, llama, pretrained, tokenizer, training, transformer
 from llmcore.core import pick_device, seed_everything, show_source, use_style
 from llmcore.core.corpus import docstring_corpus
 
@@ -111,7 +106,7 @@ print(f"device={dev}, toy={toy}, seed={seed}")
 
 # %%
 fig, ax = plt.subplots(figsize=(7.5, 6.2))
-X.plot_llama_block(ax, n_layers=2)
+transformer.plot_llama_block(ax, n_layers=2)
 plt.show()
 
 # %% [markdown]
@@ -158,9 +153,9 @@ plt.show()
 # %%
 gen = torch.Generator().manual_seed(seed)
 q_vec, k_vec = torch.randn(16, generator=gen), torch.randn(16, generator=gen)
-S = X.rope_scores(q_vec, k_vec, 64)
+S = transformer.rope_scores(q_vec, k_vec, 64)
 offsets = torch.arange(64)
-closed = X.rope_score_closed_form(q_vec, k_vec, offsets)
+closed = transformer.rope_score_closed_form(q_vec, k_vec, offsets)
 fig, axes = plt.subplots(1, 2, figsize=(9.5, 3.4))
 axes[0].imshow(S, cmap="RdBu_r")
 axes[0].set_xlabel("key position n"), axes[0].set_ylabel("query position m")
@@ -171,7 +166,7 @@ axes[1].plot(offsets, S[63, 63 - offsets], "x", ms=3, label="S[63, 63 - Δ] from
 axes[1].plot(offsets, closed, "k-", lw=1, label="closed form g(Δ)")
 axes[1].set_xlabel("offset Δ = m - n"), axes[1].legend(fontsize=8)
 plt.show()
-toeplitz = X.toeplitz_deviation(S)
+toeplitz = transformer.toeplitz_deviation(S)
 closed_diff = float((S[:, 0].double() - closed).abs().max())
 print(f"max |S[m, n] - S[m+1, n+1]| = {toeplitz:.1e} (score spread over offsets: std {float(S.std()):.2f}); "
       f"max |S[m, 0] - g(m)| = {closed_diff:.1e}")
@@ -215,11 +210,11 @@ print(corpus.val[:400])
 # unknown token. Encoding replays the merges in the order they were learned (lowest rank first).
 
 # %%
-show_source(T.BPETokenizer.train, T.BPETokenizer._encode_chunk)
+show_source(tokenizer.BPETokenizer.train, tokenizer.BPETokenizer._encode_chunk)
 
 # %%
 n_train = 300_000 if toy else len(corpus.train)
-bpe, tok_cmp = X.compare_tokenizers(corpus.train[:n_train], corpus.val, vocab_size=bpe_vocab if toy else 4096)
+bpe, tok_cmp = transformer.compare_tokenizers(corpus.train[:n_train], corpus.val, vocab_size=bpe_vocab if toy else 4096)
 print(f"vocab {tok_cmp.vocab_size}: ours {tok_cmp.ours_bytes_per_token:.4f} bytes/token, "
       f"HF tokenizers {tok_cmp.hf_bytes_per_token:.4f} bytes/token (ratio {tok_cmp.ratio:.4f})")
 print("round trip on the validation text:", tok_cmp.roundtrip_ok)
@@ -245,7 +240,7 @@ print(f"training time: ours {tok_cmp.ours_train_s:.2f} s (pure Python), HF {tok_
 # two without renaming. RMSNorm computes in fp32 whatever the input dtype, as HF does:
 
 # %%
-show_source(L.RMSNorm)
+show_source(llama.RMSNorm)
 
 # %% [markdown]
 # RoPE is two small functions: `rope_cos_sin` builds the $\cos(p\theta_i)$, $\sin(p\theta_i)$ tables for the
@@ -254,21 +249,21 @@ show_source(L.RMSNorm)
 # $R(p\theta_i)$ applied to every pair $(x_i, x_{i+D/2})$.
 
 # %%
-show_source(L.rope_cos_sin, L.apply_rope)
+show_source(llama.rope_cos_sin, llama.apply_rope)
 
 # %% [markdown]
 # Attention projects to $H$ query heads and $K$ key/value heads, rotates $q$ and $k$ (never $v$), appends to
 # the KV cache when one is passed, and calls SDPA (or the explicit formula with `attn_impl="eager"`):
 
 # %%
-show_source(L.Attention.forward)
+show_source(llama.Attention.forward)
 
 # %% [markdown]
 # The MLP and the block put the pieces together; `norm_position="post"` gives the original Transformer's
 # Post-LN block for the experiment further down.
 
 # %%
-show_source(L.MLP, L.Block)
+show_source(llama.MLP, llama.Block)
 
 # %% [markdown]
 # ### Cross-check: the same weights in Hugging Face `LlamaForCausalLM` / 交叉验证：同样的权重放进 HF 模型
@@ -278,10 +273,10 @@ show_source(L.MLP, L.Block)
 # `LlamaForCausalLM.from_pretrained(folder)` loads our checkpoints too.
 
 # %%
-lm = P.tiny_lm(device=dev)  # trained on first use (about a minute on 2 CPU cores), then cached
+lm = pretrained.tiny_lm(device=dev)  # trained on first use (about a minute on 2 CPU cores), then cached
 model, byte_tok = lm.model, lm.tokenizer
 idx = torch.randint(0, lm.config.vocab_size, (2, 64), generator=torch.Generator().manual_seed(seed)).to(dev)
-hf_diff = X.hf_logit_diff(model, idx)
+hf_diff = transformer.hf_logit_diff(model, idx)
 hf_loaded = LlamaForCausalLM.from_pretrained(lm.path).to(dev)  # the cached checkpoint, read by HF
 with torch.no_grad():
     load_diff = float((hf_loaded(idx).logits - model(idx)).abs().max())
@@ -297,7 +292,7 @@ assert hf_diff < 1e-4 and load_diff < 1e-4
 # nats per byte; the **unigram baseline** (each byte's frequency, no context) is the number to beat.
 
 # %%
-show_source(TR.lr_at, TR.train)
+show_source(training.lr_at, training.train)
 
 # %%
 curve = np.array(lm.metrics["loss_curve"])
@@ -308,7 +303,7 @@ axes[0].plot(np.convolve(curve, np.ones(20) / 20, mode="valid"), label="20-step 
 axes[0].axhline(lm.metrics["unigram_loss"], color="k", ls="--", label="unigram baseline (val)")
 axes[0].axhline(lm.metrics["val_loss"], color="C2", ls=":", label="final val loss")
 axes[0].set_xlabel("step"), axes[0].set_ylabel("nats / byte"), axes[0].legend(fontsize=8)
-axes[1].plot([TR.lr_at(s, tcfg) for s in range(tcfg.steps)])
+axes[1].plot([training.lr_at(s, tcfg) for s in range(tcfg.steps)])
 axes[1].set_xlabel("step"), axes[1].set_title("learning rate: warmup + cosine", fontsize=10)
 plt.show()
 print(f"{lm.metrics['params']:,} parameters, {tcfg.steps} steps of {tcfg.batch_size}x{tcfg.seq_len} bytes; "
@@ -330,15 +325,15 @@ print(f"tiny LM training took {lm.metrics['train_s']:.1f} s when it was trained 
 # the text embeddings they go through the decoder unchanged (the VLM chapter trains this projector).
 
 # %%
-show_source(X.PatchEmbedding, X.multimodal_sequence)
+show_source(transformer.PatchEmbedding, transformer.multimodal_sequence)
 
 # %%
 seed_everything(seed)
-emb = X.PatchEmbedding(patch=4, channels=1, d_model=lm.config.d_model).to(dev)
+emb = transformer.PatchEmbedding(patch=4, channels=1, d_model=lm.config.d_model).to(dev)
 images = torch.rand(2, 1, 8, 8, generator=torch.Generator().manual_seed(seed)).to(dev)
 with torch.no_grad():
-    patch_diff = float((emb(images) - X.patches_as_linear(emb, images)).abs().max())
-    seq, logits = X.multimodal_sequence(model, emb, images, prompt.expand(2, -1))
+    patch_diff = float((emb(images) - transformer.patches_as_linear(emb, images)).abs().max())
+    seq, logits = transformer.multimodal_sequence(model, emb, images, prompt.expand(2, -1))
 print(f"image (2, 1, 8, 8) -> {tuple(emb(images).shape)} patch tokens; text {tuple(prompt.shape)} -> "
       f"joint sequence {tuple(seq.shape)} -> logits {tuple(logits.shape)}")
 print(f"conv patch embedding vs unfold + linear: max |diff| = {patch_diff:.1e}")
@@ -374,17 +369,17 @@ assert patch_diff < 1e-5
 # 1/8，训练后约九成。
 
 # %%
-show_source(X.info_nce)
+show_source(transformer.info_nce)
 
 # %%
-align = X.contrastive_alignment(X.AlignConfig(seed=seed), device=str(dev))
-shapes, shape_labels = X.shape_images(8, seed=seed)
+align = transformer.contrastive_alignment(transformer.AlignConfig(seed=seed), device=str(dev))
+shapes, shape_labels = transformer.shape_images(8, seed=seed)
 fig, axes = plt.subplots(1, 9, figsize=(12, 1.9), gridspec_kw={"width_ratios": [1] * 8 + [2.4]})
 for ax, img, lab in zip(axes, shapes, shape_labels):
     ax.imshow(img[0], cmap="gray_r"), ax.set_xticks([]), ax.set_yticks([]), ax.grid(False)
-    ax.set_title(X.SHAPES[lab].replace(" ", "\n", 1), fontsize=7)
+    ax.set_title(transformer.SHAPES[lab].replace(" ", "\n", 1), fontsize=7)
 axes[-1].plot(np.convolve(align.loss, np.ones(10) / 10, mode="valid"))
-axes[-1].axhline(np.log(len(X.SHAPES)), color="k", ls="--", lw=1, label="ln 8 (chance)")
+axes[-1].axhline(np.log(len(transformer.SHAPES)), color="k", ls="--", lw=1, label="ln 8 (chance)")
 axes[-1].set_title("InfoNCE (10-step mean)", fontsize=8), axes[-1].legend(fontsize=7)
 plt.show()
 print(f"InfoNCE vs transformers' CLIP loss on the same logits: |diff| = {align.hf_loss_diff:.1e}")
@@ -392,7 +387,7 @@ assert align.hf_loss_diff < 1e-6
 
 # %% tags=["nbval-ignore-output"]
 print(f"held-out ({align.n_test} images): image -> caption accuracy {align.acc_before:.3f} -> {align.acc_after:.3f} "
-      f"(chance {1 / len(X.SHAPES):.3f}); caption -> image precision@10 {align.t2i_before:.2f} -> {align.t2i_after:.2f}")
+      f"(chance {1 / len(transformer.SHAPES):.3f}); caption -> image precision@10 {align.t2i_before:.2f} -> {align.t2i_after:.2f}")
 
 # %% [markdown]
 # Accuracy goes from chance to about nine in ten on images the towers never saw (seeds 0–4: 0.88–0.94):
@@ -420,8 +415,8 @@ print(f"held-out ({align.n_test} images): image -> caption accuracy {align.acc_b
 # Below: the same 8-layer stack, same data and seed, constant learning rate, **no warmup, no clipping**.
 
 # %%
-train_ids, val_ids = P.corpus_ids()
-runs = X.norm_position_runs(train_ids, toy=toy, seed=seed, device=str(dev))
+train_ids, val_ids = pretrained.corpus_ids()
+runs = transformer.norm_position_runs(train_ids, toy=toy, seed=seed, device=str(dev))
 fig, axes = plt.subplots(1, 2, figsize=(9.5, 3.3))
 for pos, r in runs.items():
     c = np.array(r.loss)
@@ -474,7 +469,7 @@ show_source(book_lm.nats_per_byte)
 
 # %%
 blm = book_lm.load_book_lm(device=dev)
-book = X.check_book_lm(blm)
+book = transformer.check_book_lm(blm)
 log = blm.log
 cfg_p = log["pretrain_config"]
 print(f"book LM: {book.params:,} parameters; {cfg_p['steps']} steps x {cfg_p['batch_size']}x{cfg_p['seq_len']} tokens "
@@ -541,8 +536,8 @@ for name, mdl, tok, n_new in (("tiny LM", model, byte_tok, 160), ("book LM", blm
     for how, kw in (("greedy", {}), ("T = 0.8", {"temperature": 0.8, "top_k": 50,
                                               "generator": torch.Generator(device=dev).manual_seed(seed)})):
         text = tok.decode(mdl.generate(ids, n_new, **kw)[0].tolist())
-        period = X.tail_period(text.encode(), min_repeats=3, max_period=80)
-        print(f"{name:<10}{how:<10}{period:>21}{X.distinct_ngram_ratio(text.split(), 3):>18.2f}  {text[-44:]!r}")
+        period = transformer.tail_period(text.encode(), min_repeats=3, max_period=80)
+        print(f"{name:<10}{how:<10}{period:>21}{transformer.distinct_ngram_ratio(text.split(), 3):>18.2f}  {text[-44:]!r}")
 
 # %% [markdown]
 # Why greedy decoding loops: it is a **deterministic** map from context to next token. A model that in
@@ -567,9 +562,9 @@ for name, mdl, tok, n_new in (("tiny LM", model, byte_tok, 160), ("book LM", blm
 
 # %%
 # NBVAL_CHECK_OUTPUT
-res = X.TransformerResult(tok_cmp, hf_diff, lm.metrics["val_loss"], lm.metrics["unigram_loss"],
+res = transformer.TransformerResult(tok_cmp, hf_diff, lm.metrics["val_loss"], lm.metrics["unigram_loss"],
                           lm.metrics["params"], lm.metrics["steps"], patch_diff, runs, book, align=align)
-report = X.make_report(res, toy, str(dev), seed)
+report = transformer.make_report(res, toy, str(dev), seed)
 for c in report.criteria:
     print(f"[{'PASS' if c.passed else 'FAIL'}] {c.name} {c.op} {c.threshold:g}")
 assert report.passed, report.failures()

@@ -55,8 +55,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 import torch
 
-from llmcore.architecture import attention as A
-from llmcore.architecture import flash_triton as FT
+from llmcore.architecture import attention, flash_triton
 from llmcore.architecture.pretrained import corpus_ids, unigram_loss
 from llmcore.core import pick_device, seed_everything, show_source, use_style
 from llmcore.core.triton_env import INTERPRET
@@ -123,7 +122,7 @@ print(f"device={dev}, toy={toy}, seed={seed}, Triton interpreter: {INTERPRET}")
 # %%
 fig, axes = plt.subplots(1, 3, figsize=(13, 2.9))
 for ax, kv in zip(axes, (8, 2, 1)):
-    A.plot_head_grouping(ax, n_heads=8, n_kv_heads=kv)
+    attention.plot_head_grouping(ax, n_heads=8, n_kv_heads=kv)
 fig.suptitle("Head grouping: boxes of one colour share a key/value head (bottom); its width ~ KV cache", fontsize=10, y=1.06)
 plt.show()
 
@@ -159,7 +158,7 @@ plt.show()
 # each key/value head without copying it; `mha_to_gqa` is Ainslie et al.'s mean-pooling conversion.
 
 # %%
-show_source(A.naive_attention, A.grouped_query_attention, A.mha_to_gqa)
+show_source(attention.naive_attention, attention.grouped_query_attention, attention.mha_to_gqa)
 
 # %% [markdown]
 # ### FlashAttention: exact attention without the $N \times N$ matrix / 不构造 $N \times N$ 矩阵的精确注意力
@@ -167,7 +166,7 @@ show_source(A.naive_attention, A.grouped_query_attention, A.mha_to_gqa)
 # The online-softmax step is one small function — the whole idea of FlashAttention's forward pass:
 
 # %%
-show_source(A.online_softmax_update)
+show_source(attention.online_softmax_update)
 
 # %% [markdown]
 # `flash_attention` wraps it in two loops: query tiles outside, key tiles inside (FlashAttention-2's order
@@ -176,7 +175,7 @@ show_source(A.online_softmax_update)
 # the Triton kernel below expresses; in torch on a CPU the loop shows the memory saving, not the speed.
 
 # %%
-show_source(A.flash_attention)
+show_source(attention.flash_attention)
 
 # %% [markdown]
 # The same algorithm as a Triton kernel {cite}`tillet2019triton`: each program instance owns `BLOCK_M`
@@ -184,7 +183,7 @@ show_source(A.flash_attention)
 # `TRITON_INTERPRET=1` *before* importing Triton, and the interpreter runs the kernel on CPU tensors.
 
 # %%
-show_source(FT._flash_fwd_kernel.fn if hasattr(FT._flash_fwd_kernel, "fn") else FT._flash_fwd_kernel)
+show_source(flash_triton._flash_fwd_kernel.fn if hasattr(flash_triton._flash_fwd_kernel, "fn") else flash_triton._flash_fwd_kernel)
 
 # %% [markdown]
 # ## Cross-check: every variant equals PyTorch's SDPA / 交叉验证：每个变体都等于 PyTorch 的 SDPA
@@ -195,7 +194,7 @@ show_source(FT._flash_fwd_kernel.fn if hasattr(FT._flash_fwd_kernel, "fn") else 
 # in fp32.
 
 # %%
-errors, triton_errors = A.equivalence_checks(seed, n=70, triton_n=triton_n)
+errors, triton_errors = attention.equivalence_checks(seed, n=70, triton_n=triton_n)
 for key in errors:
     print(f"{key:<34} max|diff| = {errors[key]:.1e}")
 for key in triton_errors:
@@ -210,11 +209,11 @@ assert max(errors.values()) < 1e-5 and max(triton_errors.values()) < 1e-5
 # compare `torch.cuda.max_memory_allocated`, which `benchmarks/attention_memory.py` prints).
 
 # %%
-show_source(A.PeakMemory)
+show_source(attention.PeakMemory)
 
 # %%
 ns = [256, 512, 1024, 2048] if toy else [512, 1024, 2048, 4096, 8192]
-mem = A.memory_sweep(ns, seed=seed)
+mem = attention.memory_sweep(ns, seed=seed)
 N = np.array(mem["N"])
 fig, ax = plt.subplots(figsize=(6, 3.4))
 ax.loglog(N, np.array(mem["naive"]) / 2**20, "o-", label="naive (scores + probabilities)")
@@ -235,10 +234,10 @@ for n, a, b in zip(N, mem["naive"], mem["flash"]):
 # mean-pooling its key/value heads — first as is, then after uptraining for 10% of the original steps.
 
 # %%
-show_source(A.kv_variants_table)
+show_source(attention.kv_variants_table)
 
 # %%
-rows = A.kv_variants_table(toy=toy, seed=seed, device=str(dev))
+rows = attention.kv_variants_table(toy=toy, seed=seed, device=str(dev))
 print(f"{'variant':<28}{'KV heads':>9}{'KV bytes/token':>16}{'params':>9}{'val loss':>10}")
 for r in rows:
     print(f"{r['variant']:<28}{r['kv_heads']:>9}{r['kv_bytes_per_token']:>16}{r['params']:>9}{r['val_loss']:>10.4f}")
@@ -263,27 +262,27 @@ for r in rows:
 # the seed-to-seed noise that both share.
 
 # %%
-show_source(A.equal_size_ffn)
+show_source(attention.equal_size_ffn)
 
 # %%
 mha_row = next(r for r in rows if r["variant"] == "MHA")  # seed-0 MHA above: same config and recipe, reused
-seed_rows = A.kv_seed_sweep(tuple(seed + i for i in range(kv_seeds)), toy=toy, device=str(dev),
+seed_rows = attention.kv_seed_sweep(tuple(seed + i for i in range(kv_seeds)), toy=toy, device=str(dev),
                             known={("MHA", seed): mha_row["val_loss"]})
-summary = A.seed_summary(seed_rows)
+summary = attention.seed_summary(seed_rows)
 print(f"{'variant':<8}{'KV heads':>9}{'FFN':>6}{'params':>9}" + "".join(f"{'seed ' + str(s):>10}" for s in
       sorted({r['seed'] for r in seed_rows})) + f"{'mean':>9}{'- MHA (paired)':>17}")
-for name, kv in A.KV_VARIANTS:
+for name, kv in attention.KV_VARIANTS:
     mine = [r for r in seed_rows if r["variant"] == name]
     st = summary[name]
     print(f"{name:<8}{kv:>9}{mine[0]['ffn_hidden']:>6}{mine[0]['params']:>9}"
           + "".join(f"{r['val_loss']:>10.4f}" for r in mine) + f"{st['mean']:>9.4f}"
           + (f"{st['diff_mean']:>+10.4f} ± {st['diff_std']:.4f}" if name != "MHA" else f"{'':>17}"))
 fig, ax = plt.subplots(figsize=(5.5, 3))
-for x, (name, _) in enumerate(A.KV_VARIANTS):
+for x, (name, _) in enumerate(attention.KV_VARIANTS):
     losses = [r["val_loss"] for r in seed_rows if r["variant"] == name]
     ax.plot([x] * len(losses), losses, "o", alpha=0.6, color=f"C{x}")
     ax.plot([x - 0.2, x + 0.2], [np.mean(losses)] * 2, "k-", lw=2)
-ax.set_xticks(range(3), [n for n, _ in A.KV_VARIANTS]), ax.set_ylabel("val loss (nats/byte)")
+ax.set_xticks(range(3), [n for n, _ in attention.KV_VARIANTS]), ax.set_ylabel("val loss (nats/byte)")
 ax.set_title(f"equal parameter count, {kv_seeds} seeds (dots) and their mean (bar)", fontsize=9)
 plt.show()
 
@@ -313,8 +312,8 @@ plt.show()
 # %%
 # NBVAL_CHECK_OUTPUT
 tr_ids, va_ids = corpus_ids()
-res = A.AttentionResult(errors, triton_errors, mem, rows, unigram_loss(tr_ids, va_ids, 264), seed_rows)
-report = A.make_report(res, toy, str(dev), seed)
+res = attention.AttentionResult(errors, triton_errors, mem, rows, unigram_loss(tr_ids, va_ids, 264), seed_rows)
+report = attention.make_report(res, toy, str(dev), seed)
 for c in report.criteria:
     print(f"[{'PASS' if c.passed else 'FAIL'}] {c.name} {c.op} {c.threshold:g}")
 assert report.passed, report.failures()
@@ -334,9 +333,9 @@ import ipywidgets as widgets
 
 def tiles(block: int = 128, n: int = 1024) -> None:
     q, k, v = (torch.randn(1, 1, n, 64) for _ in range(3))
-    peak = A.peak_memory(A.flash_attention, q, k, v, True, block, block)
-    err = A.max_error_vs_sdpa(lambda *a, **c: A.flash_attention(*a, block_q=block, block_k=block, **c), q, k, v, True)
-    naive = A.peak_memory(A.naive_attention, q, k, v, True)
+    peak = attention.peak_memory(attention.flash_attention, q, k, v, True, block, block)
+    err = attention.max_error_vs_sdpa(lambda *a, **c: attention.flash_attention(*a, block_q=block, block_k=block, **c), q, k, v, True)
+    naive = attention.peak_memory(attention.naive_attention, q, k, v, True)
     print(f"N={n}, tile {block}x{block}: tiled peak {peak / 2**20:.2f} MiB vs naive {naive / 2**20:.2f} MiB; "
           f"max|diff vs SDPA| = {err:.1e}")
 

@@ -61,9 +61,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 import torch
 
-from llmcore.architecture import decoding as D
-from llmcore.architecture import kv_cache
-from llmcore.architecture import quantization as Q
+from llmcore.architecture import decoding, kv_cache, quantization
 from llmcore.core import pick_device, seed_everything, show_source, use_style
 
 dev = pick_device(device)
@@ -136,7 +134,7 @@ print(f"device={dev}, toy={toy}, seed={seed}")
 
 # %%
 fig, ax = plt.subplots(figsize=(11, 3.6))
-D.plot_kv_cache_growth(ax, prompt_len=3, steps=4)
+decoding.plot_kv_cache_growth(ax, prompt_len=3, steps=4)
 plt.show()
 
 # %% [markdown]
@@ -191,7 +189,7 @@ plt.show()
 
 # %%
 fig, ax = plt.subplots(figsize=(9, 3.4))
-D.plot_speculative_round(ax, k=4, accepted=2)
+decoding.plot_speculative_round(ax, k=4, accepted=2)
 plt.show()
 
 # %% [markdown]
@@ -220,7 +218,7 @@ plt.show()
 # HF's order.
 
 # %%
-show_source(D.apply_top_p, D.process_logits)
+show_source(decoding.apply_top_p, decoding.process_logits)
 
 # %% [markdown]
 # Every cache of the book follows one protocol (`llmcore.architecture.kv_cache`): the model's attention
@@ -239,7 +237,7 @@ show_source(kv_cache.StaticKVCache.update, kv_cache.StaticKVCache.crop)
 # (`tested_at`, `accepted_at`) give the $\alpha_i$ of the theory.
 
 # %%
-show_source(D.speculative_generate)
+show_source(decoding.speculative_generate)
 
 # %% [markdown]
 # Speculative *sampling* needs only the rule at one position — `rejection_probs` — and its use over a round:
@@ -247,13 +245,13 @@ show_source(D.speculative_generate)
 # from the residual at the first rejection (or from $p_k$ when all are accepted).
 
 # %%
-show_source(D.rejection_probs, D.speculative_accept)
+show_source(decoding.rejection_probs, decoding.speculative_accept)
 
 # %% [markdown]
 # Group-wise INT4 and its packing (two 4-bit values per byte), and LLM.int8()'s decomposition:
 
 # %%
-show_source(Q.quantize_int4, Q.pack_int4, Q.llm_int8_matmul)
+show_source(quantization.quantize_int4, quantization.pack_int4, quantization.llm_int8_matmul)
 
 # %% [markdown]
 # ## The closed loop / 闭环实验
@@ -263,8 +261,8 @@ show_source(Q.quantize_int4, Q.pack_int4, Q.llm_int8_matmul)
 # chapter; the cells below read its results.
 
 # %%
-res = D.experiment(toy=toy, device=device, seed=seed)
-target_lm, draft_lm = D.load_models(dev)
+res = decoding.experiment(toy=toy, device=device, seed=seed)
+target_lm, draft_lm = decoding.load_models(dev)
 target, tok = target_lm.model, target_lm.tokenizer
 print(f"target: {target.num_params():,} params, draft: {draft_lm.model.num_params():,} params")
 print("beam search (4 beams), best sequence:", repr(tok.decode(res.beam_ours[0].tolist())))
@@ -315,14 +313,14 @@ print("wall seconds per stage of experiment():", {k: round(v, 1) for k, v in res
 # %% [markdown]
 # **At 512 new tokens.** The tiny LM's context is 256 positions, so the 512-token comparison uses a randomly
 # initialised decoder (weights do not change timings) built with the 512-token context: one greedy decode
-# without and one with the static cache, same prompt (`D.cache_speedup`, which `benchmarks/kv_cache.py` also
+# without and one with the static cache, same prompt (`decoding.cache_speedup`, which `benchmarks/kv_cache.py` also
 # runs). A wall-clock ratio on a shared CPU: shown, not checked. The gain grows with the model, because the
 # recomputed work is $2N$ FLOPs per position while the per-step overhead is fixed: the benchmark's default
 # model (2.8M parameters, d=256, L=4) measured **15.6x** on this CPU (`book/benchmarks.md`), the small one
 # below less.
 
 # %% tags=["nbval-ignore-output"]
-sp = D.cache_speedup(new_tokens=512, d_model=128, layers=2, heads=4, kv_heads=2, device=dev, seed=seed)
+sp = decoding.cache_speedup(new_tokens=512, d_model=128, layers=2, heads=4, kv_heads=2, device=dev, seed=seed)
 print(f"{sp['model']} ({sp['params']:,} params), {sp['new_tokens']} new tokens: no cache {sp['no_cache_s']:.2f} s, "
       f"static cache {sp['cache_s']:.2f} s -> {sp['ratio']:.1f}x faster with the cache; identical tokens: "
       f"{sp['same_tokens']}")
@@ -443,8 +441,8 @@ x = torch.randn(32, 64, generator=g)
 x[:, 5] *= 50  # one emergent outlier feature
 w = target.model.layers[0].self_attn.q_proj.weight.detach().cpu()
 exact = x @ w.T
-mixed, n_out = Q.llm_int8_matmul(x, w, threshold=6.0)
-naive = Q.int8_matmul(x, w)
+mixed, n_out = quantization.llm_int8_matmul(x, w, threshold=6.0)
+naive = quantization.int8_matmul(x, w)
 print(f"outlier features: {n_out}; max error INT8 everywhere {float((naive - exact).abs().max()):.4f}, "
       f"LLM.int8 {float((mixed - exact).abs().max()):.4f}")
 assert (mixed - exact).abs().max() < (naive - exact).abs().max()
@@ -464,7 +462,7 @@ if res.cuda:
 else:
     prompt = torch.tensor([tok.encode(play_prompt)], device=dev)
     for name, kind in (("fp32 cache", "static"), ("int8 cache", "int8")):
-        r = D.measure_decode(target, prompt, 64, cache=kind)
+        r = decoding.measure_decode(target, prompt, 64, cache=kind)
         print(f"{name:<12} {r['tokens_per_s']:7.0f} tok/s, weights {r['weights_bytes']:,} B, "
               f"KV {r['cache_bytes']:,} B ({r['memory_source']})")
 
@@ -486,7 +484,7 @@ print("all cross-checks passed")
 
 # %%
 # NBVAL_CHECK_OUTPUT
-report = D.make_report(res, toy, str(dev), seed)
+report = decoding.make_report(res, toy, str(dev), seed)
 for c in report.criteria:
     print(f"[{'PASS' if c.passed else 'FAIL'}] {c.name} {c.op} {c.threshold:g}")
 assert report.passed, report.failures()
@@ -511,9 +509,9 @@ with torch.no_grad():
 
 
 def show_distribution(temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0) -> None:
-    cfg = D.SamplerConfig(greedy=False, temperature=temperature, top_k=top_k or None, top_p=top_p)
+    cfg = decoding.SamplerConfig(greedy=False, temperature=temperature, top_k=top_k or None, top_p=top_p)
     p0 = torch.softmax(play_logits, -1)[0]
-    p = torch.softmax(D.process_logits(play_logits, play_ids.cpu(), cfg), -1)[0]
+    p = torch.softmax(decoding.process_logits(play_logits, play_ids.cpu(), cfg), -1)[0]
     order = torch.argsort(p0, descending=True)[:30]
     labels = [repr(tok.decode([int(i)])) for i in order]
     fig, ax = plt.subplots(figsize=(9, 3))
@@ -630,7 +628,7 @@ widgets.interact(show_distribution,
 # 5. Tabulate the ratio for $k = 1..10$: 1.64, 2.03, 2.27, 2.40, 2.46, **2.47** ($k = 6$), 2.45, 2.40, 2.35, 2.29.
 #    The optimum is flat around $k = 5$–$7$; a weaker draft (smaller $\alpha$) or a dearer one (larger $c$)
 #    moves it down, which is why engines typically use $k = 3$–$5$.
-# 6. Measure it: `Q.quantize_model` skips modules whose name contains an entry of its skip list, so skip
+# 6. Measure it: `quantization.quantize_model` skips modules whose name contains an entry of its skip list, so skip
 #    `"mlp"` or `"self_attn"` and compare perplexities. Larger $g$ lowers the scale overhead and raises the
 #    rounding error (one scale serves more weights, so outliers coarsen a wider grid).
 # :::

@@ -55,8 +55,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 import torch
 
-from llmcore.alignment import sft as S
-from llmcore.alignment import tasks as T
+from llmcore.alignment import sft, tasks
 from llmcore.core import pick_device, seed_everything, show_source, use_style
 
 dev = pick_device(device)
@@ -174,7 +173,7 @@ print(f"device={dev}, toy={toy}, seed={seed}")
 
 # %%
 fig, ax = plt.subplots(figsize=(13, 3.8))
-S.plot_sft_data_path(ax)
+sft.plot_sft_data_path(ax)
 plt.show()
 
 # %% [markdown]
@@ -195,26 +194,26 @@ plt.show()
 # keeps its token ids (the BPE alone would merge `" lexists"` with its leading space into different ids).
 
 # %%
-show_source(T.make_examples, T.encode_chat)
+show_source(tasks.make_examples, tasks.encode_chat)
 
 # %% [markdown]
 # `encode_chat` returns the ids and a mask that is True on the response; `labels_for` turns them into the
 # labels of the loss — the whole of prompt masking:
 
 # %%
-show_source(S.labels_for)
+show_source(sft.labels_for)
 
 # %%
-cfg = S.toy_config(toy, seed)
-for fam in T.FAMILIES:
-    e = T.make_examples([fam], 1, templates="all", seed=3)[0]
+cfg = sft.toy_config(toy, seed)
+for fam in tasks.FAMILIES:
+    e = tasks.make_examples([fam], 1, templates="all", seed=3)[0]
     print(f"{fam:8s} {e.prompt!r:34s} -> {e.response!r}")
-ex = T.make_examples(cfg.families, 2, seed=seed)
-ids, mask = T.encode_chat(ex[0])
-print("\nchat template:", T.render(ids))
-print("tokens       :", [T.render([i]) for i in ids])
+ex = tasks.make_examples(cfg.families, 2, seed=seed)
+ids, mask = tasks.encode_chat(ex[0])
+print("\nchat template:", tasks.render(ids))
+print("tokens       :", [tasks.render([i]) for i in ids])
 print("token ids    :", ids)
-print("labels       :", S.labels_for(ids, mask), " (-100 = not scored)")
+print("labels       :", sft.labels_for(ids, mask), " (-100 = not scored)")
 
 # %% [markdown]
 # ## Packing / 打包
@@ -224,7 +223,7 @@ print("labels       :", S.labels_for(ids, mask), " (-100 = not scored)")
 # $-100$ so that no loss crosses a boundary.
 
 # %%
-show_source(S.pack)
+show_source(sft.pack)
 
 # %% [markdown]
 # `packed_mask` builds $M_{ts}$ with one broadcast comparison of document ids and a lower triangle;
@@ -232,12 +231,12 @@ show_source(S.pack)
 # `forward` only knows padding masks, so this wrapper calls its modules directly).
 
 # %%
-show_source(S.packed_mask, S.packed_logits)
+show_source(sft.packed_mask, sft.packed_logits)
 
 # %%
-demo = S.pack(T.make_examples(cfg.families, 8, seed=1), 64)
+demo = sft.pack(tasks.make_examples(cfg.families, 8, seed=1), 64)
 fig, axes = plt.subplots(1, 2, figsize=(9, 3.6))
-axes[0].imshow(S.packed_mask(demo.doc[:1])[0, 0], cmap="Blues")
+axes[0].imshow(sft.packed_mask(demo.doc[:1])[0, 0], cmap="Blues")
 axes[0].set_title("block-diagonal causal mask (row 0)")
 axes[0].set_xlabel("key position s"), axes[0].set_ylabel("query position t")
 axes[1].plot(demo.pos[0].numpy(), ".-", label="position id")
@@ -254,12 +253,12 @@ plt.show()
 # match on held-out prompts in trained and in unseen phrasings; the same run from random weights, stopped at
 # step 100 of the same schedule; the HF cross-check; the packing check; and four data arms.
 #
-# The optimiser step of `S.train_packed` (the book's one SFT loop; PEFT and the RL warm starts use it too) is
+# The optimiser step of `sft.train_packed` (the book's one SFT loop; PEFT and the RL warm starts use it too) is
 # AdamW on one function of the packed logits and the labels — the masked loss, a shifted cross-entropy that
 # skips the $-100$ labels:
 
 # %%
-show_source(S.masked_loss)
+show_source(sft.masked_loss)
 
 # %% [markdown]
 # ### The data arms: synthesis and filtering / 数据组：合成与过滤
@@ -274,7 +273,7 @@ show_source(S.masked_loss)
 # four training sets.
 
 # %%
-show_source(S.rejection_sample, S.arm_data)
+show_source(sft.rejection_sample, sft.arm_data)
 
 # %% [markdown]
 # **What the arms measure.** Each arm is a *second* SFT stage: it starts from the SFT model of the main run
@@ -287,7 +286,7 @@ show_source(S.rejection_sample, S.arm_data)
 
 # %%
 t0 = time.perf_counter()
-res = S.experiment(toy=toy, seed=seed, device=dev)
+res = sft.experiment(toy=toy, seed=seed, device=dev)
 elapsed = time.perf_counter() - t0
 
 # %% tags=["nbval-ignore-output"]
@@ -349,7 +348,7 @@ for p, a, r in res.samples:
 # Seed-by-seed numbers are on the [robustness page](../../book/robustness.md).
 
 # %% tags=["nbval-ignore-output"]
-report = S.make_report(res, toy, str(dev), seed)
+report = sft.make_report(res, toy, str(dev), seed)
 for name, value in report.metrics.items():  # trained numbers: they move with the seed and the CPU's kernels
     print(f"{name}: {int(value) if value.is_integer() and value > 1 else round(value, 3)}")
 print("\n".join(str(c) for c in report.criteria))
@@ -373,9 +372,9 @@ import ipywidgets as widgets
 
 
 def ask(prompt: str = "name of: def read_file(path, mode):") -> None:
-    e = T.Example("?", 0, prompt, "", "")
-    ans = S.greedy_answers(res.model, [e], max_new=16)[0]
-    print(f"{T.render(T.prompt_ids(prompt))}{ans}<eos>")
+    e = tasks.Example("?", 0, prompt, "", "")
+    ans = sft.greedy_answers(res.model, [e], max_new=16)[0]
+    print(f"{tasks.render(tasks.prompt_ids(prompt))}{ans}<eos>")
 
 
 widgets.interact(ask, prompt=widgets.Text(value="name of: def read_file(path, mode):", description="prompt"));
@@ -447,7 +446,7 @@ widgets.interact(ask, prompt=widgets.Text(value="name of: def read_file(path, mo
 #    arm's exact match move? Why is temperature 0 useless here?
 # 6. Give every document of a packed row continuous positions (`torch.arange(L)` instead of `Packed.pos`) and
 #    measure the largest logit difference from running each document alone. Explain the result with RoPE.
-# 7. Make the noise ablation a full training per noise level: `S.train_sft(S.SFTConfig(corrupt_frac=eps,
+# 7. Make the noise ablation a full training per noise level: `sft.train_sft(sft.SFTConfig(corrupt_frac=eps,
 #    corrupt_mode="reverse"))` for $\varepsilon \in \{0, 0.1, 0.3, 0.5\}$ from the book LM. Does greedy exact
 #    match stay high until $\varepsilon$ approaches ½, as the theory predicts?
 #

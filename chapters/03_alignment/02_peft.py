@@ -63,8 +63,7 @@ import time
 import matplotlib.pyplot as plt
 import numpy as np
 
-from llmcore.alignment import peft as P
-from llmcore.alignment import sft as S
+from llmcore.alignment import peft, sft
 from llmcore.core import pick_device, seed_everything, show_source, use_style
 
 dev = pick_device(device)
@@ -118,7 +117,7 @@ print(f"device={dev}, toy={toy}, seed={seed}")
 
 # %%
 fig, ax = plt.subplots(figsize=(6.4, 4.4))
-P.plot_lora_diagram(ax, d_in=192, d_out=192, r=4, alpha=8)
+peft.plot_lora_diagram(ax, d_in=192, d_out=192, r=4, alpha=8)
 plt.show()
 
 # %% [markdown]
@@ -188,7 +187,7 @@ plt.show()
 
 # %%
 fig, ax = plt.subplots(figsize=(9, 4.6))
-P.plot_ties_steps(ax, density=0.5)
+peft.plot_ties_steps(ax, density=0.5)
 plt.show()
 
 # %% [markdown]
@@ -200,7 +199,7 @@ plt.show()
 # model and compare.
 
 # %%
-show_source(P.LoRALinear)
+show_source(peft.LoRALinear)
 
 # %% [markdown]
 # `apply_lora` freezes the whole model and swaps each target linear for a `LoRALinear` in place (for QLoRA it
@@ -208,7 +207,7 @@ show_source(P.LoRALinear)
 # the same base and copies our $A, B$ into it — the external oracle of the cross-check.
 
 # %%
-show_source(P.apply_lora, P.to_peft)
+show_source(peft.apply_lora, peft.to_peft)
 
 # %% [markdown]
 # ## Prefix and prompt tuning / 前缀微调与提示微调
@@ -217,7 +216,7 @@ show_source(P.apply_lora, P.to_peft)
 # keys and values in front of each layer's own.
 
 # %%
-show_source(P.PrefixCache)
+show_source(peft.PrefixCache)
 
 # %% [markdown]
 # Prompt tuning replaces the embeddings of $P$ placeholder tokens at the start of each packed conversation
@@ -225,7 +224,7 @@ show_source(P.PrefixCache)
 # `generate`.
 
 # %%
-show_source(P.PromptTuning.packed_logits, P.PromptTuning.generate)
+show_source(peft.PromptTuning.packed_logits, peft.PromptTuning.generate)
 
 # %% [markdown]
 # ## Model merging / 模型融合
@@ -234,7 +233,7 @@ show_source(P.PromptTuning.packed_logits, P.PromptTuning.generate)
 # applies a merge rule to every floating-point tensor of the task vectors.
 
 # %%
-show_source(P.trim, P.ties_tensor, P.merge_models)
+show_source(peft.trim, peft.ties_tensor, peft.merge_models)
 
 # %% [markdown]
 # ## The closed loop / 闭环实验
@@ -253,18 +252,18 @@ show_source(P.trim, P.ties_tensor, P.merge_models)
 # For merging, a second full fine-tune of the same base learns **task B**, upper-casing letters asked as
 # `"upper: {s}"`. Each merge method's $\lambda$ (and TIES' trim density $k$) is chosen by the mean exact match on a
 # *validation* split (inputs from the training bucket, 60 per task), then scored once on the test set. The
-# candidates are `P.merge_grid(toy)`: 7 in toy mode (each costs two validation decodes), 11 in full mode; every
+# candidates are `peft.merge_grid(toy)`: 7 in toy mode (each costs two validation decodes), 11 in full mode; every
 # TIES candidate trims.
 
 # %%
-grid = P.merge_grid(toy)
+grid = peft.merge_grid(toy)
 print(f"{len(grid)} merge candidates (toy={toy}):")
 for label, spec in grid:
-    print(f"  {label:16s} {P.spec_label(spec)}")
+    print(f"  {label:16s} {peft.spec_label(spec)}")
 
 # %%
 t0 = time.perf_counter()
-res = P.experiment(toy=toy, seed=seed, device=dev)
+res = peft.experiment(toy=toy, seed=seed, device=dev)
 elapsed = time.perf_counter() - t0
 
 # %% tags=["nbval-ignore-output"]
@@ -313,7 +312,7 @@ plt.show()
 #
 # The "< 1 % trainable" point of this row, stated plainly: at the book LM's width ($d = 192$, 4 layers, GQA with
 # 64-wide keys and values) rank-4 LoRA on q, v, o trains 16,384 numbers, **0.83 %** of the model (the trained row
-# in the table above). `P.lora_fraction` counts the same recipe at larger widths (same depth, $r = 4$ on q, v, o;
+# in the table above). `peft.lora_fraction` counts the same recipe at larger widths (same depth, $r = 4$ on q, v, o;
 # parameters counted, nothing trained): the share falls like $1/d$, to about 0.19 % at $d = 1024$ and 0.05 % at
 # $d = 4096$. The checked results cell asserts both: the trained LoRA is below 1 % and the share falls with
 # width.
@@ -362,7 +361,7 @@ print(f"{'merge':16s} {'chosen on validation':22s} " + " ".join(f"{t:>9s}" for t
 for m, d in res.merges.items():
     keep = min(d[t] / res.single[t] for t in names)
     print(f"{m:16s} {res.chosen[m]:22s} " + " ".join(f"{d[t]:9.3f}" for t in names) + f"   {keep:14.2f}")
-keeps = {m: P.merge_keep(res, m) for m in res.merges}
+keeps = {m: peft.merge_keep(res, m) for m in res.merges}
 top = max(keeps.values())
 print(f"\nhighest worst-task ratio on this run: {' = '.join(m for m, k in keeps.items() if k == top)} ({top:.2f})")
 
@@ -410,7 +409,7 @@ plt.show()
 # ## Results / 结果
 
 # %% tags=["nbval-ignore-output"]
-report = P.make_report(res, toy, str(dev), seed)
+report = peft.make_report(res, toy, str(dev), seed)
 print(report.summary(digits=3))  # trained numbers: they move with the seed and the CPU's kernels
 
 # %%
@@ -434,10 +433,10 @@ import ipywidgets as widgets
 
 
 def play(method: str = "ties", lam: float = 1.0, density: float = 0.2) -> None:
-    spec = P.MergeSpec(method, lam=lam, density=density, seed=seed)
-    merged = P.merge_models(res.base, res.taus, spec)
+    spec = peft.MergeSpec(method, lam=lam, density=density, seed=seed)
+    merged = peft.merge_models(res.base, res.taus, spec)
     for t in names:
-        acc, _ = S.exact_match(merged, res.tests[t][:100])
+        acc, _ = sft.exact_match(merged, res.tests[t][:100])
         print(f"{t:10s} EM {acc:.2f}   (single-task {res.single[t]:.2f})")
 
 
@@ -510,11 +509,11 @@ widgets.interact(play, method=widgets.Dropdown(options=["average", "task_arithme
 #    `x @ (W + alpha / r * B @ A).T` gives the same numbers.
 # 2. **Self-checked.** Write `ties_merge(taus, density)` — trim each tensor of the list `taus` to its
 #    `round(density * numel)` largest magnitudes, elect the sign of the sum, return the disjoint mean — and check
-#    it with `llmcore.exercises.check_ties_merge(ties_merge)`. Run it on the diagram's `P.TIES_EXAMPLE`.
+#    it with `llmcore.exercises.check_ties_merge(ties_merge)`. Run it on the diagram's `peft.TIES_EXAMPLE`.
 # 3. **Self-checked.** Write `lora_param_count(d_model, n_layers, n_heads, n_kv_heads, ffn_hidden, r, targets)`,
 #    the number of numbers LoRA trains in a LLaMA with grouped-query attention, and check it with
 #    `llmcore.exercises.check_lora_param_count(lora_param_count)`. Use it to redo the width sweep's numerator.
-# 4. Put LoRA on all seven linears (`P.ALL_LINEARS`) and on `q_proj, v_proj` only. How do trainable share and
+# 4. Put LoRA on all seven linears (`peft.ALL_LINEARS`) and on `q_proj, v_proj` only. How do trainable share and
 #    EM move? Which single module matters most for learning a new phrasing?
 # 5. Set LoRA dropout to 0.1 and alpha to $r$ instead of $2r$. Which of the two changes the rank sweep more, and
 #    why does $\alpha / r$ act like a learning-rate multiplier for $B$?
@@ -552,7 +551,7 @@ widgets.interact(play, method=widgets.Dropdown(options=["average", "task_arithme
 #        return ((t * agree).sum(0) / agree.sum(0).clamp(min=1)).reshape(taus[0].shape)  # disjoint mean
 #    ```
 #
-#    On `P.TIES_EXAMPLE` with density 0.5 it returns $(0.73, 0.45, 0, 0.9, 0.6, 0.8)$, the diagram's TIES row.
+#    On `peft.TIES_EXAMPLE` with density 0.5 it returns $(0.73, 0.45, 0, 0.9, 0.6, 0.8)$, the diagram's TIES row.
 #    The checker rejects skipping the trim, dividing by the number of tasks instead of the agreeing ones, and a
 #    sign vote by count instead of by sum.
 # 3. Key and value projections are $n_\text{kv}\,d_\text{head}$ wide:
@@ -578,7 +577,7 @@ widgets.interact(play, method=widgets.Dropdown(options=["average", "task_arithme
 #    LoRA's: a soft prompt before `<bos>` sits where the pretrained model never saw any token, so moving it
 #    after `<|user|>` changes the starting point, while training longer only changes how far it gets.
 # 7. Not measured in the book. A LoRA task vector has rank ≤ $r$ per linear and touches only $q, v, o$, so the
-#    two tasks overlap on fewer coordinates; compute `P.sign_conflict_share` for both variants and compare the
+#    two tasks overlap on fewer coordinates; compute `peft.sign_conflict_share` for both variants and compare the
 #    merges' worst-task ratio with the table above.
 # 8. Only a GPU run answers it (the full-mode criterion); the toy answer is no — see the merge decision above.
 # :::

@@ -55,7 +55,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 import torch
 
-from llmcore.alignment import pg_ac as PG
+from llmcore.alignment import pg_ac
 from llmcore.core import PALETTE, pick_device, seed_everything, show_source, use_style
 
 dev = pick_device(device)
@@ -124,7 +124,7 @@ print(f"device={dev}, toy={toy}, seed={seed}, seeds={list(range(seed, seed + n_s
 
 # %%
 fig, ax = plt.subplots(figsize=(10, 4.6))
-PG.plot_actor_critic(ax)
+pg_ac.plot_actor_critic(ax)
 plt.show()
 
 # %% [markdown]
@@ -153,8 +153,8 @@ plt.show()
 
 # %%
 fig, axes = plt.subplots(1, 2, figsize=(10, 3.4))
-PG.plot_ppo_clip(axes[0], 1.0, 0.2)
-PG.plot_ppo_clip(axes[1], -1.0, 0.2)
+pg_ac.plot_ppo_clip(axes[0], 1.0, 0.2)
+pg_ac.plot_ppo_clip(axes[1], -1.0, 0.2)
 fig.tight_layout()
 plt.show()
 
@@ -171,14 +171,14 @@ plt.show()
 # $\gamma^t$ in front (see the theory).
 
 # %%
-show_source(PG.reinforce_grads)
+show_source(pg_ac.reinforce_grads)
 
 # %% [markdown]
 # A2C's loss is the weighted log-likelihood with the GAE advantage, plus the critic's regression and an
 # entropy bonus:
 
 # %%
-show_source(PG.a2c_loss)
+show_source(pg_ac.a2c_loss)
 
 # %% [markdown]
 # PPO replaces $\hat A\log\pi$ by the clipped ratio objective. At $\theta = \theta_\text{old}$ the two losses
@@ -186,17 +186,17 @@ show_source(PG.a2c_loss)
 # $\mathrm{KL}(\pi_\text{old}\|\pi_\theta)$) tell how far an update moved the policy.
 
 # %%
-show_source(PG.ppo_clip_objective, PG.ppo_loss)
+show_source(pg_ac.ppo_clip_objective, pg_ac.ppo_loss)
 
 # %% [markdown]
-# One training loop (`PG.train`) serves both: collect a `(T, N)` rollout from a gymnasium vector env
+# One training loop (`pg_ac.train`) serves both: collect a `(T, N)` rollout from a gymnasium vector env
 # (`rollout.Collector`, which also records the value of every state a time limit cut), bootstrap the
 # truncations, compute GAE, then `update_epochs` passes of `num_minibatches` minibatches (A2C: one pass,
 # one minibatch, no advantage normalisation). The knobs and the two configurations:
 
 # %%
-show_source(PG.PGConfig)
-print("A2C:", {k: v for k, v in vars(PG.A2C_CONFIG).items() if v != getattr(PG.PPO_CONFIG, k)})
+show_source(pg_ac.PGConfig)
+print("A2C:", {k: v for k, v in vars(pg_ac.A2C_CONFIG).items() if v != getattr(pg_ac.PPO_CONFIG, k)})
 
 # %% [markdown]
 # ## The closed loop / 闭环实验
@@ -209,7 +209,7 @@ print("A2C:", {k: v for k, v in vars(PG.A2C_CONFIG).items() if v != getattr(PG.P
 # spread of the batch gradients, $\mathbb E\|g - \bar g\|^2$.
 
 # %%
-res = PG.experiment(toy=toy, seed=seed, n_seeds=n_seeds, device="cpu", show_progress=True, workers=workers)
+res = pg_ac.experiment(toy=toy, seed=seed, n_seeds=n_seeds, device="cpu", show_progress=True, workers=workers)
 
 # %%
 fig, axes = plt.subplots(1, 2, figsize=(11, 3.4))
@@ -249,11 +249,11 @@ assert float(z.abs().median()) < 1.5  # unbiased: differences are of the size of
 # %%
 fig, ax = plt.subplots(figsize=(7.5, 4))
 for k, algo in enumerate(("a2c", "ppo")):
-    x, Y = PG.curves_on_grid(res.runs[algo])
+    x, Y = pg_ac.curves_on_grid(res.runs[algo])
     x, Y = x[~np.isnan(Y).any(0)], Y[:, ~np.isnan(Y).any(0)]  # from the step where every seed has an episode
     ax.plot(x, Y.mean(0), color=PALETTE[k], label=f"{algo.upper()} (mean of {len(Y)} seeds)")
     ax.fill_between(x, Y.min(0), Y.max(0), color=PALETTE[k], alpha=0.2)
-ax.axhline(PG.TARGET, color="k", ls="--", lw=1, label="solved: 475")
+ax.axhline(pg_ac.TARGET, color="k", ls="--", lw=1, label="solved: 475")
 ax.set_xlabel("env steps"), ax.set_ylabel("mean return of the last 100 episodes")
 ax.set_title("CartPole-v1 (band: min–max over seeds)"), ax.legend(loc="lower right")
 plt.show()
@@ -315,7 +315,7 @@ for algo, runs in res.runs.items():
 # %%
 assert res.clip_check < 1e-12 and res.grad_check < 1e-6
 print(f"clip objective vs closed form: {res.clip_check:.1e}; first-step gradient PPO vs PG: {res.grad_check:.1e}")
-print(f"cleanrl PPO (500k steps, 3 seeds): {PG.CLEANRL_PPO[0]} ± {PG.CLEANRL_PPO[1]}; "
+print(f"cleanrl PPO (500k steps, 3 seeds): {pg_ac.CLEANRL_PPO[0]} ± {pg_ac.CLEANRL_PPO[1]}; "
       f"ours (500k steps, benchmarks page): 500.00 ± 0.00; ours here ({res.runs['ppo'][0].stats.global_step:,} steps): "
       f"{np.mean([r.score for r in res.runs['ppo']]):.2f} ± {np.std([r.score for r in res.runs['ppo']]):.2f}")
 
@@ -327,7 +327,7 @@ print(f"cleanrl PPO (500k steps, 3 seeds): {PG.CLEANRL_PPO[0]} ± {PG.CLEANRL_PP
 # verdict.
 
 # %% tags=["nbval-ignore-output"]
-report = PG.make_report(res, toy, str(dev), seed)
+report = pg_ac.make_report(res, toy, str(dev), seed)
 for name, value in report.metrics.items():
     print(f"{name}: {value:.0f}" if float(value).is_integer() else f"{name}: {value:.4g}")
 
@@ -352,8 +352,8 @@ clipfrac = np.array([u["clipfrac"] for u in res.runs["ppo"][0].log])
 
 def play(eps: float = 0.2) -> None:
     fig, axes = plt.subplots(1, 2, figsize=(9, 3))
-    PG.plot_ppo_clip(axes[0], 1.0, eps)
-    PG.plot_ppo_clip(axes[1], -1.0, eps)
+    pg_ac.plot_ppo_clip(axes[0], 1.0, eps)
+    pg_ac.plot_ppo_clip(axes[1], -1.0, eps)
     fig.tight_layout()
     plt.show()
     print(f"seed-0 PPO run at ε = 0.2: clipped fraction per update, mean {clipfrac.mean():.3f}, "
@@ -418,7 +418,7 @@ widgets.interact(play, eps=widgets.FloatSlider(value=0.2, min=0.05, max=0.5, ste
 #    ($A \gtrless 0$, $\rho$ above or below the range), whether its gradient with respect to $\rho$ is zero.
 # 3. Set `update_epochs=1, num_minibatches=1, norm_adv=False` in `PPO_CONFIG`: which algorithm is that, and
 #    why (use the gradient check above)?
-# 4. Put the $\gamma^t$ factor back: in a copy of `PG.reinforce_grads` multiply the weights by
+# 4. Put the $\gamma^t$ factor back: in a copy of `pg_ac.reinforce_grads` multiply the weights by
 #    `gamma ** torch.arange(len(G))`. Train REINFORCE with it (γ = 0.99). What happens to episodes longer
 #    than ~200 steps, and to the final return?
 # 5. Treat truncations as terminations (call `Collector.collect` without `value_fn`). How much later does

@@ -65,12 +65,11 @@ import matplotlib.pyplot as plt
 import numpy as np
 import torch
 
-from llmcore.alignment import ppo_dpo as P
-from llmcore.alignment import sft, tasks
+from llmcore.alignment import ppo_dpo, sft, tasks
 from llmcore.core import pick_device, seed_everything, show_source, use_style
 
 dev = pick_device(device)
-seed_everything(seed, threads=P.THREADS)  # one torch thread: see P.THREADS
+seed_everything(seed, threads=ppo_dpo.THREADS)  # one torch thread: see ppo_dpo.THREADS
 use_style()
 # the TRL cross-check below builds a 16-pair dataset twice: no per-call `datasets` bars, and no deprecation
 # warnings that TRL's own calls into transformers raise (they say nothing about our code or results)
@@ -91,7 +90,7 @@ print(f"device={dev}, toy={toy}, seed={seed}, beta={beta}")
 
 # %%
 fig, ax = plt.subplots(figsize=(13, 4.2))
-P.plot_rlhf_pipeline(ax)
+ppo_dpo.plot_rlhf_pipeline(ax)
 plt.show()
 
 # %% [markdown]
@@ -224,7 +223,7 @@ plt.show()
 # is right, either style) and the **terse rate** (the preferred format, right or wrong).
 
 # %%
-show_source(P.true_reward, tasks.check_arith)
+show_source(ppo_dpo.true_reward, tasks.check_arith)
 
 # %% [markdown]
 # ## The implementation / 实现
@@ -234,14 +233,14 @@ show_source(P.true_reward, tasks.check_arith)
 # produces the *fixed* data set of both the reward model and DPO: this is the offline step.
 
 # %%
-show_source(P.make_pairs)
+show_source(ppo_dpo.make_pairs)
 
 # %% [markdown]
 # The two preference losses are a few lines each and share their shape: a log-sigmoid of a difference. The
 # reward model's difference is of scores; DPO's is of log-ratios to the reference, scaled by $\beta$.
 
 # %%
-show_source(P.bradley_terry_loss, P.dpo_loss)
+show_source(ppo_dpo.bradley_terry_loss, ppo_dpo.dpo_loss)
 
 # %% [markdown]
 # DPO needs only the summed log-probability of each response under the policy and under the frozen
@@ -249,14 +248,14 @@ show_source(P.bradley_terry_loss, P.dpo_loss)
 # reference's log-probabilities once, before the first step; nothing is sampled while it trains.
 
 # %%
-show_source(P.sequence_logprobs, P.train_dpo)
+show_source(ppo_dpo.sequence_logprobs, ppo_dpo.train_dpo)
 
 # %% [markdown]
 # PPO's two clipped losses work token by token on the response mask; the ratio $\rho_t$ compares the policy
 # being optimised with the one that sampled the batch.
 
 # %%
-show_source(P.ppo_policy_loss, P.ppo_value_loss)
+show_source(ppo_dpo.ppo_policy_loss, ppo_dpo.ppo_value_loss)
 
 # %% [markdown]
 # ## Closed loop 1: SFT → reward model → PPO-RLHF / 闭环一：SFT → 奖励模型 → PPO-RLHF
@@ -284,10 +283,10 @@ show_source(P.ppo_policy_loss, P.ppo_value_loss)
 #    within the same 25 iterations (at 1e-4 some seeds had hardly left the reference).
 
 # %%
-show_source(P.RewardModel, P.ppo_rlhf)
+show_source(ppo_dpo.RewardModel, ppo_dpo.ppo_rlhf)
 
 # %%
-rl = P.rlhf_experiment(toy=toy, device=dev, seed=seed)
+rl = ppo_dpo.rlhf_experiment(toy=toy, device=dev, seed=seed)
 print(f"reward model: {rl.n_pairs} training pairs, pair accuracy train {rl.rm_acc_train:.3f}, "
       f"held-out {rl.rm_acc_heldout:.3f} (correctness-only pairs {rl.rm_acc_kinds['correctness']:.3f}, "
       f"style-only {rl.rm_acc_kinds['style']:.3f})")
@@ -304,8 +303,8 @@ axes[0].set(title=f"RM Bradley–Terry loss (held-out acc {rl.rm_acc_heldout:.2f
 for r, name, ls in [(rl.ppo, "RM, KL on (β=0.1)", "-"), (rl.ppo_nokl, "weak RM, KL off", "--")]:
     hh = r.history
     x = np.arange(5, len(hh["true_reward"]) + 1)
-    axes[1].plot(x, P.smooth(hh["true_reward"]), ls, label=f"true, {name}")
-    axes[1].plot(x, P.smooth(hh["proxy_reward"]), ls, alpha=0.6, label=f"proxy (RM), {name}")
+    axes[1].plot(x, ppo_dpo.smooth(hh["true_reward"]), ls, label=f"true, {name}")
+    axes[1].plot(x, ppo_dpo.smooth(hh["proxy_reward"]), ls, alpha=0.6, label=f"proxy (RM), {name}")
     axes[2].plot(hh["kl"], ls, label=name)
     axes[3].plot(hh["clip_frac"], ls, label=name)
     axes[4].plot(hh["entropy"], ls, label=name)
@@ -341,10 +340,10 @@ plt.show()
 #    sampled or greedy.
 
 # %%
-cfg = P.DPOConfig(beta=beta)
+cfg = ppo_dpo.DPOConfig(beta=beta)
 if not toy:
     cfg = dataclasses.replace(cfg, steps=90, batch_pairs=64, n_pair_prompts=4096, n_eval_prompts=400)
-res = P.dpo_experiment(toy=toy, device=dev, seed=seed, cfg=cfg)
+res = ppo_dpo.dpo_experiment(toy=toy, device=dev, seed=seed, cfg=cfg)
 win = float(np.mean(res.dpo_prompt_reward > res.sft_prompt_reward))
 print(f"{res.n_pairs} preference pairs; DPO beats SFT on {win:.1%} of held-out prompts")
 for key in ("correct", "terse"):
@@ -408,9 +407,9 @@ d_terse = res.dpo_sampled["terse"].mean() - res.sft_sampled["terse"].mean()
 d_greedy = res.dpo_stats["correct"] - res.sft_stats["correct"]
 print(f"DPO vs SFT on {len(res.sft_prompt_reward)} held-out prompts: wins {win:.0%}; terse rate {d_terse:+.3f}, "
       f"correct rate {d_correct:+.3f} (sampled), greedy accuracy {d_greedy:+.3f}")
-if min(d_correct, d_greedy) < -P.CORRECT_BOUND:
+if min(d_correct, d_greedy) < -ppo_dpo.CORRECT_BOUND:
     print("-> style won over correctness: the win is bought with terseness while the sums got worse")
-elif max(d_correct, d_greedy) <= P.CORRECT_BOUND:
+elif max(d_correct, d_greedy) <= ppo_dpo.CORRECT_BOUND:
     print("-> the win is style: correctness is unchanged within 2 points")
 else:
     print(f"-> both parts improved: terseness {'more' if d_terse > d_correct else 'less'} than correctness "
@@ -465,7 +464,7 @@ print(f"  reward model {rl.rm_s:.1f} s; PPO (KL on) {rl.ppo.wall_s:.1f} s, PPO (
 # adds, and what true reward PPO and DPO would start from.
 
 # %% tags=["nbval-ignore-output"]
-ws = P.warm_start_comparison(cfg, dev, seed)
+ws = ppo_dpo.warm_start_comparison(cfg, dev, seed)
 for init, st in ws.items():
     print(f"{init:>8}: greedy held-out accuracy {st['correct']:.3f}, terse {st['terse']:.3f}, "
           f"sampled true reward {st['reward']:.3f}")
@@ -476,8 +475,8 @@ print(f"gain of the pretrained start: {ws['book_lm']['correct'] - ws['scratch'][
 # ## Results / 结果
 
 # %% tags=["nbval-ignore-output"]
-rlhf_report = P.rlhf_report(rl, toy, str(dev), seed)
-report = P.dpo_report(res, toy, str(dev), seed)
+rlhf_report = ppo_dpo.rlhf_report(rl, toy, str(dev), seed)
+report = ppo_dpo.dpo_report(res, toy, str(dev), seed)
 for rep in (rlhf_report, report):  # trained numbers: they move with the seed and the CPU's kernels
     for name, value in rep.metrics.items():
         print(f"{name}: {int(value) if value.is_integer() and value > 1 else round(value, 4)}")
@@ -501,7 +500,7 @@ assert rl.rm_acc_heldout >= 0.90 and win >= 0.70
 # %% tags=["nbval-ignore-output"]
 import ipywidgets as widgets
 
-play_pairs = P.make_pairs(res.ref, tasks.arith_split(res.task)[0][:300], res.task, 4,
+play_pairs = ppo_dpo.make_pairs(res.ref, tasks.arith_split(res.task)[0][:300], res.task, 4,
                           torch.Generator().manual_seed(0))
 play_eval = tasks.arith_split(res.task)[1][:100]
 
@@ -510,9 +509,9 @@ def play_beta(b: float = 0.5) -> None:
     pol = copy.deepcopy(res.ref).train()
     for p in pol.parameters():
         p.requires_grad_(True)
-    hist = P.train_dpo(pol, res.ref, play_pairs, res.task, dataclasses.replace(cfg, beta=b, steps=20),
+    hist = ppo_dpo.train_dpo(pol, res.ref, play_pairs, res.task, dataclasses.replace(cfg, beta=b, steps=20),
                        desc=f"DPO beta={b}")
-    st = {k: float(v.mean()) for k, v in P.sampled_stats(pol.eval(), play_eval, res.task, 4,
+    st = {k: float(v.mean()) for k, v in ppo_dpo.sampled_stats(pol.eval(), play_eval, res.task, 4,
                                                         torch.Generator().manual_seed(7)).items()}
     fig, ax = plt.subplots(figsize=(6, 3))
     ax.plot(hist["logp_chosen"], label="chosen")
@@ -604,7 +603,7 @@ widgets.interact(play_beta, b=widgets.FloatLogSlider(value=0.5, base=10, min=-2,
 #    does the curve match Gao et al.'s $\sqrt{\mathrm{KL}}$ shape?
 # 7. Train the standard reward model instead -- the whole trunk fine-tuned, `<eos>` read-out -- for a few
 #    hundred steps and measure its held-out accuracy on correctness-only and style-only pairs
-#    (`P.pair_kinds`). What does it learn first, and why?
+#    (`ppo_dpo.pair_kinds`). What does it learn first, and why?
 # 8. Add an NLL term on the chosen responses (RPO / TRL's `loss_type=["sigmoid", "sft"]`). Does it stop
 #    the chosen log-probability from falling?
 #
@@ -618,7 +617,7 @@ widgets.interact(play_beta, b=widgets.FloatLogSlider(value=0.5, base=10, min=-2,
 #        return -F.logsigmoid(beta * ((logp_c - ref_c) - (logp_r - ref_r))).mean()
 #    ```
 #
-#    It equals `P.bradley_terry_loss(beta * (logp_c - ref_c), beta * (logp_r - ref_r))`: Bradley–Terry on the
+#    It equals `ppo_dpo.bradley_terry_loss(beta * (logp_c - ref_c), beta * (logp_r - ref_r))`: Bradley–Terry on the
 #    implicit rewards. The checker rejects forgetting the reference, forgetting β, and flipping the log-ratios.
 # 2. `bt = lambda r_chosen, r_rejected: -F.logsigmoid(r_chosen - r_rejected).mean()`. For a large negative
 #    difference `torch.sigmoid(d)` underflows to 0 (below about −88 in float32, −745 in float64) and its log
@@ -634,7 +633,7 @@ widgets.interact(play_beta, b=widgets.FloatLogSlider(value=0.5, base=10, min=-2,
 #    point of measuring.
 # 5. With $k=2$ more prompts are dropped as ties (two samples agree more often than four do) and each pair is a
 #    random pair rather than the extremes, so fewer pairs differ in both parts at once; count them with
-#    `P.pair_kinds`. DPO then learns from a weaker, less style-dominated signal.
+#    `ppo_dpo.pair_kinds`. DPO then learns from a weaker, less style-dominated signal.
 # 6. Each coefficient gives one (KL, true reward) point; the fall stops once the KL stays near the range where
 #    the proxy was fitted. Gao et al.'s fits are in $d = \sqrt{\mathrm{KL}}$: true reward $\approx d(\alpha - \beta' d)$
 #    for best-of-n and $d(\alpha - \beta'\log d)$ for RL — a rise, a peak and a fall. With 3 points and a

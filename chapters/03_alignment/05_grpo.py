@@ -61,12 +61,11 @@ import matplotlib.pyplot as plt
 import numpy as np
 import torch
 
-from llmcore.alignment import grpo as G
-from llmcore.alignment import sft, tasks
+from llmcore.alignment import grpo, sft, tasks
 from llmcore.core import pick_device, seed_everything, show_source, use_style
 
 dev = pick_device(device)
-seed_everything(seed, threads=G.THREADS)  # one torch thread: see G.THREADS
+seed_everything(seed, threads=grpo.THREADS)  # one torch thread: see grpo.THREADS
 use_style()
 print(f"device={dev}, toy={toy}, seed={seed}, G={group_size}, beta={beta}")
 
@@ -133,12 +132,12 @@ print(f"device={dev}, toy={toy}, seed={seed}, G={group_size}, beta={beta}")
 # answers); TRL {cite}`vonwerra2020trl` exposes the choices as `scale_rewards` and `loss_type`.
 #
 # The diagram contrasts the two ways of getting an advantage; the GRPO numbers are computed by
-# `G.group_advantages` itself on four made-up responses to `12+34=`.
+# `grpo.group_advantages` itself on four made-up responses to `12+34=`.
 
 # %%
 fig, axes = plt.subplots(1, 2, figsize=(13, 4.2))
-G.plot_advantage_paths(axes[0], "grpo", group_size=4)
-G.plot_advantage_paths(axes[1], "ppo")
+grpo.plot_advantage_paths(axes[0], "grpo", group_size=4)
+grpo.plot_advantage_paths(axes[1], "ppo")
 fig.tight_layout()
 plt.show()
 
@@ -165,14 +164,14 @@ for ids in (tasks.encode("42") + [tasks.EOS], tasks.encode("42"), tasks.encode("
 # by the batch's — TRL's three `scale_rewards` options).
 
 # %%
-show_source(G.group_advantages)
+show_source(grpo.group_advantages)
 
 # %% [markdown]
 # The three KL estimators, one line each, and the loss: the clipped surrogate minus $\beta\,$k3 per token,
 # averaged over each response's own tokens (the mask), then over the responses.
 
 # %%
-show_source(G.kl_estimators, G.grpo_loss)
+show_source(grpo.kl_estimators, grpo.grpo_loss)
 
 # %% [markdown]
 # One round ties them together: sample $G$ responses per prompt at temperature 1, score them with the
@@ -180,7 +179,7 @@ show_source(G.kl_estimators, G.grpo_loss)
 # `inner_epochs` gradient steps on the same batch (the second is off-policy, which is where the clip acts).
 
 # %%
-show_source(G.grpo_round)
+show_source(grpo.grpo_round)
 
 # %% [markdown]
 # ### Check: the KL estimators against the exact KL / 核对：KL 估计量与精确 KL
@@ -194,7 +193,7 @@ p = torch.softmax(torch.randn(50, generator=gen), 0)
 q = torch.softmax(torch.randn(50, generator=gen), 0)
 exact_kl = float((p * (p / q).log()).sum())
 x = torch.multinomial(p, 200_000, replacement=True, generator=gen)
-est = {k: float(v.mean()) for k, v in G.kl_estimators(p[x].log(), q[x].log()).items()}
+est = {k: float(v.mean()) for k, v in grpo.kl_estimators(p[x].log(), q[x].log()).items()}
 assert abs(est["k1"] - exact_kl) < 0.02 and abs(est["k3"] - exact_kl) < 0.02
 print(f"KL(p||q) = {exact_kl:.4f}; " + ", ".join(f"{k} ≈ {v:.4f}" for k, v in est.items()))
 
@@ -215,8 +214,8 @@ print(f"KL(p||q) = {exact_kl:.4f}; " + ", ".join(f"{k} ≈ {v:.4f}" for k, v in 
 #    constant).
 
 # %%
-cfg = dataclasses.replace(G.default_config(toy), group_size=group_size, beta=beta)
-res = G.experiment(toy=toy, device=dev, seed=seed, cfg=cfg)
+cfg = dataclasses.replace(grpo.default_config(toy), group_size=group_size, beta=beta)
+res = grpo.experiment(toy=toy, device=dev, seed=seed, cfg=cfg)
 print(f"SFT warm start: {res.warm_start_steps} steps; held-out accuracy from the book LM {res.acc_start:.3f}, "
       f"from random weights (same steps) {res.acc_scratch:.3f}")
 print(f"held-out accuracy: SFT start {res.acc_start:.3f} -> GRPO {res.acc_grpo:.3f}; "
@@ -283,7 +282,7 @@ print(f"groups with zero reward std per round: min {zero.min():.2f}, max {zero.m
 # frozen **reward model** (a copy of the LM with a small head) — and GRPO needs none because its reward is
 # a program. Production PPO (TRL's `PPOTrainer`, InstructGPT, OpenRLHF) usually trains a *separate* value
 # model, a second LM with a scalar head, because a shared trunk lets the value loss pull on the policy's
-# features. `G.memory_setups` builds all three from the warm-start model, takes one real AdamW step in each
+# features. `grpo.memory_setups` builds all three from the warm-start model, takes one real AdamW step in each
 # (so gradients and moments are allocated) and adds up the bytes of the tensors actually held:
 
 # %%
@@ -311,7 +310,7 @@ print(f"wall-clock (shared 2-core CPU, inflated by load): GRPO {res.grpo_s:.1f} 
 # %% [markdown]
 # ### Cross-check: TRL's GRPOTrainer on the same model / 交叉验证：在同一模型上运行 TRL 的 GRPOTrainer
 #
-# Rather than retyping TRL's formulas, we run its code. `G.trl_grpo_check` copies the SFT start to an HF
+# Rather than retyping TRL's formulas, we run its code. `grpo.trl_grpo_check` copies the SFT start to an HF
 # `LlamaForCausalLM`, builds a real `trl.GRPOTrainer` around it with the book's verifier as its reward
 # function and calls its own `_generate_and_score_completions`: TRL samples $G$ completions for 8 prompts,
 # scores them and normalises the rewards in groups with its code; we apply `group_advantages` to the
@@ -321,7 +320,7 @@ print(f"wall-clock (shared 2-core CPU, inflated by load): GRPO {res.grpo_s:.1f} 
 
 # %%
 start = sft.arith_sft_model(res.task, dev, seed)  # the warm start (cached by config hash)
-trl_out = G.trl_grpo_check(start, res.task, cfg, seed=seed)
+trl_out = grpo.trl_grpo_check(start, res.task, cfg, seed=seed)
 assert trl_out["adv_err"] < 1e-5 and trl_out["loss_err"] < 1e-4, trl_out
 print(f"max |ours - TRL| advantage = {trl_out['adv_err']:.1e} ({trl_out['zero_std_groups']:.0%} of TRL's groups "
       f"had zero std); GRPO loss: TRL {trl_out['loss_trl']:.6f}, ours {trl_out['loss_ours']:.6f} "
@@ -342,7 +341,7 @@ print(f"max |ours - TRL| advantage = {trl_out['adv_err']:.1e} ({trl_out['zero_st
 # ## Results / 结果
 
 # %% tags=["nbval-ignore-output"]
-report = G.make_report(res, toy, str(dev), seed)
+report = grpo.make_report(res, toy, str(dev), seed)
 for name, value in report.metrics.items():  # trained numbers: they move with the seed and the CPU's kernels
     print(f"{name}: {value:.0f}" if float(value).is_integer() else f"{name}: {value:.4g}")
 
@@ -367,7 +366,7 @@ import ipywidgets as widgets
 def show_advantages(p: float = 0.3, G_: int = 8) -> None:
     g = torch.Generator().manual_seed(0)
     r = (torch.rand(2000 * G_, generator=g) < p).float()
-    adv = G.group_advantages(r, G_)
+    adv = grpo.group_advantages(r, G_)
     right, wrong = adv[r == 1], adv[r == 0]
     zero = float((r.view(-1, G_).std(1) == 0).float().mean())
     fig, ax = plt.subplots(figsize=(6, 3))
@@ -404,7 +403,7 @@ widgets.interact(show_advantages, p=widgets.FloatSlider(value=0.3, min=0.05, max
 # :class: tip
 # - **Toy (`python run.py --module grpo --toy`, no SFT cache):** SFT warm start of the book LM + 40 GRPO rounds
 #   of 32 prompts × 4: **61 s wall, 60 s CPU, peak RSS 0.66 GB** on the 2-core CI CPU, measured with
-#   `/usr/bin/time -v` while other jobs ran (load average about 2). It uses one torch thread (`G.THREADS`), so
+#   `/usr/bin/time -v` while other jobs ran (load average about 2). It uses one torch thread (`grpo.THREADS`), so
 #   the numbers do not depend on the number of cores. The page adds the more-SFT control, the from-scratch warm start and the
 #   TRL cross-check (wall-clock of GRPO and of the control printed above).
 # - **Full (`toy=False`):** 300 rounds of 64 prompts × $G$ = 8 — about 30× the toy's sampled tokens; a GPU run,

@@ -67,18 +67,13 @@ import time
 import matplotlib.pyplot as plt
 
 from llmcore.core import pick_device, progress, seed_everything, show_source, use_style
-from llmcore.engineering import dist_utils as D
-from llmcore.engineering import distributed as M
-from llmcore.engineering import expert_parallel as EP
-from llmcore.engineering import pd_disagg as PD
-from llmcore.engineering import pipeline as PP
-from llmcore.engineering import tensor_parallel as TP
+from llmcore.engineering import dist_utils, distributed, expert_parallel, pd_disagg, pipeline, tensor_parallel
 
 dev = pick_device(device)  # validates the knob: device="cuda" without a GPU is a clear error
 seed_everything(seed)
 use_style()
-backend, dev_type = D.resolve_backend(device, world)
-cfg = M.DistConfig.for_mode(toy, seed, world)
+backend, dev_type = dist_utils.resolve_backend(device, world)
+cfg = distributed.DistConfig.for_mode(toy, seed, world)
 print(f"backend={backend} ({dev_type}), ranks={world}, toy={toy}, seed={seed}")
 
 # %% [markdown]
@@ -168,7 +163,7 @@ print(f"backend={backend} ({dev_type}), ranks={world}, toy={toy}, seed={seed}")
 
 # %%
 fig, ax = plt.subplots(figsize=(9, 3.6))
-TP.plot_column_row_split(ax, n=2)
+tensor_parallel.plot_column_row_split(ax, n=2)
 plt.show()
 
 # %% [markdown]
@@ -191,13 +186,13 @@ plt.show()
 # than $p-r$ micro-batches instead of $m$. That is why 1F1B is the default: the bubble shrinks only with
 # more micro-batches ($m \gg p$), and only 1F1B can afford many. 气泡只取决于 $p$ 和 $m$；1F1B 不缩小气泡，
 # 而是把每个 stage 暂存的激活从 $m$ 份降到至多 $p-r$ 份。The diagrams below are computed from the
-# dependencies alone (`PP.ideal_timeline`: an op starts when its stage is free and its input has
+# dependencies alone (`pipeline.ideal_timeline`: an op starts when its stage is free and its input has
 # arrived), with $t_b = 2t_f$.
 
 # %%
 fig, axes = plt.subplots(2, 1, figsize=(9, 4.8))
-PP.plot_schedule_diagram(axes[0], "gpipe", p=4, m=8)
-PP.plot_schedule_diagram(axes[1], "1f1b", p=4, m=8)
+pipeline.plot_schedule_diagram(axes[0], "gpipe", p=4, m=8)
+pipeline.plot_schedule_diagram(axes[1], "1f1b", p=4, m=8)
 fig.tight_layout()
 plt.show()
 
@@ -222,11 +217,11 @@ plt.show()
 
 # %%
 print(f"{'link (assumption)':<46}{'β GB/s':>8}{'α µs':>6}  spec")
-for link in M.LINKS.values():
+for link in distributed.LINKS.values():
     print(f"{link.name:<46}{link.bandwidth / 1e9:>8.1f}{link.latency * 1e6:>6.0f}  {link.spec}")
 print()
 print(f"{'axis':<5}{'communication':<50}{'compute':>10}{'NVLink 4':>11}{'IB NDR':>11}{'ratio NVL':>10}{'ratio IB':>9}")
-for row in M.placement_table(M.PlacementConfig(), inside="nvlink4", across="ib_ndr"):
+for row in distributed.placement_table(distributed.PlacementConfig(), inside="nvlink4", across="ib_ndr"):
     print(f"{row['dim']:<5}{row['what']:<50}{row['compute_s'] * 1e3:>8.2f}ms{row['inside_s'] * 1e3:>9.2f}ms"
           f"{row['across_s'] * 1e3:>9.2f}ms{row['inside_ratio']:>10.2f}{row['across_ratio']:>9.2f}")
 
@@ -249,7 +244,7 @@ for row in M.placement_table(M.PlacementConfig(), inside="nvlink4", across="ib_n
 # %% [markdown]
 # ## Launching real process groups from a notebook / 在 notebook 中启动真实的进程组
 #
-# `D.launch(fn, world, args)` starts `world` processes, joins them in a process group and returns each
+# `dist_utils.launch(fn, world, args)` starts `world` processes, joins them in a process group and returns each
 # rank's return value. Three engineering details make it usable in a notebook and in tests:
 #
 # * the worker functions live in the `llmcore` package, so child processes can import them;
@@ -262,24 +257,24 @@ for row in M.placement_table(M.PlacementConfig(), inside="nvlink4", across="ib_n
 
 # %% tags=["nbval-ignore-output"]
 t0 = time.perf_counter()
-D.launch(D.collectives_worker, 2, (8, seed))  # the first job also starts the forkserver (imports torch once)
+dist_utils.launch(dist_utils.collectives_worker, 2, (8, seed))  # the first job also starts the forkserver (imports torch once)
 print(f"first job (forkserver start): {time.perf_counter() - t0:.2f} s")
 t0 = time.perf_counter()
-D.launch(D.collectives_worker, 2, (8, seed))
+dist_utils.launch(dist_utils.collectives_worker, 2, (8, seed))
 print(f"second job: {time.perf_counter() - t0:.2f} s")
 # A rank that is killed mid-job (SIGKILL on rank 1 after three all-reduces) fails the job in well
 # under a second, with the root cause first:
 t0 = time.perf_counter()
 try:
-    D.launch(D.failing_worker, 2, ("kill",), timeout_s=30, collective_timeout_s=5)
-except D.DistributedError as e:
+    dist_utils.launch(dist_utils.failing_worker, 2, ("kill",), timeout_s=30, collective_timeout_s=5)
+except dist_utils.DistributedError as e:
     print(str(e).splitlines()[0])
     print(f"... reported after {time.perf_counter() - t0:.2f} s")
 # A rank that hangs: rank 0's all-reduce times out after 2 s, the launcher kills rank 1.
 t0 = time.perf_counter()
 try:
-    D.launch(D.failing_worker, 2, ("hang",), timeout_s=30, collective_timeout_s=2)
-except D.DistributedError as e:
+    dist_utils.launch(dist_utils.failing_worker, 2, ("hang",), timeout_s=30, collective_timeout_s=2)
+except dist_utils.DistributedError as e:
     print(str(e).splitlines()[0])
     print(f"... reported after {time.perf_counter() - t0:.2f} s")
 
@@ -291,7 +286,7 @@ except D.DistributedError as e:
 # all-gather circulates the finished chunks:
 
 # %%
-show_source(D.Comm.reduce_scatter, D.Comm.all_gather)
+show_source(dist_utils.Comm.reduce_scatter, dist_utils.Comm.all_gather)
 
 # %% [markdown]
 # The two conjugate operators are `autograd.Function`s whose `forward` and `backward` are the identity and
@@ -299,21 +294,21 @@ show_source(D.Comm.reduce_scatter, D.Comm.all_gather)
 # or $g$ (row) around the local matmul:
 
 # %%
-show_source(TP._CopyToParallel, TP._ReduceFromParallel, TP.ColumnParallelLinear, TP.RowParallelLinear)
+show_source(tensor_parallel._CopyToParallel, tensor_parallel._ReduceFromParallel, tensor_parallel.ColumnParallelLinear, tensor_parallel.RowParallelLinear)
 
 # %% [markdown]
 # A pipeline stage's whole behaviour is its list of operations; the runner just executes it, receiving
 # inputs from the left and gradients from the right:
 
 # %%
-show_source(PP.schedule_ops)
+show_source(pipeline.schedule_ops)
 
 # %% [markdown]
 # The expert-parallel MoE layer: route, count how many rows go to each rank, exchange the counts, then
 # dispatch, compute and combine with two differentiable all-to-alls:
 
 # %%
-show_source(EP.ExpertParallelMoE.forward)
+show_source(expert_parallel.ExpertParallelMoE.forward)
 
 # %% [markdown]
 # ## The closed loop / 闭环实验
@@ -334,19 +329,19 @@ show_source(EP.ExpertParallelMoE.forward)
 steps = ["collectives", "tensor parallel", "pipeline", "expert parallel", "PD disaggregation"]
 bar = progress(total=len(steps), desc="distributed checks")
 t_start = time.perf_counter()
-coll = D.launch(D.collectives_worker, cfg.world, (cfg.collective_numel, seed), backend=backend)
+coll = dist_utils.launch(dist_utils.collectives_worker, cfg.world, (cfg.collective_numel, seed), backend=backend)
 bar.update()
-tp = D.launch(TP.tp_worker, cfg.world, (cfg.tp,), backend=backend)
+tp = dist_utils.launch(tensor_parallel.tp_worker, cfg.world, (cfg.tp,), backend=backend)
 bar.update()
-pcs = M.pp_configs(cfg)
-pp_raw = D.launch(PP.pp_worker, cfg.world, (pcs,), backend=backend)
+pcs = distributed.pp_configs(cfg)
+pp_raw = dist_utils.launch(pipeline.pp_worker, cfg.world, (pcs,), backend=backend)
 pp = {(c.schedule, c.micro_batches): [pp_raw[r][k] for r in range(cfg.world)] for k, c in enumerate(pcs)}
 bar.update()
-ep = D.launch(EP.ep_worker, cfg.world, (cfg.ep,), backend=backend)
+ep = dist_utils.launch(expert_parallel.ep_worker, cfg.world, (cfg.ep,), backend=backend)
 bar.update()
-pd_raw = D.launch(PD.pd_worker, 2, (cfg.pd,), backend="gloo")
-res = M.DistResult(cfg, backend, coll, tp, pp, ep, PD.summarize(pd_raw, cfg.pd),
-                   pd_raw[0][0]["kv_sent_bytes"], PD.expected_kv_bytes(cfg.pd))
+pd_raw = dist_utils.launch(pd_disagg.pd_worker, 2, (cfg.pd,), backend="gloo")
+res = distributed.DistResult(cfg, backend, coll, tp, pp, ep, pd_disagg.summarize(pd_raw, cfg.pd),
+                   pd_raw[0][0]["kv_sent_bytes"], pd_disagg.expected_kv_bytes(cfg.pd))
 bar.update()
 bar.close()
 
@@ -381,14 +376,14 @@ print(f"EP: max |out - ref| = {max(r['out_err'] for r in res.ep):.1e}, "
 # %%
 m_show = 4
 fig, axes = plt.subplots(2, 1, figsize=(8, 1.4 + 0.9 * cfg.world), sharex=True)
-PP.plot_timeline(res.pp[("gpipe", m_show)], axes[0], f"GPipe, p={cfg.world}, m={m_show}")
-PP.plot_timeline(res.pp[("1f1b", m_show)], axes[1], f"1F1B, p={cfg.world}, m={m_show}")
+pipeline.plot_timeline(res.pp[("gpipe", m_show)], axes[0], f"GPipe, p={cfg.world}, m={m_show}")
+pipeline.plot_timeline(res.pp[("1f1b", m_show)], axes[1], f"1F1B, p={cfg.world}, m={m_show}")
 plt.show()
-M.plot_bubbles(res)
+distributed.plot_bubbles(res)
 plt.show()
 
 # %% tags=["nbval-ignore-output"]
-for row in M.bubble_table(res):
+for row in distributed.bubble_table(res):
     print(f"{row['schedule']:>5} m={row['m']}: bubble in the padded (simulated-time) run {row['measured']:.3f}, "
           f"(p-1)/(m+p-1) = {row['formula']:.3f}, peak stashed micro-batches per stage {row['peak_stash']}")
 
@@ -399,7 +394,7 @@ for row in M.bubble_table(res):
 
 # %%
 print(f"{'scheme':<24}{'formula':<28}{'measured':>10}{'analytic':>10}")
-for row in M.bytes_table(res):
+for row in distributed.bytes_table(res):
     print(f"{row['scheme']:<24}{row['formula']:<28}{row['measured']:>10}{row['analytic']:>10.0f}")
 
 # %% [markdown]
@@ -413,7 +408,7 @@ worst = max(max(r["all_reduce_err"], r["reduce_scatter_err"], r["all_gather_err"
             for r in res.collectives)
 assert worst < 1e-5, worst
 for r in res.collectives:
-    assert r["all_reduce_sent"] == D.ring_all_reduce_bytes(r["numel_bytes"], cfg.world)
+    assert r["all_reduce_sent"] == dist_utils.ring_all_reduce_bytes(r["numel_bytes"], cfg.world)
 print(f"ring vs library collectives: max |diff| = {worst:.1e}; all-reduce bytes = 2(n-1)/n·S on every rank")
 
 # %% [markdown]
@@ -434,10 +429,10 @@ print(f"ring vs library collectives: max |diff| = {worst:.1e}; all-reduce bytes 
 # are checked against single-process generation.
 
 # %%
-show_source(PD.serve_colocated, PD.serve_decode)
+show_source(pd_disagg.serve_colocated, pd_disagg.serve_decode)
 
 # %%
-PD.plot_tradeoff(res.pd)
+pd_disagg.plot_tradeoff(res.pd)
 plt.show()
 
 # %% tags=["nbval-ignore-output"]
@@ -459,7 +454,7 @@ for row in res.pd:
 
 # %%
 # NBVAL_CHECK_OUTPUT
-report = M.make_report(res, toy, device, seed)
+report = distributed.make_report(res, toy, device, seed)
 stable = ["ranks", "GPipe peak stashed micro-batches (stage 0)"]
 print("\n".join(f"{k}: {report.metrics[k]:g}" for k in stable))
 print("\n".join(f"[{'PASS' if c.passed else 'FAIL'}] {c.name}" for c in report.criteria))
@@ -479,9 +474,9 @@ import ipywidgets as widgets
 
 def play(m: int = 4, schedule: str = "1f1b") -> None:
     c = replace(cfg.pp, micro_batches=m, schedule=schedule, batch=4 * m)
-    ranks = [r[0] for r in D.launch(PP.pp_worker, 2, ([c],))]
-    PP.plot_timeline(ranks, title=f"{schedule}, m={m}: bubble {PP.measured_bubble(ranks):.3f} "
-                                  f"(formula {PP.bubble_formula(2, m):.3f})")
+    ranks = [r[0] for r in dist_utils.launch(pipeline.pp_worker, 2, ([c],))]
+    pipeline.plot_timeline(ranks, title=f"{schedule}, m={m}: bubble {pipeline.measured_bubble(ranks):.3f} "
+                                  f"(formula {pipeline.bubble_formula(2, m):.3f})")
     plt.show()
 
 
@@ -556,11 +551,11 @@ widgets.interact(play, m=widgets.IntSlider(value=4, min=1, max=8, description="m
 #    an all-gather along the sequence. Show that the bytes per block are unchanged and that LayerNorm
 #    activations shrink by $n$. Implement it with `Comm.reduce_scatter` / `Comm.all_gather`.
 # 5. Add the *interleaved* 1F1B schedule ($v$ model chunks per rank) to `schedule_ops`, derive its bubble
-#    $(p-1)/(v\,m + p - 1)$ and check it with `PP.ideal_timeline`.
+#    $(p-1)/(v\,m + p - 1)$ and check it with `pipeline.ideal_timeline`.
 # 6. In `ExpertParallelMoE`, cap each expert at a *capacity* of $c \cdot N k / E$ tokens and drop the rest.
 #    How do the bytes and the equivalence test change?
 # 7. Re-run the placement table on a cluster without NVLink or InfiniBand:
-#    `M.placement_table(inside="pcie4", across="eth100")`. Which axis can still be placed, and where?
+#    `distributed.placement_table(inside="pcie4", across="eth100")`. Which axis can still be placed, and where?
 #
 # :::{admonition} Solutions
 # :class: dropdown

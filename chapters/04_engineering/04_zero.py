@@ -64,13 +64,12 @@ import matplotlib.pyplot as plt
 import numpy as np
 
 from llmcore.core import pick_device, progress, seed_everything, show_source, use_style
-from llmcore.engineering import dist_utils as D
-from llmcore.engineering import zero as Z
+from llmcore.engineering import dist_utils, zero
 
 dev = pick_device(device)  # validates the knob: device="cuda" without a GPU is a clear error
 seed_everything(seed)
 use_style()
-backend, dev_type = D.resolve_backend(device, 4)
+backend, dev_type = dist_utils.resolve_backend(device, 4)
 print(f"backend={backend} ({dev_type}), toy={toy}, seed={seed}")
 
 # %% [markdown]
@@ -118,7 +117,7 @@ print(f"backend={backend} ({dev_type}), toy={toy}, seed={seed}")
 
 # %%
 fig, ax = plt.subplots(figsize=(10, 3.8))
-Z.plot_partitioning(ax, n=4)
+zero.plot_partitioning(ax, n=4)
 fig.tight_layout()
 plt.show()
 
@@ -127,9 +126,9 @@ plt.show()
 
 # %%
 for s, name in enumerate(["DDP", "ZeRO-1", "ZeRO-2", "ZeRO-3"]):
-    f = Z.zero_formula(7.5e9, 64, s, Z.MIXED_PRECISION)
+    f = zero.zero_formula(7.5e9, 64, s, zero.MIXED_PRECISION)
     print(f"{name:<7} {f['total'] / 1e9:6.1f} GB per GPU")
-assert [round(Z.zero_formula(7.5e9, 64, s)["total"] / 1e9, 1) for s in range(4)] == [120.0, 31.4, 16.6, 1.9]
+assert [round(zero.zero_formula(7.5e9, 64, s)["total"] / 1e9, 1) for s in range(4)] == [120.0, 31.4, 16.6, 1.9]
 
 # %% [markdown]
 # ### Communication / 通信量
@@ -154,7 +153,7 @@ assert [round(Z.zero_formula(7.5e9, 64, s)["total"] / 1e9, 1) for s in range(4)]
 # complete, and frees the full gradient right there — so at most one layer's full gradient ever exists.
 
 # %%
-show_source(Z.ZeroEngine.step, Z.ZeroEngine._make_hook)
+show_source(zero.ZeroEngine.step, zero.ZeroEngine._make_hook)
 
 # %% [markdown]
 # ZeRO-3 replaces each `nn.Linear` by a `ShardedLinear` that owns only its
@@ -162,7 +161,7 @@ show_source(Z.ZeroEngine.step, Z.ZeroEngine._make_hook)
 # backward, and reduce-scatters the weight gradient straight into the owner's slice:
 
 # %%
-show_source(Z._GatheredLinear)
+show_source(zero._GatheredLinear)
 
 # %% [markdown]
 # ## The closed loop / 闭环实验
@@ -176,17 +175,17 @@ show_source(Z._GatheredLinear)
 worlds = (1, 2, 4)
 runs, mixed = {}, {}
 t_start = time.perf_counter()
-cfg = Z.ZeroConfig(seed=seed, device=dev_type) if toy else Z.ZeroConfig(
+cfg = zero.ZeroConfig(seed=seed, device=dev_type) if toy else zero.ZeroConfig(
     sizes=(512, 2048, 2048, 2048, 512), batch=256, steps=20, lr=1e-3, seed=seed, device=dev_type)
 for n in progress(worlds, desc="process groups"):
-    variants = Z.ALL_VARIANTS if n == main_world else ("ddp", "zero1", "zero2", "zero3", "zero3_offload")
-    runs[n] = D.launch(Z.zero_worker, n, (cfg, variants), backend=backend)[0]
-    mixed[n] = D.launch(Z.zero_worker, n, (cfg, Z.MIXED_VARIANTS), backend=backend)[0]
-ckpt = Z.checkpoint_experiment(seed=seed, device=dev_type, **({} if toy else {"depth": 32, "width": 1024,
+    variants = zero.ALL_VARIANTS if n == main_world else ("ddp", "zero1", "zero2", "zero3", "zero3_offload")
+    runs[n] = dist_utils.launch(zero.zero_worker, n, (cfg, variants), backend=backend)[0]
+    mixed[n] = dist_utils.launch(zero.zero_worker, n, (cfg, zero.MIXED_VARIANTS), backend=backend)[0]
+ckpt = zero.checkpoint_experiment(seed=seed, device=dev_type, **({} if toy else {"depth": 32, "width": 1024,
                                                                             "batch": 1024}))
-res = Z.ZeroResult(cfg, runs, ckpt, backend, mixed=mixed)
+res = zero.ZeroResult(cfg, runs, ckpt, backend, mixed=mixed)
 if dev_type == "cuda":  # offload's real saving on one GPU
-    r1 = D.launch(Z.zero_worker, 1, (cfg, ("zero3", "zero3_offload")), backend="nccl")[0]
+    r1 = dist_utils.launch(zero.zero_worker, 1, (cfg, ("zero3", "zero3_offload")), backend="nccl")[0]
     res.cuda_offload = {v["name"]: v.get("cuda_max_allocated") for v in r1}
 
 # %% tags=["nbval-ignore-output"]
@@ -228,14 +227,14 @@ print(f"our ZeRO-1 vs ZeroRedundancyOptimizer: {zro:.1e}; our ZeRO-3 vs FSDP2: l
 # $(P, G, K) = (4, 4, 8)$. Offloaded optimizer states sit in host memory (light blue).
 
 # %%
-table = Z.memory_table(res)
+table = zero.memory_table(res)
 print(f"{'N':>2} {'variant':<14}{'params':>8}{'grads':>8}{'optim':>8}{'offload':>8}{'total':>8}{'formula':>9}{'ratio':>7}")
 for r in table:
     print(f"{r['N']:>2} {r['variant']:<14}{r['params']:>8}{r['grads']:>8}{r['optim']:>8}{r['optim_offloaded']:>8}"
           f"{r['measured_total']:>8}{r['formula_total']:>9.0f}{r['ratio']:>7.3f}")
 
 # %%
-Z.figures(res)  # saves the figures next to the report; the memory chart again here, inline
+zero.figures(res)  # saves the figures next to the report; the memory chart again here, inline
 mt = {(r["N"], r["variant"]): r for r in table}
 names = ["ddp", "zero1", "zero2", "zero3", "zero3_offload"]
 fig, axes = plt.subplots(1, len(worlds), figsize=(10, 3.2), sharey=True)
@@ -265,7 +264,7 @@ plt.show()
 # %%
 print(f"{'N':>2} {'variant':<10}{'params':>8}{'grads':>8}{'optim':>8}{'total':>8}{'(2+2+12)Ψ':>11}{'ratio':>7}"
       f"{'B/param':>9}{'Δloss vs fp32':>15}")
-for r in Z.mixed_table(res):
+for r in zero.mixed_table(res):
     print(f"{r['N']:>2} {r['variant']:<10}{r['params']:>8}{r['grads']:>8}{r['optim']:>8}{r['measured_total']:>8}"
           f"{r['formula_total']:>11.0f}{r['ratio']:>7.3f}{r['bytes_per_param']:>9.3f}{r['loss_rel_diff']:>14.1e}")
 
@@ -282,7 +281,7 @@ for r in Z.mixed_table(res):
 # DeepSpeed is importable and passes. Their GPU bytes, without offload, for the paper's $\Psi = 7.5$B on
 # $N = 64$:
 #
-# | | paper / `Z.zero_formula` | DeepSpeed estimator | difference |
+# | | paper / `zero.zero_formula` | DeepSpeed estimator | difference |
 # |---|---|---|---|
 # | ZeRO-2 | $2\Psi + 14\Psi/N$ = 16.64 GB | $2\Psi + 18\Psi/N$ = 17.11 GB | $+4\Psi/N$: an fp32 copy of the gradient slice |
 # | ZeRO-3 | $16\Psi/N$ = 1.88 GB | $18\Psi/N + 4L$ = 2.11 GB + $4L$ | $+4\Psi/N$ fp32 gradient slice, $-2\Psi/N$ (the 16-bit parameter slice is not counted), $+4L$ for gathering the largest layer of $L$ parameters |
@@ -303,7 +302,7 @@ for r in Z.mixed_table(res):
 n = max(worlds)
 for name in ("zero1", "zero2", "zero3"):
     v = res.variant(n, name)
-    f = Z.comm_formula_bytes(v["padded_psi"], n, Z.STAGE_OF[name])
+    f = zero.comm_formula_bytes(v["padded_psi"], n, zero.STAGE_OF[name])
     print(f"N={n} {name}: sent {v['sent_bytes_per_step']:.0f} B/step, formula {f:.0f} "
           f"({'3' if name == 'zero3' else '2'}(n-1)/n·4Ψ); peak full-gradient bytes {v['peak_full_grad_bytes']}, "
           f"peak gathered-parameter bytes {v['peak_gathered_param_bytes']}")
@@ -318,7 +317,7 @@ for name in ("zero1", "zero2", "zero3"):
 # * **FLOPs.** Every checkpointed segment runs its forward twice. With the backward about twice the forward
 #   (a linear layer's backward computes two products, $\partial L/\partial x$ and $\partial L/\partial W$,
 #   its forward one), fwd + bwd goes from $1 + 2 = 3$ to $1 + 1 + 2 = 4$ forward units: **+33%**, whatever
-#   the segment length. We count the matmul FLOPs at dispatch (`Z.MatmulFlops`) and get exactly 4/3 below.
+#   the segment length. We count the matmul FLOPs at dispatch (`zero.MatmulFlops`) and get exactly 4/3 below.
 #   On large GPU models, where matmuls dominate the time, the wall-clock cost is close to this.
 # * **Wall-clock on this toy.** The toy MLP is 64 wide; each matmul takes microseconds, so time is
 #   dominated by per-op overhead (Python, autograd bookkeeping, and for each segment an extra autograd
@@ -331,7 +330,7 @@ for name in ("zero1", "zero2", "zero3"):
 # function; its gradients are compared with no checkpointing and with `torch.utils.checkpoint`.
 
 # %%
-show_source(Z._Checkpoint)
+show_source(zero._Checkpoint)
 
 # %%
 base = res.ckpt[0]
@@ -357,7 +356,7 @@ for r in res.ckpt:
 
 # %%
 # NBVAL_CHECK_OUTPUT
-report = Z.make_report(res, toy, device, seed)
+report = zero.make_report(res, toy, device, seed)
 for c in report.criteria:
     print(f"[{'PASS' if c.passed else 'FAIL'}] {c.name} {c.op} {c.threshold:g}")
 assert report.passed, report.failures()
@@ -379,7 +378,7 @@ import ipywidgets as widgets
 
 def play(billions: float = 7.0, n_gpus: int = 8) -> None:
     psi = billions * 1e9
-    vals = [Z.zero_formula(psi, n_gpus, s)["total"] / 2**30 for s in range(4)]
+    vals = [zero.zero_formula(psi, n_gpus, s)["total"] / 2**30 for s in range(4)]
     fig, ax = plt.subplots(figsize=(5, 2.8))
     ax.bar(["DDP", "ZeRO-1", "ZeRO-2", "ZeRO-3"], vals)
     ax.axhline(80, color="k", ls="--", lw=1, label="80 GiB GPU")
