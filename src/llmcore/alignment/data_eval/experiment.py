@@ -91,7 +91,10 @@ class DataEvalResult:
     reliability: tuple = ()
     calibrated_reliability: tuple = ()
     judge: dict[str, float] = field(default_factory=dict)
-    examples: list[tuple[str, str]] = field(default_factory=list)
+    examples: list[tuple[str, str]] = field(default_factory=list)  # (perturbed question, clean model's answer)
+    model: Mo.BagClassifier | None = None  # the clean QA model (the attacks' target)
+    packages: tuple[str, ...] = ()
+    test_items: list[Mo.Item] = field(default_factory=list)
 
 
 def exact_pairs(sets: list[set[str]], threshold: float) -> set[tuple[int, int]]:
@@ -233,6 +236,7 @@ def experiment(cfg: DataEvalConfig, seed: int = 0) -> DataEvalResult:
     hit_train, hit_eval = D.contaminated(contaminated_docs, te_q, cfg.decon_n)
     decon_docs = [d for i, d in enumerate(contaminated_docs) if i not in set(hit_train)]
     decon_model = fit(decon_docs)
+    res.model, res.packages, res.test_items = clean_model, packages, test_items
     acc_clean = accuracy(clean_model, te_q, te_y)
     acc_cont = accuracy(contaminated_model, te_q, te_y)
     acc_decon = accuracy(decon_model, te_q, te_y)
