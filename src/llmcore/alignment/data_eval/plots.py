@@ -10,7 +10,7 @@ from matplotlib.patches import FancyArrowPatch, FancyBboxPatch
 from llmcore.alignment.data_eval.dedup import s_curve
 from llmcore.core.plotting import PALETTE
 
-STAGES = (("raw corpus", "docstrings + planted junk,\nduplicates, PII, leaks"),
+STAGES = (("raw corpus", "docstrings + planted\njunk, copies, PII, leaks"),
           ("normalise", "NFKC, control chars,\nwhitespace"),
           ("quality rules", "Gopher / C4 heuristics:\nfirst rule that fires"),
           ("PII masking", "e-mail, phone, IP, key\n-> <EMAIL> ..."),
@@ -52,7 +52,7 @@ def plot_s_curve(ax, bands: int, rows: int, threshold: float, planted_j: np.ndar
     if planted_j is not None and len(planted_j):
         ax.plot(planted_j, np.full(len(planted_j), -0.04), "|", color=PALETTE[1], ms=8, label="planted pairs (exact J)")
     ax.set_xlabel("Jaccard similarity J"), ax.set_ylabel("P(candidate pair)")
-    ax.set_ylim(-0.08, 1.04), ax.legend(fontsize=7, loc="lower right")
+    ax.set_ylim(-0.08, 1.04), ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1))
     return ax
 
 
