@@ -241,6 +241,10 @@ def experiment(cfg: DataEvalConfig, seed: int = 0) -> DataEvalResult:
     acc_cont = accuracy(contaminated_model, te_q, te_y)
     acc_decon = accuracy(decon_model, te_q, te_y)
     leaked_set = set(leak)
+    on_leak = np.array([it in leaked_set for it in test_items])
+    mt["QA accuracy gain on the leaked items (contaminated - clean)"] = acc_cont[on_leak].mean() - acc_clean[on_leak].mean()
+    mt["QA accuracy gain on the unleaked items (contaminated - clean)"] = \
+        acc_cont[~on_leak].mean() - acc_clean[~on_leak].mean()
     mt["QA test items"] = len(test_items)
     mt["QA accuracy: clean training data"] = acc_clean.mean()
     mt["QA accuracy: contaminated"] = acc_cont.mean()
