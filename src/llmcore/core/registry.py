@@ -53,6 +53,8 @@ class Module:
     #: ``"auto"`` there means "NCCL when there is one GPU per rank, else gloo on CPU" (a choice per world
     #: size that one ``torch.device`` cannot express)
     spawns_ranks: bool = False
+    #: the chapter's code grew into a package ``src/llmcore/<part>/<topic>/`` (a module past ~500 lines)
+    package: bool = False
 
     @property
     def title(self) -> str:
@@ -65,8 +67,9 @@ class Module:
 
     @property
     def source(self) -> str:
-        """Reference implementation path relative to the repository root."""
-        return f"src/llmcore/{self.part}/{self.stem.split('_', 1)[1]}.py"
+        """Reference implementation path relative to the repository root (a package's ``__init__.py``)."""
+        topic = self.stem.split('_', 1)[1]
+        return f"src/llmcore/{self.part}/{topic}/__init__.py" if self.package else f"src/llmcore/{self.part}/{topic}.py"
 
     @property
     def written(self) -> bool:
@@ -184,7 +187,15 @@ MODULES: tuple[Module, ...] = (
     Module("agentic_rl", _P3, "06_agentic_rl", "Agentic RL", "智能体强化学习", "智能体强化学习 Agentic RL",
            "Agentic-RL 训练范式、MARL (MAPPO) 与 User Simulator", prerequisites=("pg_ac",)),
     Module("data_eval", _P3, "07_data_eval", "Data & Evaluation", "数据与评估", "数据与评估 Data & evaluation",
-           "数据清洗、对抗性测试与 LLM-as-a-Judge"),
+           "数据清洗、对抗性测试与 LLM-as-a-Judge", prerequisites=("sft",),
+           run="llmcore.alignment.data_eval:run", package=True,
+           criteria=("our MinHash signatures and LSH candidate pairs equal datasketch's",
+                     "planted near-duplicates found with >= 95% precision and recall",
+                     "planted junk removed, PII masked, exact duplicates and leaks found",
+                     "contamination inflates accuracy and decontamination removes it",
+                     "verifier-filtered synthetic data beats unfiltered at equal size",
+                     "typos and distractor clauses measurably cut accuracy",
+                     "judge position bias measured and removed by swap-and-average; kappa equals sklearn's")),
     # ---- Part 4 -----------------------------------------------------------------------------
     Module("distributed", _P4, "01_distributed", "Distributed Training (Megatron)", "分布式训练",
            "并行策略 Parallelism", "TP/PP/EP (专家并行) 通信开销与 PD 分离架构", prerequisites=("transformer",),

@@ -19,6 +19,10 @@ from llmcore.exercises.architecture import (
     check_rmsnorm,
     check_rope,
 )
+from llmcore.exercises.data_eval import (
+    check_jaccard_estimate,
+    check_pass_at_k,
+)
 from llmcore.exercises.decoding import (
     check_kv_cache_bytes,
     check_speculative_accept,
@@ -58,11 +62,13 @@ __all__ = [
     "check_dpo_loss",
     "check_gae",
     "check_group_advantages",
+    "check_jaccard_estimate",
     "check_kv_cache_bytes",
     "check_lora_forward",
     "check_lora_param_count",
     "check_masked_sft_loss",
     "check_online_softmax",
+    "check_pass_at_k",
     "check_pipeline_bubble",
     "check_ppo_clip_loss",
     "check_reinforce_returns",
