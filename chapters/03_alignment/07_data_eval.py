@@ -60,10 +60,9 @@ from datasketch import MinHash, MinHashLSH
 from sklearn.calibration import calibration_curve
 from sklearn.metrics import cohen_kappa_score
 
-from llmcore.alignment.data_eval import THREADS, dedup, metrics, plots
+from llmcore.alignment.data_eval import THREADS, dedup, metrics, models, plots
 from llmcore.alignment.data_eval import clean as cleaning
 from llmcore.alignment.data_eval import experiment as loop
-from llmcore.alignment.data_eval import models as qa
 from llmcore.core import pick_device, seed_everything, show_source, use_style
 
 dev = pick_device(device)
@@ -189,7 +188,7 @@ show_source(metrics.pass_at_k, metrics.reliability)
 # The judge is asked both ways; the swap-averaged probability is what the mitigation reports:
 
 # %%
-show_source(qa.judge_prob)
+show_source(models.judge_prob)
 
 # %% [markdown]
 # ## The closed loop / 闭环实验
@@ -391,13 +390,13 @@ import ipywidgets as widgets
 def attack(kind: str = "typos", rate: float = 0.1) -> None:
     r = random.Random(seed)
     others = [r.choice([o for o in res.test_items if o.package != it.package]) for it in res.test_items]
-    qs = [qa.perturb(it, kind, r, o, res.packages, rate) for it, o in zip(res.test_items, others)]
+    qs = [models.perturb(it, kind, r, o, res.packages, rate) for it, o in zip(res.test_items, others)]
     y = np.array([res.packages.index(it.package) for it in res.test_items])
     acc = loop.accuracy(res.model, qs, y).mean()
     print(f"{kind} (rate {rate:.2f}): accuracy {acc:.3f} on {len(qs)} questions, e.g. {qs[0]!r}")
 
 
-widgets.interact(attack, kind=widgets.Dropdown(options=["typos", *qa.PERTURBATIONS[2:]], value="typos"),
+widgets.interact(attack, kind=widgets.Dropdown(options=["typos", *models.PERTURBATIONS[2:]], value="typos"),
                  rate=widgets.FloatSlider(value=0.1, min=0.0, max=0.5, step=0.05));
 
 # %% [markdown]
