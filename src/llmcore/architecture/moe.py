@@ -277,6 +277,8 @@ class MoELM(nn.Module):
     ``model(idx, labels=idx) -> (logits, loss)``; while training, ``loss`` is the LM loss plus
     ``aux_coef * sum_layers L_aux + z_coef * sum_layers L_z`` (evaluation reports the LM loss alone).
     Experts start like the dense MLP they replace (normal(0, init_std), down projections / sqrt(2L)).
+    Not a second model: it *is* the kit's ``Llama`` (``self.lm``, same names, same blocks); the wrapper only adds
+    the routers' losses to the training loss, which ``Llama.forward`` knows nothing about.
     """
 
     def __init__(self, cfg: ModelConfig, n_experts: int, top_k: int, expert_ff: int, *, router: str = "switch",
@@ -447,11 +449,12 @@ def hf_check(seed: int = 0) -> dict[str, float]:
     x = torch.randn(2, 7, d)
     ours = MoE(d, F_, E, k, router="topk").eval()
     hf = copy_to_hf(ours, MixtralSparseMoeBlock(MixtralConfig(
-        hidden_size=d, intermediate_size=F_, num_local_experts=E, num_experts_per_tok=k)))
+        hidden_size=d, intermediate_size=F_, num_local_experts=E, num_experts_per_tok=k,
+        experts_implementation="eager")))
     qwen = MoE(d, F_, E, k, router="switch", n_shared=1, shared_d_ff=24).eval()
     hq = copy_to_hf(qwen, Qwen2MoeSparseMoeBlock(Qwen2MoeConfig(
         hidden_size=d, moe_intermediate_size=F_, shared_expert_intermediate_size=24, num_experts=E,
-        num_experts_per_tok=k, norm_topk_prob=False)))
+        num_experts_per_tok=k, norm_topk_prob=False, experts_implementation="eager")))
     with torch.no_grad():
         y, yh = ours(x), hf(x)
         q, qh = qwen(x), hq(x)
@@ -618,22 +621,26 @@ def plot_moe_diagram():
 
 def plot_results(res: MoEResult):
     """Training loss of the three LMs, expert load over training (aux on/off, layer 0), capacity sweep."""
-    fig, axes = plt.subplots(1, 4, figsize=(15, 3.6), gridspec_kw={"width_ratios": [1.2, 1, 1, 1.1]})
+    fig, axes = plt.subplots(1, 5, figsize=(16, 3.6), gridspec_kw={"width_ratios": [1.2, 1, 1, 0.05, 1.1]})
     ax = axes[0]
-    w = 10
-    for name, curve in res.curves.items():
-        c = np.convolve(curve, np.ones(w) / w, mode="valid")
-        ax.plot(np.arange(len(c)) + w, c, label=f"{name} (val {res.val[name]:.3f})")
-    ax.set(xlabel="step", ylabel="train loss (nats/byte, smoothed)", title="same steps, equal active params")
+    w = 20
+    smooth = {name: np.convolve(c, np.ones(w) / w, mode="valid") for name, c in res.curves.items()}
+    for name in ("moe", "moe_noaux"):
+        ax.plot(np.arange(len(smooth[name])) + w, smooth["dense"] - smooth[name],
+                label=f"dense - {name} (val gap {res.val['dense'] - res.val[name]:+.3f})")
+    ax.axhline(0, color="grey", lw=0.8)
+    ax.set(xlabel="step", ylabel="train loss gap (nats/byte, smoothed)", title="> 0: MoE ahead (equal active params)")
     ax.legend(fontsize=8)
     for ax, name in zip(axes[1:3], ("moe", "moe_noaux")):
         h = res.load_history[name][:, 0, :]  # (logs, E) layer 0
-        im = ax.imshow(h.T, aspect="auto", cmap="viridis", vmin=0, vmax=max(0.5, float(h.max())),
+        im = ax.imshow(h.T, aspect="auto", cmap="viridis", vmin=0, vmax=0.5,
                        extent=(0, len(h) * res.cfg.log_every, res.cfg.n_experts - 0.5, -0.5))
         ax.set(xlabel="step", ylabel="expert", title=f"layer-0 load share, {'aux on' if name == 'moe' else 'aux off'}")
         ax.grid(False)
-    fig.colorbar(im, ax=axes[1:3], fraction=0.03, label="share of assignments")
-    ax = axes[3]
+    fig.colorbar(im, cax=axes[3])
+    axes[3].set_title("share", fontsize=9)
+    fig.subplots_adjust(wspace=0.6)
+    ax = axes[4]
     cf = [r["capacity_factor"] for r in res.capacity]
     ax.plot(cf, [r["dropped"] for r in res.capacity], "o-", label="dropped fraction")
     ax.set(xlabel="capacity factor", ylabel="dropped fraction", title="capacity sweep (eval)")
