@@ -321,8 +321,10 @@ widgets.interact(show_routes, text=widgets.Text(value="def parse(self, data):"))
 #    ```
 # 3. Top-1 Switch starts with gates $\approx 1/E$, so the MoE output is $E$ times smaller than the dense MLP's
 #    and learns more slowly at first; top-2 renormalised gates sum to 1.
-# 4. The bias keeps the load near uniform without a loss term (the gates are unchanged); the LM loss is close
-#    to the aux-loss run.
+# 4. Compare `moe.load_stats` of the two runs: the bias pushes every expert's count toward the mean without a
+#    loss term and without touching the gates (DeepSeek-V3 reports better loss than with an aux loss at scale;
+#    at this size expect a difference within seed noise). `test_bias_balancing_moves_toward_underloaded_experts`
+#    shows one update.
 # 5. Dispatch: $k\frac{n-1}{n} d \cdot 2$ bytes $= 8 \cdot \frac78 \cdot 7168 \cdot 2 \approx 100$ KB, and the
 #    same again for the combine: about 200 KB per token per layer.
 # :::
