@@ -383,7 +383,7 @@ class MoEConfig:
 class MoEResult:
     cfg: MoEConfig
     val: dict[str, float]  # validation loss (nats/byte) per run: dense, moe, moe_noaux
-    curves: dict[str, list[float]]  # training loss per step
+    curves: dict[str, list[float]]  # training LM loss per step (router losses subtracted)
     load_history: dict[str, np.ndarray]  # (logs, layers, E) expert shares over training, per MoE run
     load: dict[str, list[dict]]  # per run, per layer: load_stats on the validation text
     capacity: list[dict]  # per capacity factor: dropped fraction, val loss
@@ -492,9 +492,12 @@ def experiment(cfg: MoEConfig, device: torch.device, seed: int, show_progress: b
             model.lm.load_state_dict(trunk, strict=False)
         model = model.to(device)
         history: list[np.ndarray] = []
+        router_terms: list[float] = []  # the aux + z part of each step's training loss (curves show the LM part)
 
-        def on_backward(step: int, m: nn.Module, aux=aux, history=history) -> None:
+        def on_backward(step: int, m: nn.Module, aux=aux, history=history, router_terms=router_terms) -> None:
             bar.update(1)
+            router_terms.append(0.0 if aux is None else float(sum(
+                m.aux_coef * layer.stats["aux"] + m.z_coef * layer.stats["z"] for layer in m.moe_layers)))
             if aux is not None and step % cfg.log_every == 0:
                 history.append(np.array([load_stats(layer.stats["idx"], cfg.n_experts)["share"]
                                          for layer in m.moe_layers]))
@@ -502,7 +505,7 @@ def experiment(cfg: MoEConfig, device: torch.device, seed: int, show_progress: b
         out = train(model, tcfg, lambda g: random_windows(train_ids, cfg.batch_size, cfg.seq_len, g),
                     on_backward=on_backward, show_progress=False)
         res.val[name], _, routes = evaluate_moe(model, val_ids, cfg)
-        res.curves[name] = out.loss
+        res.curves[name] = [lm - r for lm, r in zip(out.loss, router_terms)]
         res.params[name] = active_params(model)
         res.models[name] = model.eval()
         if aux is not None:
