@@ -15,53 +15,22 @@ and its own slice of the tokens (data parallel). One forward is
 
 Backward is the same two ``all_to_all`` in reverse (the transpose of a permutation is its inverse),
 and the replicated router's gradient is all-reduced like any data-parallel weight.
+
+The single-process layer is the model kit's :class:`llmcore.architecture.moe.MoE` (the MoE chapter);
+this module only splits its experts over ranks.
 """
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
+from llmcore.architecture.moe import MoE
 from llmcore.engineering.dist_utils import Comm, worker_device
-
-
-class Expert(nn.Module):
-    """One feed-forward expert ``(N, d) -> (N, d)``."""
-
-    def __init__(self, d_model: int, d_ff: int):
-        super().__init__()
-        self.fc1, self.fc2 = nn.Linear(d_model, d_ff), nn.Linear(d_ff, d_model)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc2(F.gelu(self.fc1(x)))
-
-
-class MoE(nn.Module):
-    """Single-process reference MoE: top-k router over ``n_experts`` experts. ``x``: ``(N, d)``."""
-
-    def __init__(self, d_model: int, d_ff: int, n_experts: int, top_k: int):
-        super().__init__()
-        self.top_k = top_k
-        self.router = nn.Linear(d_model, n_experts, bias=False)
-        self.experts = nn.ModuleList(Expert(d_model, d_ff) for _ in range(n_experts))
-
-    def route(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """``(gates, experts)`` both ``(N, k)``: softmax over the top-k router logits."""
-        top_v, top_i = self.router(x).topk(self.top_k, dim=-1)
-        return top_v.softmax(dim=-1), top_i
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        gates, idx = self.route(x)
-        out = torch.zeros_like(x)
-        for e, expert in enumerate(self.experts):
-            tok, slot = (idx == e).nonzero(as_tuple=True)
-            if tok.numel():
-                out = out.index_add(0, tok, gates[tok, slot, None] * expert(x[tok]))
-        return out
 
 
 class _AllToAll(torch.autograd.Function):
@@ -79,7 +48,8 @@ class _AllToAll(torch.autograd.Function):
 
 
 class ExpertParallelMoE(nn.Module):
-    """Rank ``r``'s part of the MoE: the replicated router and experts ``rE/n .. (r+1)E/n - 1``."""
+    """Rank ``r``'s part of the kit's :class:`~llmcore.architecture.moe.MoE` (plain top-k routing, no
+    capacity limit): the replicated router and experts ``rE/n .. (r+1)E/n - 1``."""
 
     def __init__(self, ref: MoE, comm: Comm):
         super().__init__()
@@ -91,10 +61,8 @@ class ExpertParallelMoE(nn.Module):
         self.router = nn.Linear(ref.router.in_features, E, bias=False)
         self.router.load_state_dict(ref.router.state_dict())
         self.experts = nn.ModuleList()
-        for e in range(self.first, self.first + self.per_rank):
-            ex = Expert(ref.experts[e].fc1.in_features, ref.experts[e].fc1.out_features)
-            ex.load_state_dict(ref.experts[e].state_dict())
-            self.experts.append(ex)
+        for e in range(self.first, self.first + self.per_rank):  # a copy of this rank's experts (any kind)
+            self.experts.append(copy.deepcopy(ref.experts[e]))
         self.last_routing: dict[str, Any] = {}
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -129,6 +97,7 @@ class EPConfig:
     experts_per_rank: int = 2
     top_k: int = 2
     seed: int = 0
+    expert: str = "gelu"  # the kit MoE's expert kind: "gelu" (Switch/GShard) or "swiglu" (Mixtral)
 
 
 def ep_worker(rank: int, world: int, cfg: EPConfig) -> dict[str, Any]:
@@ -136,7 +105,7 @@ def ep_worker(rank: int, world: int, cfg: EPConfig) -> dict[str, Any]:
     dev = worker_device(rank)
     torch.manual_seed(cfg.seed)
     E = cfg.experts_per_rank * world
-    ref = MoE(cfg.d_model, cfg.d_ff, E, cfg.top_k).to(dev)
+    ref = MoE(cfg.d_model, cfg.d_ff, E, cfg.top_k, expert=cfg.expert).to(dev)
     g = torch.Generator().manual_seed(cfg.seed + 1)
     N = cfg.tokens_per_rank * world
     X = torch.randn(N, cfg.d_model, generator=g).to(dev)

@@ -41,6 +41,10 @@ from llmcore.exercises.foundation_rl import (
     check_double_q_target,
     check_gae,
 )
+from llmcore.exercises.moe import (
+    check_capacity_keep,
+    check_load_balancing_loss,
+)
 from llmcore.exercises.peft import (
     check_lora_forward,
     check_lora_param_count,
@@ -56,6 +60,7 @@ __all__ = [
     "check_allreduce_time",
     "check_bellman_q",
     "check_bradley_terry_loss",
+    "check_capacity_keep",
     "check_column_parallel_split",
     "check_discounted_return",
     "check_double_q_target",
@@ -64,6 +69,7 @@ __all__ = [
     "check_group_advantages",
     "check_jaccard_estimate",
     "check_kv_cache_bytes",
+    "check_load_balancing_loss",
     "check_lora_forward",
     "check_lora_param_count",
     "check_masked_sft_loss",
