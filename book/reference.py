@@ -143,7 +143,8 @@ for name, c in C.PRESETS.items():
 # apart. Mixtral-8x7B {cite}`jiang2024mixtral` holds ~47B parameters but runs ~13B per token — it trains and
 # decodes at roughly the FLOPs of a 13B dense model, yet must keep all 47B in memory, and its experts must see
 # balanced load (auxiliary losses, capacity factors {cite}`fedus2022switch`). The table shows the two numbers
-# side by side; the MoE chapter of Part 2 builds the router and expert parallelism.
+# side by side; the [MoE chapter](../chapters/02_architecture/03_moe.ipynb) builds the router, load balancing and
+# capacity, and trains a small MoE LM against a dense one at equal active parameters.
 
 # %%
 for name, c in C.PRESETS.items():

@@ -495,8 +495,9 @@ widgets.interact(play, m=widgets.IntSlider(value=4, min=1, max=8, description="m
 #   (and, in Megatron, replaces TP's all-reduce with reduce-scatter + all-gather under sequence parallelism).
 # - **Schedules.** Production pipelines use interleaved 1F1B (virtual stages, bubble $(p-1)/(vm+p-1)$) or
 #   zero-bubble variants that split the backward; ours are plain GPipe and 1F1B.
-# - **Expert parallelism.** No capacity factor, no token dropping, no load-balancing loss here (see the
-#   MoE chapter, planned); production EP overlaps the all-to-all with expert compute.
+# - **Expert parallelism.** No capacity factor, no token dropping, no load-balancing loss here (the
+#   [MoE chapter](../02_architecture/03_moe.ipynb) trains them); production EP overlaps the all-to-all with
+#   expert compute.
 # - **The time model.** The α–β table uses assumed link numbers and no overlap; real placement is decided
 #   with measured bus bandwidth and profiles.
 # ```
