@@ -37,7 +37,7 @@
 # embeddings); basic probability (Gaussians).
 
 # %% tags=["parameters"]
-toy = True  # True: T = 100, ~50k-parameter denoisers, 400 steps each (CPU, ~45 s); False: T = 1000, 20k steps
+toy = True  # True: 100 diffusion steps, 50k-parameter denoisers, 400 steps each (CPU, about 45 s); False: larger (GPU)
 device = "auto"  # recorded; the toy networks are tiny and run on the CPU (see the "differs" box)
 seed = 0
 
@@ -58,7 +58,6 @@ import torch
 
 from llmcore.architecture import diffusion as Dm
 from llmcore.architecture.diffusion import crosscheck, plots
-from llmcore.architecture.diffusion import experiment as E
 from llmcore.core import pick_device, seed_everything, show_source, use_style
 
 dev = pick_device(device)
@@ -90,7 +89,7 @@ print(cfg)
 # endpoints $(10^{-4}, 0.02)$ by $1000/T$ so that both end in (almost) pure noise.
 
 # %%
-data_x, data_y, _, _ = E.load_data(cfg.holdout, seed)
+data_x, data_y, _, _ = Dm.load_data(cfg.holdout, seed)
 fig = plt.figure(figsize=(10, 4.2))
 grid_spec = fig.add_gridspec(2, 6, height_ratios=[1, 1.3])
 row = [fig.add_subplot(grid_spec[0, i]) for i in range(6)]
