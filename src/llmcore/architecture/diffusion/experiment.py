@@ -241,7 +241,9 @@ def frechet_distance(f1: np.ndarray, f2: np.ndarray) -> float:
     r"""Fréchet distance between Gaussians fitted to two feature sets ``(N1, D)``, ``(N2, D)`` (Heusel et al.
     2017): :math:`\|\mu_1-\mu_2\|^2 + \operatorname{tr}(\Sigma_1 + \Sigma_2 - 2(\Sigma_1\Sigma_2)^{1/2})`."""
     mu1, mu2 = f1.mean(0), f2.mean(0)
-    s1, s2 = np.cov(f1, rowvar=False), np.cov(f2, rowvar=False)
+    # a tiny ridge: ReLU features that are never active have zero variance, which makes the product singular
+    ridge = 1e-6 * np.eye(f1.shape[1])
+    s1, s2 = np.cov(f1, rowvar=False) + ridge, np.cov(f2, rowvar=False) + ridge
     covmean = linalg.sqrtm(s1 @ s2)
     if np.iscomplexobj(covmean):
         covmean = covmean.real

@@ -69,11 +69,13 @@ def plot_dit_block(ax) -> None:
         _box(ax, (x0, y), t, col[c])
     for a, b in zip(ys[:-1], ys[1:]):
         _arrow(ax, (x0, a + 0.038), (x0, b - 0.038))
-    # residual paths
-    ax.annotate("", xy=(x0 + 0.14, ys[4]), xytext=(x0 + 0.14, ys[0]),
-                arrowprops=dict(arrowstyle="-|>", connectionstyle="bar,fraction=-0.25", lw=0.8, color="0.4"))
-    ax.annotate("", xy=(x0 + 0.14, ys[8]), xytext=(x0 + 0.14, ys[4]),
-                arrowprops=dict(arrowstyle="-|>", connectionstyle="bar,fraction=-0.25", lw=0.8, color="0.4"))
+    # residual paths, on the left of the stack
+    left = x0 - 0.13
+    for a, b in ((ys[0], ys[4]), (ys[4], ys[8])):
+        ax.plot([left, left - 0.06, left - 0.06], [a, a, b], color="0.4", lw=0.8)
+        _arrow(ax, (left - 0.06, b), (left, b))
+    ax.text(left - 0.08, (ys[0] + ys[4]) / 2, "residual", rotation=90, fontsize=7, ha="right", va="center",
+            color="0.4")
     _box(ax, (0.8, 0.16), "timestep t, class y", col["cond"], w=0.3)
     _box(ax, (0.8, 0.32), "c = MLP(sin(t)) + E[y]", col["cond"], w=0.3)
     _box(ax, (0.8, 0.52), "Linear(SiLU(c)) → 6d\nzero-initialised", col["mod"], w=0.3, h=0.1)
