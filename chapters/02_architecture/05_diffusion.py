@@ -380,7 +380,7 @@ widgets.interact(show_trajectory, digit=widgets.IntSlider(value=3, min=0, max=9,
 #   8×8 digit needs; the DiT must learn it from 1.5k images in 400 steps). DiT's claim is about *scaling*:
 #   its quality keeps improving with compute (Gflops) where U-Nets saturate — a regime a CPU cannot reach.
 #   The criterion here is only that the DiT learns the conditional task: at least 25% recognised (chance is
-#   10%; seeds 0–4 gave 41–59%).
+#   10%; seeds 0–4 under three CPU kernel sets gave 40–59%).
 # - **Latent diffusion in miniature.** Our autoencoder is deterministic, trained by MSE alone (SD's VAE adds a
 #   KL term, a perceptual loss and a GAN loss) and compresses 4×, not 48×; the saving measured is in FLOPs
 #   counted by `FlopCounterMode`, not in wall time (on a CPU, tiny tensors are dominated by per-call overhead).
