@@ -11,6 +11,7 @@ import importlib
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import torch
 
@@ -65,8 +66,12 @@ class Module:
 
     @property
     def source(self) -> str:
-        """Reference implementation path relative to the repository root."""
-        return f"src/llmcore/{self.part}/{self.stem.split('_', 1)[1]}.py"
+        """Reference implementation path relative to the repository root (``<name>/__init__.py`` for a chapter
+        module that grew into a package)."""
+        name = self.stem.split("_", 1)[1]
+        if (Path(__file__).resolve().parents[1] / self.part / name).is_dir():
+            return f"src/llmcore/{self.part}/{name}/__init__.py"
+        return f"src/llmcore/{self.part}/{name}.py"
 
     @property
     def written(self) -> bool:
