@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import ast
 import importlib.metadata
+import itertools
 import re
 import subprocess
 import sys
@@ -176,18 +177,23 @@ def needed_extras(code: str) -> set[str]:
     extras = {k: v for k, v in project["optional-dependencies"].items() if k in ("hf", "kernels", "data")}
     base = requirement_closure(project["dependencies"])
     by_module = importlib.metadata.packages_distributions()
-    need = set()
+    covers = []  # per third-party module: the extras that provide it
     for mod in sorted(third_party_imports(code)):
         # not installed here (triton on macOS): assume the distribution is named like the module
         dists = {canonicalize_name(d) for d in by_module.get(mod, [])} or {canonicalize_name(mod)}
         if dists & base:
             continue
         # an extra's own requirements count whatever their platform marker says (triton: Linux only)
-        covering = [k for k, reqs in extras.items()
-                    if dists & (requirement_closure(reqs) | {canonicalize_name(Requirement(r).name) for r in reqs})]
+        covering = {k for k, reqs in extras.items()
+                    if dists & (requirement_closure(reqs) | {canonicalize_name(Requirement(r).name) for r in reqs})}
         assert covering, f"{mod} ({', '.join(sorted(dists))}) is in no dependency or extra of pyproject.toml"
-        need.add(covering[0])
-    return need
+        covers.append(covering)
+    # the smallest set of extras meeting every module (scikit-learn is in two extras: either will do)
+    for size in range(len(extras) + 1):
+        for pick in itertools.combinations(sorted(extras), size):
+            if all(c & set(pick) for c in covers):
+                return set(pick)
+    raise AssertionError("unreachable: all extras together cover every module")
 
 
 @pytest.mark.parametrize("py", SOURCES, ids=[p.stem for p in SOURCES])

@@ -28,6 +28,10 @@ from llmcore.exercises.decoding import (
     check_speculative_accept,
     check_top_p_filter,
 )
+from llmcore.exercises.diffusion import (
+    check_cfg,
+    check_ddim_step,
+)
 from llmcore.exercises.engineering import (
     check_allreduce_time,
     check_column_parallel_split,
@@ -61,7 +65,9 @@ __all__ = [
     "check_bellman_q",
     "check_bradley_terry_loss",
     "check_capacity_keep",
+    "check_cfg",
     "check_column_parallel_split",
+    "check_ddim_step",
     "check_discounted_return",
     "check_double_q_target",
     "check_dpo_loss",
