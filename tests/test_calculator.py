@@ -57,3 +57,13 @@ def test_kv_cache_and_flops_and_quant():
         C.weight_bytes(10, "int3")
     rows = C.summary_table()
     assert [r["model"] for r in rows] == list(C.PRESETS)
+
+
+def test_expert_parallel_bytes_per_token():
+    """Hand-computed: Mixtral-8x7B (d 4096, top-2, 32 layers), bf16, 8 EP ranks: each assignment leaves its
+    rank with probability 7/8: 2 (out and back) x 2 x 4096 x 2 B x 7/8 = 28,672 B per layer, forward."""
+    mixtral = C.PRESETS["Mixtral-8x7B"]
+    assert C.ep_all_to_all_bytes(mixtral, 8, backward=False) == 32 * 28_672
+    assert C.ep_all_to_all_bytes(mixtral, 8) == 2 * 32 * 28_672
+    assert C.ep_all_to_all_bytes(mixtral, 1) == 0  # one rank: every expert is local
+    assert C.ep_all_to_all_bytes(C.PRESETS["Llama-3-8B"], 8) == 0  # dense: no all-to-all

@@ -150,6 +150,21 @@ def kv_cache_bytes(cfg: ArchConfig, tokens: int, batch: int = 1, bytes_per_eleme
     return 2 * cfg.num_layers * cfg.num_kv_heads * cfg.d_head * bytes_per_element * tokens * batch
 
 
+def ep_all_to_all_bytes(cfg: ArchConfig, ranks: int, bytes_per_element: float = 2, backward: bool = True) -> float:
+    r"""Bytes one token sends through expert parallelism's all-to-alls, summed over the MoE layers.
+
+    With uniform routing over $N$ EP ranks, each of a token's $k$ expert assignments lives on another rank
+    with probability $(N-1)/N$; its $d$-vector goes out (dispatch) and comes back (combine), so the forward
+    moves $2 k d b (N-1)/N$ bytes per layer and the backward the same again (the gradients retrace both
+    all-to-alls): $L \cdot 2 k d b (N-1)/N \cdot (2 \text{ with backward})$. This is the expected value of
+    ``engineering.expert_parallel``'s measured bytes under uniform routing (``uniform_routing_bytes`` there).
+    """
+    if not cfg.is_moe:
+        return 0.0
+    per_layer = 2 * cfg.experts_per_token * cfg.hidden_size * bytes_per_element * (ranks - 1) / ranks
+    return cfg.num_layers * per_layer * (2 if backward else 1)
+
+
 #: Storage per weight in bytes, and per-group overhead (scale + zero point) for grouped formats.
 QUANT_FORMATS: dict[str, tuple[float, int, float]] = {
     # name: (bytes per value, group size (0 = per output channel), overhead bytes per group)
