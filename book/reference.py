@@ -154,6 +154,24 @@ for name, c in C.PRESETS.items():
           f"({100 * p['active'] / p['total']:.0f}%)")
 
 # %% [markdown]
+# **The price of expert parallelism.** Spread the $E$ experts over $N$ ranks and every token's $k$ assignments
+# travel: with uniform routing each leaves its rank with probability $(N-1)/N$, goes out to its expert
+# (dispatch) and comes back (combine), and the backward retraces both all-to-alls. Per token, over the $L$ MoE
+# layers, in $b$-byte activations:
+#
+# $$\text{EP bytes per token} = L \cdot 2\,k\,d\,b\,\frac{N-1}{N} \cdot 2 \quad(\text{forward and backward}).$$
+#
+# The [distributed chapter](../chapters/04_engineering/01_distributed.ipynb) counts the bytes its gloo
+# all-to-all really sends and checks them against this expression's routing-exact form.
+
+# %%
+for name, c in C.PRESETS.items():
+    if c.is_moe:
+        per_token = C.ep_all_to_all_bytes(c, ranks=c.num_experts)  # one expert per rank, bf16
+        print(f"{name:<14} EP over {c.num_experts} ranks: {per_token / 2**20:.2f} MiB per token "
+              f"(forward + backward, bf16), {per_token * 4e6 / 2**40:.1f} TiB per 4M-token batch")
+
+# %% [markdown]
 # ## The evolution of agent architectures
 #
 # Language-model agents grew in layers, each adding a loop around the one before:
