@@ -11,6 +11,7 @@ import torch
 from transformers.models.mixtral.modeling_mixtral import load_balancing_loss_func
 
 from llmcore.architecture import moe as M
+from llmcore.architecture.llama import Llama
 from llmcore.core.errors import LLMCoreError
 from llmcore.engineering.dist_utils import launch
 from llmcore.engineering.expert_parallel import EPConfig, ep_worker
@@ -116,7 +117,7 @@ def test_moe_lm_losses_and_active_params():
     assert loss_train.item() == pytest.approx(loss_eval.item() + 0.5 * aux.item(), rel=1e-5)
     per_expert = 3 * 64 * 8
     assert M.active_params(lm) == sum(p.numel() for p in lm.parameters()) - 2 * 2 * per_expert
-    dense = M.Llama(cfg.model_config(cfg.dense_ff))
+    dense = Llama(cfg.model_config(cfg.dense_ff))
     full = M.MoELM(cfg.model_config(cfg.dense_ff), cfg.n_experts, cfg.top_k, cfg.expert_ff)
     assert M.active_params(full) <= M.active_params(dense)
     rows = M.route_table(full, "def f")

@@ -134,7 +134,7 @@ MODULES: tuple[Module, ...] = (
                      "KV size vs validation loss table for MHA / GQA / MQA")),
     Module("moe", _P2, "03_moe", "Mixture of Experts", "混合专家模型 (MoE)", "扩展架构 Scaling architecture",
            "Expert Parallelism、Load Balancing 与稀疏计算优化", prerequisites=("transformer",),
-           run="llmcore.architecture.moe:run",
+           run="llmcore.architecture.moe:run", package=True,
            criteria=("MoE block equals HF MixtralSparseMoeBlock / Qwen2MoeSparseMoeBlock (outputs and router "
                      "logits, 1e-6)", "MoE LM beats the dense LM of equal active parameters at equal steps",
                      "without the aux loss the load collapses (max share, CV); with it the load is flat",
