@@ -34,6 +34,7 @@ from llmcore.architecture.diffusion.schedules import (
     target,
     timesteps,
 )
+from llmcore.core.device import CPU
 from llmcore.core.errors import LLMCoreError, check_range
 from llmcore.core.progress import progress
 from llmcore.core.report import Report
@@ -137,10 +138,10 @@ def diffusion_loss(model: nn.Module, s: NoiseSchedule, x0: torch.Tensor, y: torc
     :math:`\mathbb E_{t,\epsilon}\,\|f_\theta(x_t, t, \tilde y) - \text{target}\|^2`, :math:`t \sim U\{0..T-1\}`,
     :math:`x_t` from :func:`add_noise`, :math:`\tilde y` = the "no label" token with probability ``p_uncond``
     (one network learns both :math:`\epsilon(x_t, y)` and :math:`\epsilon(x_t)`). ``x0 (B, C, H, W)``, ``y (B,)``."""
-    B = x0.shape[0]
-    t = torch.randint(0, s.T, (B,), generator=generator)
-    noise = torch.randn(x0.shape, generator=generator)
-    drop = torch.rand(B, generator=generator) < p_uncond
+    B = x0.shape[0]  # the random draws come from a CPU generator (same numbers on any device), then move
+    t = torch.randint(0, s.T, (B,), generator=generator).to(x0.device)
+    noise = torch.randn(x0.shape, generator=generator).to(x0.device)
+    drop = (torch.rand(B, generator=generator) < p_uncond).to(x0.device)
     y = torch.where(drop, torch.full_like(y, model.n_classes), y)
     return F.mse_loss(model(add_noise(s, x0, noise, t), t, y), target(s, x0, noise, t))
 
@@ -200,7 +201,7 @@ def guided_output(model: nn.Module, x: torch.Tensor, t: int, y: torch.Tensor, w:
     - \epsilon(x_t))`. ``w = 0``: unconditional; ``w = 1``: conditional; ``w > 1``: pushed past the conditional.
     One batched call for both terms. ``x (B, C, H, W)``, ``y (B,)`` -> ``(B, C, H, W)``."""
     B = x.shape[0]
-    tt = torch.full((B,), t, dtype=torch.long)
+    tt = torch.full((B,), t, dtype=torch.long, device=x.device)
     null = torch.full_like(y, model.n_classes)
     if w == 0.0:
         return model(x, tt, null)
@@ -220,7 +221,9 @@ def sample(model: nn.Module, s: NoiseSchedule, y: torch.Tensor, guidance: float 
     ``keep_trajectory`` also the list of ``(t, x_t, x0_hat)`` after each step."""
     if sampler not in SAMPLERS:
         raise LLMCoreError(f"sampler={sampler!r}; valid: {', '.join(SAMPLERS)}")
-    x = torch.randn((len(y), *shape), generator=generator)
+    dev = next(model.parameters()).device
+    y = y.to(dev)
+    x = torch.randn((len(y), *shape), generator=generator).to(dev)  # CPU generator: same noise on any device
     ts = timesteps(s, steps)
     traj = []
     for i, t in enumerate(ts):
@@ -231,7 +234,7 @@ def sample(model: nn.Module, s: NoiseSchedule, y: torch.Tensor, guidance: float 
         else:
             x, x0 = ddim_step(s, out, t, x, prev, eta, generator, clipped_eps=s.clip_sample)
         if keep_trajectory:
-            traj.append((t, x.clone(), x0.clone()))
+            traj.append((t, x.cpu(), x0.cpu()))
     return (x, traj) if keep_trajectory else x
 
 
@@ -279,8 +282,8 @@ class SampleEval:
 def evaluate(clf: DigitClassifier, x: torch.Tensor, y: torch.Tensor, ref_feats: np.ndarray, label: str,
              seconds: float = float("nan"), nfe: int = 0) -> SampleEval:
     acc = (clf(x).argmax(-1) == y).float().mean().item()
-    return SampleEval(label, acc, frechet_distance(clf.features(x).numpy(), ref_feats),
-                      within_class_diversity(x, y), seconds, nfe, x)
+    return SampleEval(label, acc, frechet_distance(clf.features(x).cpu().numpy(), ref_feats),
+                      within_class_diversity(x, y), seconds, nfe, x.cpu())
 
 
 def _timed_sample(model, s, y, w, steps, sampler, seed, shape=(1, 8, 8), decode=None):
@@ -290,15 +293,18 @@ def _timed_sample(model, s, y, w, steps, sampler, seed, shape=(1, 8, 8), decode=
     if decode is not None:
         with torch.no_grad():
             x = decode(x)
+    if x.is_cuda:  # kernels run asynchronously: wait for them before reading the clock
+        torch.cuda.synchronize()
     nfe = steps * (1 if w in (0.0, 1.0) else 2)
     return x, time.perf_counter() - t0, nfe
 
 
 def flops_per_call(model: nn.Module, shape: tuple[int, ...]) -> int:
     """FLOPs of one denoiser call on one image, counted by torch's ``FlopCounterMode``."""
-    x = torch.zeros((1, *shape))
+    dev = next(model.parameters()).device
+    x = torch.zeros((1, *shape), device=dev)
     with torch.no_grad(), FlopCounterMode(display=False) as fc:
-        model(x, torch.zeros(1, dtype=torch.long), torch.zeros(1, dtype=torch.long))
+        model(x, torch.zeros(1, dtype=torch.long, device=dev), torch.zeros(1, dtype=torch.long, device=dev))
     return int(fc.get_total_flops())
 
 
@@ -325,21 +331,25 @@ class DiffusionResult:
     latent_scale: float = 1.0
 
 
-def experiment(cfg: DiffusionConfig, seed: int = 0, show_progress: bool = True) -> DiffusionResult:
+def experiment(cfg: DiffusionConfig, seed: int = 0, show_progress: bool = True,
+               device: torch.device = CPU) -> DiffusionResult:
     """Train the judge, the U-Net and the DiT (same steps, same batches), the autoencoder and a latent DiT;
-    then sample and measure: every digit, the guidance sweep, DDIM vs DDPM, U-Net vs DiT, latent vs pixel."""
+    then sample and measure: every digit, the guidance sweep, DDIM vs DDPM, U-Net vs DiT, latent vs pixel.
+
+    Models and data live on ``device``; every random draw (init, batches, noise) comes from CPU generators, so
+    a CUDA run sees the same numbers up to kernel rounding. Returned samples are on the CPU, models on ``device``."""
     cfg.validate()
     torch.manual_seed(seed)
-    x_tr, y_tr, x_te, y_te = load_data(cfg.holdout, seed)
+    x_tr, y_tr, x_te, y_te = (t.to(device) for t in load_data(cfg.holdout, seed))
     s = make_schedule(cfg.T, cfg.kind, cfg.prediction)
     total = cfg.clf_steps + cfg.ae_steps + 2 * cfg.steps + cfg.latent_steps
     bar = progress(total=total, desc="classifier, U-Net, DiT, autoencoder, latent DiT", disable=not show_progress)
-    clf = DigitClassifier()
+    clf = DigitClassifier().to(device)
     train_supervised(clf, x_tr, y_tr, cfg.clf_steps, 128, 3e-3, seed, F.cross_entropy, bar)
     with torch.no_grad():
         clf_acc = (clf(x_te).argmax(-1) == y_te).float().mean().item()
-        ref_feats = clf.features(x_te).numpy()
-        ref_fd = frechet_distance(clf.features(x_tr[: cfg.holdout]).numpy(), ref_feats)
+        ref_feats = clf.features(x_te).cpu().numpy()
+        ref_fd = frechet_distance(clf.features(x_tr[: cfg.holdout]).cpu().numpy(), ref_feats)
     models: dict[str, nn.Module] = {
         "unet": UNetLite(ch=cfg.unet_ch, emb=cfg.unet_emb),
         "dit": DiT(d=cfg.dit_d, depth=cfg.dit_depth, mlp_ratio=cfg.dit_mlp_ratio),
@@ -347,19 +357,21 @@ def experiment(cfg: DiffusionConfig, seed: int = 0, show_progress: bool = True) 
     losses, secs = {}, {}
     for name, m in models.items():
         torch.manual_seed(seed)
+        m.to(device)
         t0 = time.perf_counter()
         losses[name] = train_denoiser(m, s, x_tr, y_tr, cfg, seed, bar)
         secs[name] = time.perf_counter() - t0
     # latent diffusion: autoencoder, then a DiT on its (z, 2, 2) latents with patch 1 (4 tokens)
     torch.manual_seed(seed)
-    ae = TinyAutoencoder(z=cfg.latent_z)
+    ae = TinyAutoencoder(z=cfg.latent_z).to(device)
     losses["ae"] = train_supervised(ae, x_tr, x_tr, cfg.ae_steps, 128, 3e-3, seed, F.mse_loss, bar)
     with torch.no_grad():
         z_tr = ae.enc(x_tr)
         scale = float(z_tr.std())
         ae_mse = F.mse_loss(ae(x_te), x_te).item()
     torch.manual_seed(seed)
-    lat = DiT(in_ch=cfg.latent_z, size=2, patch=1, d=cfg.dit_d, depth=cfg.dit_depth, mlp_ratio=cfg.dit_mlp_ratio)
+    lat = DiT(in_ch=cfg.latent_z, size=2, patch=1, d=cfg.dit_d, depth=cfg.dit_depth,
+              mlp_ratio=cfg.dit_mlp_ratio).to(device)
     lat_s = replace(s, clip_sample=False)  # latents are not confined to [-1, 1]
     t0 = time.perf_counter()
     losses["latent"] = train_denoiser(lat, lat_s, z_tr / scale, y_tr, replace(cfg, steps=cfg.latent_steps), seed, bar)
@@ -367,14 +379,14 @@ def experiment(cfg: DiffusionConfig, seed: int = 0, show_progress: bool = True) 
     bar.close()
     models.update(latent=lat, ae=ae, clf=clf)
 
-    y_eval = torch.arange(10).repeat_interleave(cfg.per_class)
+    y_eval = torch.arange(10).repeat_interleave(cfg.per_class).to(device)
     sseed = seed + 1000
     head, grid = {}, None
     for name in ("unet", "dit"):
         x, sec, nfe = _timed_sample(models[name], s, y_eval, cfg.guidance, cfg.sample_steps, "ddim", sseed)
         head[name] = evaluate(clf, x, y_eval, ref_feats, name, sec, nfe)
         if name == "unet":
-            grid = x.reshape(10, cfg.per_class, 1, 8, 8)
+            grid = x.reshape(10, cfg.per_class, 1, 8, 8).cpu()
     x, sec, nfe = _timed_sample(lat, lat_s, y_eval, cfg.guidance, cfg.sample_steps, "ddim", sseed,
                                 shape=(cfg.latent_z, 2, 2), decode=lambda z: ae.dec(z * scale))
     head["latent"] = evaluate(clf, x, y_eval, ref_feats, "latent", sec, nfe)
@@ -398,7 +410,7 @@ def experiment(cfg: DiffusionConfig, seed: int = 0, show_progress: bool = True) 
     flops = {"unet": flops_per_call(models["unet"], (1, 8, 8)), "dit": flops_per_call(models["dit"], (1, 8, 8)),
              "latent": flops_per_call(lat, (cfg.latent_z, 2, 2))}
     with torch.no_grad(), FlopCounterMode(display=False) as fc:
-        ae.dec(torch.zeros(1, cfg.latent_z, 2, 2))
+        ae.dec(torch.zeros(1, cfg.latent_z, 2, 2, device=device))
     flops["decoder"] = int(fc.get_total_flops())
     return DiffusionResult(cfg, s, clf_acc, ref_fd, params, losses, secs, head, sweep, samplers, flops, ae_mse,
                            grid, crosscheck_all(cfg.T, seed), adaln_identity(cfg.dit_d, seed), models, scale)
@@ -469,7 +481,7 @@ def make_report(res: DiffusionResult, toy: bool, device: str, seed: int) -> Repo
     return rep
 
 
-def run(toy: bool = True, device: torch.device | str = "cpu", seed: int = 0) -> Report:
-    """The diffusion closed loop (registry entry point). The toy networks are tiny: they run on the CPU."""
-    res = experiment(DiffusionConfig.for_mode(toy), seed, show_progress=True)
+def run(toy: bool = True, device: torch.device = CPU, seed: int = 0) -> Report:
+    """The diffusion closed loop (registry entry point; the registry resolves ``device`` and ``seed``)."""
+    res = experiment(DiffusionConfig.for_mode(toy), seed, show_progress=True, device=device)
     return make_report(res, toy, str(device), seed)

@@ -134,7 +134,7 @@ def ddpm_step(s: NoiseSchedule, out: torch.Tensor, t: int, x: torch.Tensor, prev
     mean = (ab_prev ** 0.5 * beta) / (1 - ab) * x0 + alpha ** 0.5 * (1 - ab_prev) / (1 - ab) * x
     if t > 0:
         var = torch.clamp((1 - ab_prev) / (1 - ab) * beta, min=1e-20)
-        z = torch.randn(out.shape, generator=generator, device=out.device, dtype=out.dtype)
+        z = torch.randn(out.shape, generator=generator, dtype=out.dtype).to(out.device)  # CPU generator
         mean = mean + var ** 0.5 * z
     return mean, x0
 
@@ -162,5 +162,5 @@ def ddim_step(s: NoiseSchedule, out: torch.Tensor, t: int, x: torch.Tensor, prev
     std = eta * var ** 0.5
     prev = ab_prev ** 0.5 * x0 + (1 - ab_prev - std ** 2) ** 0.5 * eps
     if eta > 0:
-        prev = prev + std * torch.randn(out.shape, generator=generator, device=out.device, dtype=out.dtype)
+        prev = prev + std * torch.randn(out.shape, generator=generator, dtype=out.dtype).to(out.device)
     return prev, x0
