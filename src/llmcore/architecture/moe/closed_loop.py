@@ -249,7 +249,7 @@ def experiment(cfg: MoEConfig, device: torch.device, seed: int, show_progress: b
         def on_backward(step: int, m: nn.Module, aux=aux, history=history, router_terms=router_terms) -> None:
             bar.update(1)
             router_terms.append(0.0 if aux is None else float(sum(
-                m.aux_coef * layer.stats["aux"] + m.z_coef * layer.stats["z"] for layer in m.moe_layers)))
+                m.aux_coef * layer.stats["aux"] + m.z_coef * layer.stats["z"] for layer in m.moe_layers).detach()))
             if aux is not None and step % cfg.log_every == 0:
                 history.append(np.array([load_stats(layer.stats["idx"], cfg.n_experts)["share"]
                                          for layer in m.moe_layers]))
