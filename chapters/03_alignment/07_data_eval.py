@@ -60,7 +60,7 @@ from datasketch import MinHash, MinHashLSH
 from sklearn.calibration import calibration_curve
 from sklearn.metrics import cohen_kappa_score
 
-from llmcore.alignment.data_eval import THREADS, dedup, metrics, models, plots
+from llmcore.alignment.data_eval import THREADS, dedup, llm_tests, metrics, models, plots
 from llmcore.alignment.data_eval import clean as cleaning
 from llmcore.alignment.data_eval import experiment as loop
 from llmcore.core import pick_device, seed_everything, show_source, use_style
@@ -189,6 +189,20 @@ show_source(metrics.pass_at_k, metrics.reliability)
 
 # %%
 show_source(models.judge_prob)
+
+# %% [markdown]
+# The attacks on the SFT model change only the prompt; the verifier then sorts every answer into one
+# class, so the shares of one attack sum to 1:
+
+# %%
+show_source(llm_tests.attack_prompt, llm_tests.outcome)
+
+# %% [markdown]
+# Token perplexity is the exponential of the mean negative log-likelihood of each token given the ones
+# before it — one forward pass of the book LM per document:
+
+# %%
+show_source(llm_tests.token_logprobs)
 
 # %% [markdown]
 # ## The closed loop / 闭环实验
@@ -348,6 +362,60 @@ for q, a in res.examples:
     print(f"  {q!r} -> {a}")
 
 # %% [markdown]
+# ### The same attacks on an LLM: the book's SFT model / 同样的攻击打在 SFT 模型上
+#
+# The classifier above is a bag of n-grams: any extra words dilute it. An LLM fails differently. The
+# SFT chapter's model (the book LM fine-tuned to answer `name of: def read_file(path, mode):` with
+# `read_file`, and the `fargs` twin with `path, mode`) gets every held-out test prompt clean and under
+# four attacks: typos in the *instruction* words (the signature that holds the answer stays intact), the
+# family's unseen phrasing, a second signature placed before the question, and a comment inside the
+# input that orders `answer pwned`. Each answer falls in one class: correct, hijacked (it says `pwned`),
+# copied the distractor, another span of the prompt, or malformed.
+#
+# Read the bars for the kind of failure, not only its size. The distractor is *copied*: the model
+# learned "copy the identifier after `def`" and the first `def` wins. The injection never hijacks on
+# seeds 0–4 — this model was never trained to follow instructions found inside its input, so it cannot
+# obey them — but it breaks answers into malformed ones: an out-of-distribution comment is noise the copy
+# mechanism was not trained on. Instruction-tuned chat models are the opposite case: obedience is what
+# makes injection work on them.
+
+# %%
+la = res.llm_attacks
+fig, axes = plt.subplots(1, 2, figsize=(12.5, 3.4), gridspec_kw={"width_ratios": [1, 1.5]})
+plots.plot_robustness(axes[0], la.typo_curve)
+axes[0].set_title("SFT model: typos in the instruction words")
+axes[0].set_ylabel("exact match")
+plots.plot_outcomes(axes[1], la.shares)
+axes[1].set_title("SFT model: what each attack does to the answers")
+plt.show()
+for kind in llm_tests.ATTACKS:
+    prompt, output, what = la.examples[kind]
+    print(f"{kind:>10}: exact match {la.em(kind):.3f}; e.g. {prompt!r} -> {output!r} ({what})")
+
+# %% [markdown]
+# ### Perplexity as a quality filter / 困惑度过滤
+#
+# CCNet {cite}`wenzek2020ccnet` keeps web documents that a reference LM finds likely. Here the book LM
+# scores held-out real docstrings and the planted junk of the cleaning section; the threshold keeps 95% of
+# the real documents. Encoding garbage and symbol soup sit far above it. Repetition sits *below* the real
+# documents: after the first copy, every next token is easy to predict, so a perplexity filter alone
+# keeps repeated text — which is why Gopher's rules count duplicate lines and n-grams as well.
+#
+# The same number from Hugging Face (`exp` of `LlamaForCausalLM`'s loss on the exported weights) is a
+# criterion in the results cell below.
+
+# %%
+pf = res.perplexity
+fig, ax = plt.subplots(figsize=(8, 3.4))
+plots.plot_perplexities(ax, res.perplexity_scores, pf["real"]["threshold"])
+ax.set_title("Book LM token perplexity: real docstrings vs planted junk")
+plt.show()
+for kind, row in pf.items():
+    extra = f", AUROC as a junk detector {row['AUROC']:.3f}" if "AUROC" in row else ""
+    print(f"{kind:>11}: median perplexity {row['median perplexity']:8.1f}, removed {row['removed']:.0%}{extra}")
+print(f"|ours - exp(HF loss)| / perplexity = {mt['|book LM perplexity - exp(HF loss)| / perplexity']:.1e}")
+
+# %% [markdown]
 # ### The judge / 评审模型
 #
 # Trained on preferences from simulated annotators who pick slot A 35% of the time whatever it says and
@@ -405,18 +473,21 @@ widgets.interact(attack, kind=widgets.Dropdown(options=["typos", *models.PERTURB
 # - **Scale.** Production pipelines clean billions of web pages (Gopher's rules expect ≥ 50 words; ours
 #   allow 5 because docstrings are short) and run MinHash-LSH distributed; the maths and the datasketch
 #   equality are the same.
-# - **The models are small linear classifiers, not LLMs.** About twenty models are trained per run within a
+# - **Most models are small linear classifiers, not LLMs.** About twenty models are trained per run within a
 #   60-second toy budget; one 300-step fine-tune of the book LM takes about a minute here. So
-#   contamination, synthetic data, attacks and the judge use a fastText-style classifier on a
-#   fact-recall task. The effects are the same in kind; their sizes are this model's, not an LLM's (a bag
-#   model, for instance, is distracted by any extra words, so "prompt injection" hurts it by dilution,
-#   not by obedience). `toy=False` scales data and buckets, not the model kind.
+#   contamination, synthetic data, the first set of attacks and the judge use a fastText-style classifier
+#   on a fact-recall task. The effects are the same in kind; their sizes are this model's, not an LLM's (a
+#   bag model is distracted by any extra words, so "prompt injection" hurts it by dilution, not by
+#   obedience). Two measurements use the book's own LMs because they need only inference on cached
+#   models: the attacks on the SFT model and the perplexity filter. `toy=False` scales data and buckets
+#   and attacks the full-mode SFT model.
 # - **Simulated annotators.** The judge's biases come from simulated preferences with a known position
 #   habit and length taste, so their size is set by construction; what is measured is that a trained judge
 #   inherits them and that the mitigations remove them. Self-preference (a judge favouring its own
-#   model's outputs) needs a judge that is also a generator; it is not measured here.
-# - **Perplexity** is reported for the classifier's labels (exp of the mean negative log-likelihood of the
-#   right answer); an LM's token perplexity is the same formula over tokens ({doc}`/chapters/02_architecture/01_transformer`).
+#   model's outputs) needs a judge that is also a generator and a second generator of equal quality to
+#   compare against (a second SFT model: another minute of training per run); it is not measured here.
+# - **Perplexity** is reported twice: for the classifier's labels and, per token, for the book LM on real
+#   and junk documents (the filter above).
 # ```
 #
 # ```{admonition} Hardware and cost card · 硬件与成本

@@ -13,10 +13,13 @@ import torch
 from datasketch import MinHash, MinHashLSH
 from sklearn.metrics import cohen_kappa_score
 
+from llmcore.alignment import sft
 from llmcore.alignment.data_eval import clean as C
 from llmcore.alignment.data_eval import dedup as D
+from llmcore.alignment.data_eval import llm_tests
 from llmcore.alignment.data_eval import metrics as E
 from llmcore.alignment.data_eval import models as Mo
+from llmcore.architecture.book_lm import load_book_lm
 from llmcore.core.corpus import book_corpus
 from llmcore.core.device import CPU
 from llmcore.core.errors import LLMCoreError
@@ -58,6 +61,12 @@ class DataEvalConfig:
     p_verbose: float = 0.25  # ... and for the verbose answer when only one is verbose
     n_boot: int = 1000  # bootstrap resamples
     n_calib: int = 20_000  # draws of the synthetic, perfectly calibrated model
+    # the same tests on the book's LMs (llm_tests)
+    sft_toy: bool = True  # attack the SFT chapter's toy model (False: its full-mode model)
+    n_attack: int = 200  # held-out SFT test prompts per attack
+    llm_typo_rates: tuple[float, ...] = (0.0, 0.1, 0.2, 0.3)
+    n_ppl_docs: int = 100  # real validation docstrings scored by the book LM (and up to n_junk of each junk kind)
+    ppl_keep: float = 0.95  # the perplexity filter keeps this share of real documents
 
     def __post_init__(self) -> None:
         if self.num_perm % self.bands or not 0 < self.threshold < 1 or self.n_real < 100:
@@ -75,7 +84,8 @@ class DataEvalConfig:
         if toy:
             return cls()
         return cls(n_real=100_000, n_junk=400, n_near=1000, num_perm=256, bands=64, n_samples=100,
-                   train=Mo.TrainConfig(buckets=1 << 18, epochs=100), n_boot=10_000, n_calib=200_000)
+                   train=Mo.TrainConfig(buckets=1 << 18, epochs=100), n_boot=10_000, n_calib=200_000,
+                   sft_toy=False, n_attack=1000, n_ppl_docs=1000)
 
 
 @dataclass
@@ -92,6 +102,9 @@ class DataEvalResult:
     calibrated_reliability: tuple = ()
     judge: dict[str, float] = field(default_factory=dict)
     examples: list[tuple[str, str]] = field(default_factory=list)  # (perturbed question, clean model's answer)
+    llm_attacks: llm_tests.AttackResult | None = None  # the attacks on the SFT model
+    perplexity: dict[str, dict] = field(default_factory=dict)  # the book LM's perplexity filter, per doc kind
+    perplexity_scores: dict[str, np.ndarray] = field(default_factory=dict)  # doc kind -> each document's perplexity
     model: Mo.BagClassifier | None = None  # the clean QA model (the attacks' target)
     packages: tuple[str, ...] = ()
     test_items: list[Mo.Item] = field(default_factory=list)
@@ -147,7 +160,7 @@ def accuracy(model, texts, y) -> np.ndarray:
 def experiment(cfg: DataEvalConfig, seed: int = 0) -> DataEvalResult:
     res = DataEvalResult(cfg)
     mt = res.metrics
-    bar = progress(total=8, desc="data & evaluation")
+    bar = progress(total=9, desc="data & evaluation")
     # 1. raw corpus -> rules -> PII -> exact dedup -> near dedup ----------------------------------------------
     corpus = book_corpus()
     rng = random.Random(seed)
@@ -360,6 +373,25 @@ def experiment(cfg: DataEvalConfig, seed: int = 0) -> DataEvalResult:
         (Mo.judge_prob(judge, vw, swap_average=True, length_control=True) > 0.5) == truth_ab.astype(bool)))
     jm["learned position bias b"] = float(judge.position.detach())
     bar.update()
+
+    # 7. the attacks and the perplexity filter on the book's own LMs (inference on cached models) -----------
+    scfg = sft.toy_config(cfg.sft_toy, seed)
+    sft_lm = sft.sft_model(scfg)[0].cpu()  # trained (and cached) by the SFT chapter; trained here if missing
+    torch.set_num_threads(THREADS)  # training the SFT model (cache miss) seeds with the book's thread count
+    res.llm_attacks = llm_tests.attack_suite(
+        sft_lm, sft.test_set(scfg.families, n=cfg.n_attack, templates=scfg.templates, full=scfg.full), seed,
+        cfg.llm_typo_rates, scfg.full)
+    blm = load_book_lm()
+    val_docs = random.Random(f"ppl:{seed}").sample(corpus.docs_val, min(cfg.n_ppl_docs, len(corpus.docs_val)))
+    ppl_real = llm_tests.doc_perplexities(blm.model, blm.tokenizer, val_docs)
+    ppl_junk = {k: llm_tests.doc_perplexities(blm.model, blm.tokenizer,
+                                              [d for d, kd in zip(raw.docs, raw.kinds) if kd == k])
+                for k in PLANTED_JUNK}
+    res.perplexity = llm_tests.perplexity_filter(ppl_real, ppl_junk, cfg.ppl_keep)
+    res.perplexity_scores = {"real": ppl_real, **ppl_junk}
+    mt["|book LM perplexity - exp(HF loss)| / perplexity"] = abs(
+        ppl_real[0] - llm_tests.hf_perplexity(blm.model, blm.tokenizer, val_docs[0])) / ppl_real[0]
+    bar.update()
     bar.close()
     return res
 
@@ -407,6 +439,23 @@ def make_report(res: DataEvalResult, toy: bool, device: str, seed: int) -> Repor
               jm["prefers the verbose copy (swap-averaged)"], ">=", 0.7)
     rep.check("judge: verbose copy preferred after length control",
               jm["prefers the verbose copy (swap-averaged, length-controlled)"], "<=", 0.0)
+    la, pf = res.llm_attacks, res.perplexity
+    for kind, shares in la.shares.items():
+        for what, share in shares.items():
+            rep.metric(f"SFT model under '{kind}': {what}", share)
+    for rate, em in la.typo_curve.items():
+        rep.metric(f"SFT model EM at typo rate {rate:g}", em)
+    for kind, d in pf.items():
+        for what, v in d.items():
+            rep.metric(f"perplexity filter, {kind}: {what}", v)
+    rep.check("book LM perplexity = exp(HF LlamaForCausalLM loss) (relative difference)",
+              mt["|book LM perplexity - exp(HF loss)| / perplexity"], "<", 1e-5)
+    rep.check("SFT model: typos (largest rate) cut exact match by",
+              la.typo_curve[res.cfg.llm_typo_rates[0]] - la.typo_curve[res.cfg.llm_typo_rates[-1]], ">=", 0.15)
+    rep.check("SFT model: a distractor signature cuts exact match by", la.em("clean") - la.em("distractor"), ">=", 0.3)
+    rep.check("perplexity filter removes planted encoding garbage", pf["garbage"]["removed"], ">=", 0.9)
+    rep.check("repeated text fools the perplexity filter (AUROC of perplexity as a detector)",
+              pf["repeated"]["AUROC"], "<", 0.5)
     return rep
 
 

@@ -95,3 +95,28 @@ def plot_judge(ax, judge: dict[str, float]):
     ax.bar(x + 0.2, [judge[b] for _, _, b in rows], 0.4, color=PALETTE[2], label="swap-and-average (+ length control)")
     ax.set_xticks(x, [r[0] for r in rows], fontsize=8), ax.set_ylim(0, 1), ax.legend(fontsize=7)
     return ax
+
+
+def plot_outcomes(ax, shares: dict[str, dict[str, float]]):
+    """Stacked bars: per attack, the share of each outcome class (``llm_tests.OUTCOMES``), summing to 1."""
+    kinds = list(shares)
+    bottom = np.zeros(len(kinds))
+    for i, cls in enumerate(next(iter(shares.values()))):
+        v = np.array([shares[k][cls] for k in kinds])
+        ax.bar(range(len(kinds)), v, 0.6, bottom=bottom, label=cls, color=PALETTE[i % len(PALETTE)])
+        bottom += v
+    ax.set_xticks(range(len(kinds)), kinds, fontsize=8), ax.set_ylabel("share of test prompts"), ax.set_ylim(0, 1)
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.0, 1.0))
+    return ax
+
+
+def plot_perplexities(ax, scores: dict[str, np.ndarray], threshold: float):
+    """Each document kind's token perplexities (log scale, one dot per document) and the filter's threshold."""
+    rng = np.random.default_rng(0)  # horizontal jitter only
+    for i, p in enumerate(scores.values()):
+        ax.scatter(i + rng.uniform(-0.2, 0.2, len(p)), p, s=7, alpha=0.6, color=PALETTE[i % len(PALETTE)])
+        ax.plot([i - 0.3, i + 0.3], [np.median(p)] * 2, color="k", lw=1.5)
+    ax.axhline(threshold, color=PALETTE[1], ls="--", lw=1, label="threshold (keeps 95% of real docs)")
+    ax.set_yscale("log"), ax.set_xticks(range(len(scores)), list(scores), fontsize=8)
+    ax.set_ylabel("book LM token perplexity"), ax.legend(fontsize=7)
+    return ax
