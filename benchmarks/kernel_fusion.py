@@ -42,15 +42,14 @@ def main(argv: list[str] | None = None) -> int:
           f"torch threads={torch.get_num_threads()}, fused = {'our Triton kernels' if use_triton else 'torch'}")
     for size in args.sizes.split(","):
         rows, cols = map(int, size.split("x"))
-        ratios = {"softmax": [], "RMSNorm": []}
+        ratios: dict[str, list[float]] = {}
         for seed in map(int, args.seeds.split(",")):
             seed_everything(seed, threads=torch.get_num_threads())
             pts = roofline.measure_points(dev, rows, cols, add_n=2 ** 20, mm_n=256, use_triton=use_triton)
             for op, r in roofline.fusion_speedups(pts).items():
-                ratios[op].append(r)
+                ratios.setdefault(op, []).append(r)
             if seed == 0:
-                for name in ("softmax (fused)", "softmax (unfused)", "RMSNorm (fused)", "RMSNorm (unfused)"):
-                    p = pts[name]
+                for name, p in pts.items():
                     print(f"  {rows}x{cols} {name:18s} {p.seconds * 1e3:8.3f} ms  {p.bytes / p.seconds / 1e9:6.1f} GB/s"
                           f" (by formula)  I={p.intensity:.3f} FLOP/B")
         for op, rs in ratios.items():

@@ -48,7 +48,7 @@
 # ```
 
 # %% tags=["parameters"]
-toy = True  # True: interpreted kernels at tiny sizes, 150-step LM runs (CPU, ~40 s); False: GPU sizes, 2000 steps
+toy = True  # True: interpreted kernels at tiny sizes, 150-step LM runs (CPU, ~15 s); False: GPU sizes, 2000 steps
 device = "auto"  # "cuda": compiled Triton kernels and GPU timings (a clear error when there is no GPU)
 seed = 0
 
@@ -259,7 +259,10 @@ for op, ratio in roofline.fusion_speedups(res.points).items():
 
 # %% [markdown]
 # The ratios are measured side by side in one run and vary with the machine; `benchmarks/kernel_fusion.py`
-# repeats them over sizes and seeds (numbers in [the benchmarks page](../../book/benchmarks.md)).
+# repeats them over sizes and seeds (numbers in [the benchmarks page](../../book/benchmarks.md)). On this
+# CPU torch's `softmax` is one fused pass and beats the five-op chain severalfold, but torch's CPU
+# `F.rms_norm` is *not* a single fused pass: it runs no faster than the unfused chain (ratio ≈ 1). The
+# one-loop C++ RMSNorm below is, and when its build is cached it is timed too ("C++ fused").
 #
 # ### Formats from their bits = `torch.finfo` / 从比特位推出的格式表
 
@@ -320,6 +323,13 @@ for name, r in res.runs.items():
 
 # %% [markdown]
 # ### INT8 GEMM and memory-bound decode / INT8 矩阵乘与访存受限的解码
+#
+# First the equalities: `torch._int_mm` against exact integer arithmetic, the INT8 GEMM built on it against
+# the kit's `int8_matmul` (same quantizer, `quantize_absmax`), and `_weight_int8pack_mm` (W8A16) against
+# the matmul with its dequantized weight. Then decode at batch 1: four distinct `(2048, 2048)` weight
+# matrices per token (64 MB in fp32, past the caches) in fp32, bf16 and INT8. Tokens/s should follow
+# bandwidth / bytes; a set small enough to stay in the CPU's last-level cache (16 MB of INT8 here may)
+# can beat that line, which a GPU's 50 MB L2 does not allow for a real model's gigabytes of weights.
 
 # %%
 for k, v in res.int8.items():
@@ -336,8 +346,8 @@ print("W4A16 (arithmetic): 0.5 byte/weight + fp16 scales per group of 128 -> "
 # ### The same kernel as a C++ extension / 同一个算子的 C++ 扩展
 #
 # `torch.utils.cpp_extension.load_inline` compiles a C++ (or CUDA) source with the system compiler and
-# imports it. Compiling against libtorch's headers takes longer than this page's time budget on the 2-core
-# CI machine, so the page **loads a cached build when one exists** (the unit tests and the cell below with
+# imports it. Compiling against libtorch's headers takes ~25 s on the 2-core CI machine — half of this page's
+# time budget — so the page **loads a cached build when one exists** (the unit tests and the cell below with
 # `build=True` create it in `output/torch_extensions/`) and otherwise only shows the source.
 
 # %%
@@ -418,8 +428,9 @@ widgets.interact(show_sum, fmt=widgets.Dropdown(options=["fp32", "bf16", "fp16",
 # ```{admonition} Hardware and cost card · 硬件与成本
 # :class: tip
 # - **Toy (this page):** interpreted kernels at 16 x 128 / 64 x 72 sizes, a 64 MB copy and a 1024^3 matmul for
-#   the ceilings, four 150-step runs of a 2-layer, d=64 byte-level LM: the whole page executes in about
-#   40 s, peak RAM ~1 GB, on the 2-core CI CPU, with no GPU.
+#   the ceilings, two 150-step runs of a 2-layer, d=64 byte-level LM and two 48-step fp16 runs: the closed
+#   loop (`python run.py --module kernels --toy`) takes 15 s wall, peak RAM 0.7 GB, on the 2-core CI CPU with
+#   no GPU; the whole page (plots included) well under a minute. Compiling the C++ extension once: ~25 s.
 # - **Full (`toy=False`, GPU):** compiled kernels at 1024^2 sizes, GPU ceilings, a d=256 4-layer LM for 2000
 #   steps per run: minutes on one GPU (not run for this page).
 # ```

@@ -32,8 +32,8 @@ class KernelsConfig:
     # roofline (torch kernels on CPU, compiled Triton on a GPU)
     matmul_n: int = 1024  # n of the n x n matmul that measures peak FLOP/s
     copy_mb: float = 64.0  # MB copied to measure bandwidth (well past the caches)
-    fuse_rows: int = 2048  # (rows, cols) of the fused-vs-unfused softmax / RMSNorm timing
-    fuse_cols: int = 1024
+    fuse_rows: int = 4096  # (rows, cols) of the fused-vs-unfused softmax / RMSNorm timing: 64 MB per array,
+    fuse_cols: int = 4096  # past the caches (at 8 MB the unfused chain runs from L3 and looks compute-bound)
     # number formats
     sum_n: int = 4096  # values per sum (uniform(0, 1): fp16 naive stalls past 2048, bf16 past 256)
     sum_trials: int = 8
@@ -62,8 +62,8 @@ class KernelsConfig:
     def for_mode(cls, toy: bool) -> KernelsConfig:
         if toy:
             return cls()
-        return cls(add_n=2 ** 20, rows=1024, cols=1024, mm=1024, matmul_n=4096, copy_mb=1024.0, fuse_rows=8192,
-                   fuse_cols=4096, sum_n=16384, d_model=256, n_layers=4, n_heads=8, seq_len=256, batch_size=32,
+        return cls(add_n=2 ** 20, rows=1024, cols=1024, mm=1024, matmul_n=4096, copy_mb=1024.0, fuse_rows=16384,
+                   fuse_cols=8192, sum_n=16384, d_model=256, n_layers=4, n_heads=8, seq_len=256, batch_size=32,
                    steps=2000, lr=3e-3, val_windows=256, scaler_steps=500, scaler_batch=32, growth_interval=50,
                    decode_k=4096, decode_n=4096, decode_layers=8, build_extension="always")
 
@@ -181,8 +181,10 @@ def experiment(cfg: KernelsConfig, device: torch.device = CPU, seed: int = 0, sh
                          best, ceil, pts, table, sums, under, runs, eq, int8, dec, ext)
 
 
-#: |final val loss (low precision) - final val loss (fp32)| must stay below this (nats/token)
-LOSS_TOL = 0.05
+#: |final val loss (low precision) - final val loss (fp32)| must stay below this (nats/token). The noise floor of
+#: the comparison: fp32 alone spreads over 0.13 nats across seeds 0-4 (3.13-3.26); bf16 - fp32 on the same
+#: seed measured 0.003-0.039 (native kernels)
+LOSS_TOL = 0.1
 
 
 def make_report(res: KernelsResult, toy: bool, device: str, seed: int) -> Report:
@@ -201,7 +203,7 @@ def make_report(res: KernelsResult, toy: bool, device: str, seed: int) -> Report
     for kind in ("logits", "params"):
         rep.metric(f"fp16 {kind} gradients flushed to 0, unscaled", u.unscaled[kind])
         rep.metric(f"fp16 {kind} gradients flushed to 0, scale {u.loss_scale:g}", u.scaled[kind])
-    rep.check("fp16 logits gradients without loss scaling: fraction flushed to 0", u.unscaled["logits"], ">=", 0.05)
+    rep.check("fp16 logits gradients without loss scaling: fraction flushed to 0", u.unscaled["logits"], ">=", 0.25)
     rep.check(f"fp16 logits gradients with loss scale {u.loss_scale:g}: fraction flushed to 0", u.scaled["logits"],
               "<=", 0.01)
     eq = res.scaler

@@ -144,10 +144,10 @@ def plot_grad_hist(ax: Axes, u: Underflow, kind: str = "logits") -> None:
     ymax = ax.get_ylim()[1]
     ax.text(-24.3, ymax * 0.9, "fp16 smallest\nsubnormal 2^-24", ha="right", fontsize=7)
     ax.text(-13.7, ymax * 0.9, "smallest\nnormal 2^-14", fontsize=7)
-    ax.text(math.log2(65504) - 0.3, ymax * 0.6, "max 65504", ha="right", fontsize=7, color="#c0392b")
+    ax.text(math.log2(65504) - 0.3, ymax * 0.25, "max 65504", ha="right", fontsize=7, color="#c0392b")
     ax.set_xlabel("log2 |gradient|")
     ax.set_ylabel("count")
-    ax.legend(fontsize=8, loc="upper left")
+    ax.legend(fontsize=8, loc="upper right")
     ax.set_title(f"{kind} gradients: {u.unscaled[kind]:.1%} flush to 0 in fp16, {u.scaled[kind]:.2%} with scaling",
                  fontsize=10)
 
