@@ -20,8 +20,8 @@
 # FLOP/s 和拷贝带宽画出 roofline，把各算子按算术强度放上去，并实测融合与未融合的 softmax/RMSNorm 的速度比。
 # 然后从比特位出发推导 fp32/tf32/bf16/fp16/fp8 的范围、精度与次正规数，与 `torch.finfo` 逐项相等；测量各格式
 # 求和的舍入误差与 Kahan 补偿求和；展示 fp16 梯度在不做 loss scaling 时下溢为 0 的比例，实现动态 loss scaler
-# 并与 `torch.amp.GradScaler` 逐步一致（scale 与跳过的步）；在小语言模型上比较 fp32、bf16 autocast 与
-# fp16+loss scaling 的训练曲线；最后用 `torch._int_mm` 的 INT8 GEMM 和解码阶段"每个 token 读多少字节权重"
+# 并与 `torch.amp.GradScaler` 逐步一致（scale 与跳过的步）；在小语言模型上比较 fp32 与 bf16 autocast 的训练曲线
+# （GPU 上再加 fp16+loss scaling）；最后用 `torch._int_mm` 的 INT8 GEMM 和解码阶段"每个 token 读多少字节权重"
 # 解释量化为什么能加速。
 #
 # **Learning goals**
@@ -261,7 +261,7 @@ for op, ratio in roofline.fusion_speedups(res.points).items():
 # The ratios are measured side by side in one run and vary with the machine; `benchmarks/kernel_fusion.py`
 # repeats them over sizes and seeds (numbers in [the benchmarks page](../../book/benchmarks.md)). On this
 # CPU torch's `softmax` is one fused pass and beats the five-op chain severalfold, but torch's CPU
-# `F.rms_norm` is *not* a single fused pass: it runs no faster than the unfused chain (ratio ≈ 1). The
+# `F.rms_norm` is *not* a single fused pass: it runs no faster than the unfused chain (ratio ≈ 1 or below). The
 # one-loop C++ RMSNorm below is, and when its build is cached it is timed too ("C++ fused").
 #
 # ### Formats from their bits = `torch.finfo` / 从比特位推出的格式表
@@ -430,7 +430,7 @@ widgets.interact(show_sum, fmt=widgets.Dropdown(options=["fp32", "bf16", "fp16",
 # - **Toy (this page):** interpreted kernels at 16 x 128 / 64 x 72 sizes, a 64 MB copy and a 1024^3 matmul for
 #   the ceilings, two 150-step runs of a 2-layer, d=64 byte-level LM and two 48-step fp16 runs: the closed
 #   loop (`python run.py --module kernels --toy`) takes 15 s wall, peak RAM 0.7 GB, on the 2-core CI CPU with
-#   no GPU; the whole page (plots included) well under a minute. Compiling the C++ extension once: ~25 s.
+#   no GPU; the whole page (plots included) executes in 22-25 s, 0.75 GB. Compiling the C++ extension once: ~25 s.
 # - **Full (`toy=False`, GPU):** compiled kernels at 1024^2 sizes, GPU ceilings, a d=256 4-layer LM for 2000
 #   steps per run: minutes on one GPU (not run for this page).
 # ```
@@ -462,8 +462,8 @@ widgets.interact(show_sum, fmt=widgets.Dropdown(options=["fp32", "bf16", "fp16",
 #    length $n$ and head size $d$ in bf16. For which $n$ does it pass this machine's ridge point?
 # 4. Why does fp16's naive sum of uniform(0, 1) values stall near 2048 while bf16's stalls near 256? Predict
 #    the stall value for tf32 and check it with the play cell.
-# 5. Re-run the scaler comparison with `growth_interval=2000` (torch's default). How many steps are
-#    skipped in 150 steps, and why do real runs skip so few?
+# 5. Re-run the scaler comparison with `growth_interval=2000` (torch's default). How many of the 48 steps
+#    are skipped, and why do real runs skip so few?
 #
 # :::{admonition} Solutions
 # :class: dropdown
@@ -484,8 +484,9 @@ widgets.interact(show_sum, fmt=widgets.Dropdown(options=["fp32", "bf16", "fp16",
 #    FlashAttention fuses the two matmuls and the softmax.
 # 4. The sum stalls when half the spacing exceeds the addends' mean (0.5): spacing $2^{e-M}$ at sum
 #    $2^e$, so it stalls at $2^{M}$ to $2^{M+1}$: fp16 ($M = 10$) ~2048, bf16 ($M = 7$) ~256, tf32 ($M = 10$) ~2048.
-# 5. With no growth for 2000 steps the scale stays at $2^{16}$ and only the first overflow (if any) skips
-#    a step; production scalers sit below the overflow edge and skip a handful of steps per thousand.
+# 5. With no growth for 2000 steps the scale stays at $2^{16}$, below this model's overflow edge (the pair
+#    above first overflows near $2^{19}$), so no step is skipped; production scalers grow rarely and skip a
+#    handful of steps per thousand.
 # :::
 #
 # ## References / 参考文献
