@@ -19,6 +19,9 @@ from llmcore.exercises.architecture import (
     check_rmsnorm,
     check_rope,
 )
+from llmcore.exercises.cuda_precision import (
+    check_loss_scale_update,
+)
 from llmcore.exercises.data_eval import (
     check_jaccard_estimate,
     check_pass_at_k,
@@ -78,6 +81,7 @@ __all__ = [
     "check_load_balancing_loss",
     "check_lora_forward",
     "check_lora_param_count",
+    "check_loss_scale_update",
     "check_masked_sft_loss",
     "check_online_softmax",
     "check_pass_at_k",
