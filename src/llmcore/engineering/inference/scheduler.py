@@ -128,6 +128,7 @@ class Engine:
         self.stats: list[StepStats] = []
         self.ids = itertools.count()
         self.preemptions = 0
+        self.aborted = 0  # requests cancelled by abort()
         self.computed_tokens = 0  # tokens run through the model (prompts, recomputed tokens, decode inputs)
         self._batch: list[Request] = []  # static: the current batch, finished rows included
 
@@ -163,6 +164,7 @@ class Engine:
             self.waiting.remove(req)
         self.m.release(req.table)
         req.status, req.finish_reason, req.t_done = "aborted", "abort", time.perf_counter()
+        self.aborted += 1
 
     @property
     def has_work(self) -> bool:
