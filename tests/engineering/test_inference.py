@@ -3,12 +3,17 @@ the paged cache under the kit's ``generate``, scheduler invariants, and greedy o
 
 from __future__ import annotations
 
-import pytest
+import pytest  # noqa: I001
 import torch
 
 from llmcore.architecture.book_lm import load_book_lm
 from llmcore.architecture.generate import generate
+from llmcore.architecture.llama import RMSNorm
 from llmcore.core.errors import LLMCoreError
+from llmcore.core.triton_env import (  # first: sets TRITON_INTERPRET before Triton loads
+    available,
+    why_unavailable,
+)
 from llmcore.engineering.inference import (
     BlockManager,
     BlockTable,
@@ -18,6 +23,8 @@ from llmcore.engineering.inference import (
     OutOfBlocks,
     PagedKVCache,
     RadixCache,
+    add_rmsnorm,
+    add_rmsnorm_triton,
     forward_paged,
     hf_greedy,
     mixed_workload,
@@ -166,3 +173,20 @@ def test_engine_equals_hf_generate(lm):
             assert eng.preemptions > 0
         if ecfg.prefix_cache:
             assert eng.radix.hit > 0
+
+
+def test_fused_add_rmsnorm_equals_the_unfused_path():
+    """The Triton kernel (interpreter on CPU) = the unfused reference = the kit's RMSNorm after the residual add."""
+    if not available():
+        pytest.skip(why_unavailable())
+    g = torch.Generator().manual_seed(0)
+    x, r = torch.randn(6, 192, generator=g), torch.randn(6, 192, generator=g)
+    norm = RMSNorm(192)
+    norm.weight.data = torch.randn(192, generator=g)
+    y_ref, h_ref = add_rmsnorm(x, r, norm.weight.data)
+    with torch.no_grad():
+        assert torch.equal(y_ref, norm(x + r)) and torch.equal(h_ref, x + r)
+    y, h = add_rmsnorm_triton(x, r, norm.weight.data)
+    assert torch.equal(h, h_ref) and (y - y_ref).abs().max() < 1e-5
+    with pytest.raises(LLMCoreError):
+        add_rmsnorm_triton(x, r[:, :10], norm.weight.data)

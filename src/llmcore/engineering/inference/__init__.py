@@ -9,6 +9,7 @@ from llmcore.engineering.inference.closed_loop import (  # noqa: F401
     run,
     shared_prefix_workload,
 )
+from llmcore.engineering.inference.fused import add_rmsnorm, add_rmsnorm_triton, time_fusion  # noqa: F401
 from llmcore.engineering.inference.paged import (  # noqa: F401
     BlockManager,
     BlockTable,
