@@ -18,7 +18,6 @@ Every greedy output of runs 1, 3 and 4 is compared with Hugging Face ``generate`
 from __future__ import annotations
 
 import random
-import statistics
 import time
 from dataclasses import dataclass, field, replace
 
@@ -27,8 +26,10 @@ import torch
 from llmcore.architecture.book_lm import load_book_lm
 from llmcore.core.corpus import book_corpus
 from llmcore.core.errors import LLMCoreError
+from llmcore.core.paths import output_dir
 from llmcore.core.progress import progress
 from llmcore.core.report import Report
+from llmcore.engineering.inference.plots import figures
 from llmcore.engineering.inference.scheduler import Engine, EngineConfig, Request
 
 CPU = torch.device("cpu")
@@ -157,6 +158,7 @@ class RunResult:
     requests: list[Request]
     engine: Engine
     wall_s: float
+    t_start: float  # perf_counter when the run started
 
     @property
     def outputs(self) -> list[list[int]]:
@@ -168,13 +170,14 @@ class RunResult:
 
     @property
     def utilisation(self) -> float:
-        """Time-weighted mean of used / allocated KV positions over the steps (steps weighted by duration)."""
-        st, num, den = self.engine.stats, 0.0, 0.0
-        for prev, s in zip([None] + st[:-1], st):
-            dt = s.t - (prev.t if prev else st[0].t - 1e-9) if prev else 1e-9
+        """Time-weighted mean of used / allocated KV positions: each step weighs by its duration."""
+        num = den = 0.0
+        prev = self.t_start
+        for s in self.engine.stats:
             if s.allocated_slots:
-                num += dt * s.used_slots / s.allocated_slots
-                den += dt
+                num += (s.t - prev) * s.used_slots / s.allocated_slots
+                den += s.t - prev
+            prev = s.t
         return num / den
 
 
@@ -185,7 +188,7 @@ def serve(model, work: Workload, ecfg: EngineConfig, name: str, eos_id: int | No
         eng.add_request(p, n, eos_id=eos_id)
     t0 = time.perf_counter()
     done = eng.run(progress_cb=None if bar is None else bar.update)
-    return RunResult(name, done, eng, time.perf_counter() - t0)
+    return RunResult(name, done, eng, time.perf_counter() - t0, t0)
 
 
 @dataclass
@@ -281,11 +284,6 @@ def run(toy: bool = True, device: torch.device = CPU, seed: int = 0) -> Report:
         raise LLMCoreError(f"toy must be True or False, got {toy!r}")
     res = experiment(InferenceConfig.for_mode(toy), device, seed)
     rep = make_report(res, toy, str(device), seed)
+    rep.figures += figures(res, output_dir("figures"))
     rep.wall_s = res.wall_s
     return rep
-
-
-def summary_stats(res: InferenceResult) -> dict[str, float]:
-    """A few numbers for the chapter's tables."""
-    cont = res.runs["continuous"].requests
-    return {"mean TTFT": statistics.mean(r.ttft for r in cont)}
