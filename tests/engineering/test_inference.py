@@ -30,6 +30,7 @@ from llmcore.engineering.inference import (
     mixed_workload,
     shared_prefix_workload,
 )
+from llmcore.engineering.inference import run as inference_run
 
 
 @pytest.fixture(scope="module")
@@ -190,3 +191,17 @@ def test_fused_add_rmsnorm_equals_the_unfused_path():
     assert torch.equal(h, h_ref) and (y - y_ref).abs().max() < 1e-5
     with pytest.raises(LLMCoreError):
         add_rmsnorm_triton(x, r[:, :10], norm.weight.data)
+
+
+def test_full_mode_config_starts(lm):
+    """toy=False's sizes build an engine that serves (a few requests, a few steps; the full run is for a GPU)."""
+    full = InferenceConfig.for_mode(False)
+    assert full.n_requests >= 4 * InferenceConfig.for_mode(True).n_requests
+    eng = Engine(lm.model, full.engine())
+    assert eng.cfg.max_num_seqs == 128 and full.engine(policy="static").static_batch == 4096 * 8 // 512
+    work = mixed_workload(full, list(range(100, 1900)), 0)
+    for p, n in list(zip(work.prompts, work.max_new))[:3]:
+        eng.add_request(p, min(n, 3))
+    assert [len(r.output) for r in eng.run()] == [3, 3, 3] and eng.leaked_blocks() == 0
+    with pytest.raises(LLMCoreError):
+        inference_run(toy="yes")
