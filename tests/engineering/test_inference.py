@@ -117,8 +117,7 @@ def test_radix_match_split_and_lru_eviction():
     t = BlockTable([0, 4], 4)
     m.incref(0), m.incref(4)  # a running request holds the remaining path: nothing is evictable
     assert r.evict(10) == 0
-    r.lookup([1, 2, 7, 7, 5])
-    assert (r.queried, r.hit) == (5, 4)
+    assert r.lookup([1, 2, 7, 7, 5]) == [0, 4] and r.lookup([1, 2, 7, 7]) == [0]  # >= 1 token left to compute
     m.release(t)
     assert r.evict(10) == 2 and m.num_free == 8
 

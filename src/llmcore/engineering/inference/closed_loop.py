@@ -269,8 +269,12 @@ def make_report(res: InferenceResult, toy: bool, device: str, seed: int) -> Repo
     rep.check("without it: tokens equal HF generate (fraction)", res.equal_fraction("prefix_off", "prefix"), "==", 1.0)
     rep.check("paged KV utilisation (time-weighted)", runs["continuous"].utilisation, ">=", 0.9)
     rep.check("static contiguous reservation utilisation", runs["static"].utilisation, "<=", 0.5)
-    rep.check("throughput: continuous / static batching (tokens/s, one run)",
-              runs["continuous"].tokens_per_s / runs["static"].tokens_per_s, ">=", 2.0)
+    # tokens/s is wall-clock: reported, not a criterion (on the shared 2-core CPU it moved from 2.1x under load to
+    # 2.5-3.4x under the lock); the engine-step ratio below is the same scheduling effect, deterministically
+    rep.metric("throughput: continuous / static batching (tokens/s, one run)",
+               runs["continuous"].tokens_per_s / runs["static"].tokens_per_s)
+    rep.check("static batching needs more engine steps for the same tokens (static / continuous)",
+              len(runs["static"].engine.stats) / len(runs["continuous"].engine.stats), ">=", 3.0)
     rep.check("prefix cache hit rate on shared-prefix prompts", on.radix.hit_rate, ">=", 0.5)
     rep.check("prefill tokens saved equal the cache hits (|difference|)",
               abs((off.computed_tokens - on.computed_tokens) - on.radix.hit), "==", 0)

@@ -65,11 +65,13 @@ class RadixCache:
         return out
 
     def lookup(self, tokens: list[int]) -> list[int]:
-        """:meth:`match` for a prompt about to be prefilled: keeps >= 1 token to compute, counts the hit."""
-        blocks = self.match(tokens[:len(tokens) - 1])
-        self.queried += len(tokens)
-        self.hit += len(blocks) * self.b
-        return blocks
+        """:meth:`match` for a prompt about to be prefilled: keeps >= 1 token to compute."""
+        return self.match(tokens[:len(tokens) - 1])
+
+    def record(self, queried: int, hit: int) -> None:
+        """Count an admitted request: ``queried`` prompt tokens, ``hit`` of them served from the tree."""
+        self.queried += queried
+        self.hit += hit
 
     def _split(self, node: RadixNode, k: int) -> RadixNode:
         """Cut ``node``'s edge after ``k`` blocks; returns the new upper node."""

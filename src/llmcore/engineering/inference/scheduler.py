@@ -179,6 +179,7 @@ class Engine:
         self.preemptions += 1
 
     def _admit(self, req: Request) -> None:
+        req.cached_tokens = 0
         if self.radix is not None and req.table.num_tokens == 0:
             blocks = self.radix.lookup(req.tokens)
             for blk in blocks:
@@ -217,6 +218,8 @@ class Engine:
                 break
             self.waiting.popleft()
             self.running.append(req)
+            if self.radix is not None:  # counted once admitted (a failed admission retries the lookup)
+                self.radix.record(len(req.tokens), req.cached_tokens)
             plan.append((req, n))
             budget, reserved = budget - n, reserved + need
         return plan
