@@ -267,9 +267,11 @@ plt.show()
 
 # %% tags=["nbval-ignore-output"]
 cont = res.runs["continuous"].requests
-ttft, tpot = [r.ttft for r in cont], [1e3 * r.tpot for r in cont]
+ttft, tpot, queue = [r.ttft for r in cont], [1e3 * r.tpot for r in cont], [r.queue_time for r in cont]
 print(f"continuous: TTFT p50 {inference.percentile(ttft, 50):.3f} s, p99 {inference.percentile(ttft, 99):.3f} s; "
-      f"TPOT p50 {inference.percentile(tpot, 50):.1f} ms, p99 {inference.percentile(tpot, 99):.1f} ms")
+      f"TPOT p50 {inference.percentile(tpot, 50):.1f} ms, p99 {inference.percentile(tpot, 99):.1f} ms; "
+      f"queueing (arrival -> first scheduled) p50 {inference.percentile(queue, 50):.3f} s, "
+      f"p99 {inference.percentile(queue, 99):.3f} s")
 
 # %% [markdown]
 # ### The prefix cache / 前缀缓存
@@ -416,9 +418,10 @@ widgets.interact(play, block_size=widgets.SelectionSlider(options=[1, 2, 4, 8, 1
 #
 # ```{admonition} Hardware and cost card · 硬件与成本
 # :class: tip
-# - **Toy (this page):** `run.py --module inference --toy` on the 2-core CPU: see
-#   [benchmarks](../../book/benchmarks.md) for wall time and peak RSS (`/usr/bin/time -v`, under the
-#   machine-wide lock). The KV pool of the main run is 512 blocks × 8 positions × 6 KiB = 24 MiB in fp32.
+# - **Toy (this page):** `run.py --module inference --toy` on the 2-core CPU: 15 s wall, peak RSS 0.61 GB
+#   (`/usr/bin/time -v`, seed 0, machine otherwise idle); executing this page: 22 s. The KV pool of the main
+#   run is 512 blocks × 8 positions × 6 KiB = 24 MiB in fp32. Numbers per seed and kernel set:
+#   [benchmarks](../../book/benchmarks.md).
 # - **Full (`toy=False`):** 256 mixed requests (prompts up to 256 tokens, outputs up to 240), a 4096-block
 #   pool, 128 running requests, 256 shared-prefix requests; meant for one GPU. Not measured here.
 # - **GPU:** no GPU figures recorded; on CUDA the Triton kernel is compiled and `time_fusion` reports
