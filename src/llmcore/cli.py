@@ -1,4 +1,5 @@
-"""Command line: ``llmcore --list``, ``llmcore --module mdp --toy`` (also ``python run.py ...``).
+"""Command line: ``llmcore --list``, ``llmcore --module mdp --toy`` (also ``python run.py ...``), and
+``llmcore serve --port 8000`` (the inference chapter's OpenAI-compatible server; needs the ``serve`` extra).
 
 Bad input (unknown module, bad device, bad seed) prints one ``error:`` line and exits 2.
 """
@@ -42,6 +43,9 @@ def list_modules() -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["serve"]:
+        return serve(argv[1:])
     args = build_parser().parse_args(argv)
     try:
         if args.list:
@@ -73,6 +77,21 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("error: interrupted", file=sys.stderr)
         return 130
+
+
+def serve(argv: list[str]) -> int:
+    """``llmcore serve [--port N] ...``: the OpenAI-compatible server over the inference engine."""
+    try:
+        try:  # optional dependency: the `serve` extra (fastapi, uvicorn)
+            from llmcore.engineering.inference.server import serve_main
+        except ImportError as e:
+            raise LLMCoreError(f"llmcore serve needs the serve extra (pip install 'llmcore[serve]'): {e}") from None
+        return serve_main(argv)
+    except LLMCoreError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 0
 
 
 if __name__ == "__main__":  # pragma: no cover

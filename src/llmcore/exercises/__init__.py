@@ -48,6 +48,10 @@ from llmcore.exercises.foundation_rl import (
     check_double_q_target,
     check_gae,
 )
+from llmcore.exercises.inference import (
+    check_block_slots,
+    check_blocks_needed,
+)
 from llmcore.exercises.moe import (
     check_capacity_keep,
     check_load_balancing_loss,
@@ -66,6 +70,8 @@ from llmcore.exercises.policy_gradient import (
 __all__ = [
     "check_allreduce_time",
     "check_bellman_q",
+    "check_block_slots",
+    "check_blocks_needed",
     "check_bradley_terry_loss",
     "check_capacity_keep",
     "check_cfg",

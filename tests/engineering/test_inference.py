@@ -1,0 +1,206 @@
+"""The inference engine: block accounting by hand, copy-on-write, the radix tree's match/split/LRU eviction,
+the paged cache under the kit's ``generate``, scheduler invariants, and greedy outputs equal to HF ``generate``."""
+
+from __future__ import annotations
+
+import pytest  # noqa: I001
+import torch
+
+from llmcore.architecture.book_lm import load_book_lm
+from llmcore.architecture.generate import generate
+from llmcore.architecture.llama import RMSNorm
+from llmcore.core.errors import LLMCoreError
+from llmcore.core.triton_env import (  # first: sets TRITON_INTERPRET before Triton loads
+    available,
+    why_unavailable,
+)
+from llmcore.engineering.inference import (
+    BlockManager,
+    BlockTable,
+    Engine,
+    EngineConfig,
+    InferenceConfig,
+    OutOfBlocks,
+    PagedKVCache,
+    RadixCache,
+    add_rmsnorm,
+    add_rmsnorm_triton,
+    forward_paged,
+    hf_greedy,
+    mixed_workload,
+    shared_prefix_workload,
+)
+from llmcore.engineering.inference import run as inference_run
+
+
+@pytest.fixture(scope="module")
+def lm():
+    return load_book_lm()
+
+
+def test_slots_and_block_accounting_by_hand():
+    m = BlockManager(num_blocks=4, block_size=4, n_layers=1, n_kv_heads=1, head_dim=2)
+    t = BlockTable()
+    assert m.blocks_needed(t, 6) == 2
+    slots = m.append_slots(t, 6)  # blocks 0, 1 from the free list: positions 0..5 -> slots 0..5
+    assert t.blocks == [0, 1] and slots.tolist() == [0, 1, 2, 3, 4, 5] and m.num_free == 2
+    u = BlockTable()
+    assert m.append_slots(u, 1).tolist() == [8]  # block 2, offset 0
+    assert m.append_slots(t, 3).tolist() == [6, 7, 12]  # fills block 1, then block 3 (slot 3 * 4 + 0)
+    assert m.num_free == 0 and m.blocks_needed(u, 4) == 1
+    with pytest.raises(OutOfBlocks):
+        m.append_slots(u, 4)
+    assert u.num_tokens == 1 and u.blocks == [2]  # unchanged by the failed append
+    m.release(t)
+    assert sorted(m.free) == [0, 1, 3] and m.ref == [0, 0, 1, 0]
+    with pytest.raises(LLMCoreError):
+        m.decref(0)
+
+
+def test_fork_copy_on_write_keeps_the_parent():
+    m = BlockManager(num_blocks=4, block_size=4, n_layers=1, n_kv_heads=1, head_dim=1)
+    parent = BlockTable()
+    m.k[0, m.append_slots(parent, 6), 0, 0] = torch.arange(6.0)
+    child = m.fork(parent)
+    assert m.ref[:2] == [2, 2] and m.blocks_needed(child, 1) == 1  # writing the shared, half-full block 1 copies it
+    slot = m.append_slots(child, 1)
+    m.k[0, slot, 0, 0] = 99.0
+    assert m.copies == 1 and child.blocks[0] == parent.blocks[0] and child.blocks[1] != parent.blocks[1]
+    read = lambda t: m.k[0, m.slots(t, torch.arange(t.num_tokens)), 0, 0].tolist()  # noqa: E731
+    assert read(parent) == [0, 1, 2, 3, 4, 5] and read(child) == [0, 1, 2, 3, 4, 5, 99]
+    m.release(parent), m.release(child)
+    assert m.num_free == 4
+
+
+def test_paged_cache_under_the_kits_generate(lm):
+    """The kit's generate runs unchanged on the paged cache (lockstep rows) and gives the dynamic cache's tokens."""
+    x = torch.tensor([lm.tokenizer.encode(t)[:6] for t in ("def read_file(path):", "class Queue(object):")])
+    m = BlockManager.for_model(lm.model, 16, 4)
+    cache = PagedKVCache(m, [BlockTable(), BlockTable()])
+    assert torch.equal(generate(lm.model, x, 12, cache=cache).tokens, generate(lm.model, x, 12, cache="dynamic").tokens)
+    assert cache.seq_len == 6 + 11 and m.num_free == 16 - 2 * 5
+    cache.crop(8)
+    assert cache.seq_len == 8 and m.num_free == 16 - 2 * 2
+    cache.reset()
+    assert m.num_free == 16
+
+
+def test_ragged_forward_equals_one_row_at_a_time(lm):
+    """Rows at different points (cached + new lengths) in one right-aligned forward = each row alone."""
+    torch.manual_seed(0)
+    seqs = [torch.randint(0, 2000, (n,)).tolist() for n in (5, 13, 9)]
+    cached = [3, 0, 8]
+    m = BlockManager.for_model(lm.model, 32, 4)
+    tables = [BlockTable() for _ in seqs]
+    for t, s, c in zip(tables, seqs, cached):
+        if c:
+            forward_paged(lm.model, m, [t], [s[:c]])
+    logits = forward_paged(lm.model, m, tables, [s[c:] for s, c in zip(seqs, cached)])
+    for row, s in zip(logits, seqs):
+        full = lm.model(torch.tensor([s]))[0, -1]
+        assert (row - full).abs().max() < 1e-4
+
+
+def test_radix_match_split_and_lru_eviction():
+    m = BlockManager(num_blocks=8, block_size=2, n_layers=1, n_kv_heads=1, head_dim=1)
+    r = RadixCache(m)
+    a, b = BlockTable(), BlockTable()
+    m.append_slots(a, 6), m.append_slots(b, 4)  # a: blocks 0,1,2   b: blocks 3,4
+    assert r.insert([1, 2, 3, 4, 5, 6], a.blocks) == 3
+    assert r.match([1, 2, 3, 4, 5, 6, 7]) == [0, 1, 2] and r.match([1, 2, 3, 9]) == [0]
+    assert r.insert([1, 2, 7, 7], b.blocks) == 1  # shares block 0's tokens: the edge splits after one block
+    assert sorted(len(n.blocks) for n in r.nodes()) == [1, 1, 2]
+    m.release(a), m.release(b)
+    assert m.ref[:5] == [1, 1, 1, 0, 1] and m.num_free == 4  # block 3 (b's duplicate of [1, 2]) is free
+    r.match([1, 2, 7, 7])  # touch the [7, 7] leaf: the [3, 4, 5, 6] leaf is now least recently used
+    assert r.evict(1) == 2 and r.match([1, 2, 3, 4]) == [0] and r.match([1, 2, 7, 7]) == [0, 4]
+    t = BlockTable([0, 4], 4)
+    m.incref(0), m.incref(4)  # a running request holds the remaining path: nothing is evictable
+    assert r.evict(10) == 0
+    assert r.lookup([1, 2, 7, 7, 5]) == [0, 4] and r.lookup([1, 2, 7, 7]) == [0]  # >= 1 token left to compute
+    m.release(t)
+    assert r.evict(10) == 2 and m.num_free == 8
+
+
+def test_scheduler_invariants_and_errors(lm):
+    cfg = EngineConfig(num_blocks=40, block_size=4, max_num_seqs=3, max_batched_tokens=16)
+    eng = Engine(lm.model, cfg)
+    torch.manual_seed(1)
+    for n, k in [(30, 6), (5, 9), (12, 3), (7, 7), (20, 4)]:
+        eng.add_request(torch.randint(0, 2000, (n,)).tolist(), k)
+    while eng.has_work:
+        plan_tokens = eng.step()
+        assert len(eng.running) <= cfg.max_num_seqs
+        s = eng.stats[-1]
+        assert s.decode_rows + s.prefill_tokens <= cfg.max_batched_tokens and s.used_slots <= s.allocated_slots
+        assert len(plan_tokens) <= cfg.max_num_seqs
+    done = sorted(eng.finished, key=lambda r: r.rid)
+    assert [len(r.output) for r in done] == [6, 9, 3, 7, 4] and eng.leaked_blocks() == 0
+    assert all(r.t_arrival <= r.t_scheduled <= r.t_first <= r.t_done for r in done)
+    assert done[0].t_first > done[1].t_scheduled  # the 30-token prompt takes two 16-token chunks
+    for bad in ([], [5] * 600, [-1, 3], [2048]):
+        with pytest.raises(LLMCoreError):
+            eng.add_request(bad, 4)
+    with pytest.raises(LLMCoreError):
+        eng.add_request([1, 2], 0)
+    with pytest.raises(LLMCoreError):
+        EngineConfig(policy="fifo")
+    req = eng.add_request([1, 2, 3], 50)
+    eng.step()
+    eng.abort(req)
+    assert req.status == "aborted" and eng.m.num_free == cfg.num_blocks
+
+
+def test_engine_equals_hf_generate(lm):
+    """Greedy outputs equal HF generate: continuous batching, a tight pool (preemption) and the prefix cache."""
+    cfg = InferenceConfig(n_requests=10, prompt_len=(4, 40), short_out=(2, 8), long_out=(16, 30), n_prefixes=2,
+                          per_prefix=3, prefix_len=(16, 24), question_len=(4, 8), prefix_out=(4, 8))
+    model, tok = lm.model, lm.tokenizer
+    ids = tok.encode("\n".join(f"def f{i}(x):\n    return x + {i}" for i in range(200)))
+    mixed, prefix = mixed_workload(cfg, ids, 0), shared_prefix_workload(cfg, ids, ids[::-1], 0)
+    hf = model.to_hf()
+    eos, pad = model.config.eos_id, model.config.pad_id
+    for work, ecfg in [(mixed, EngineConfig(num_blocks=64, block_size=4, max_batched_tokens=32)),
+                       (mixed, EngineConfig(num_blocks=24, block_size=4, max_batched_tokens=32)),
+                       (prefix, EngineConfig(num_blocks=40, block_size=4, max_num_seqs=2, prefix_cache=True))]:
+        eng = Engine(model, ecfg)
+        for p, n in zip(work.prompts, work.max_new):
+            eng.add_request(p, n, eos_id=eos)
+        got = [r.output for r in eng.run()]
+        assert got == hf_greedy(hf, work, eos, pad)
+        assert eng.leaked_blocks() == 0
+        if ecfg.num_blocks == 24:
+            assert eng.preemptions > 0
+        if ecfg.prefix_cache:
+            assert eng.radix.hit > 0
+
+
+def test_fused_add_rmsnorm_equals_the_unfused_path():
+    """The Triton kernel (interpreter on CPU) = the unfused reference = the kit's RMSNorm after the residual add."""
+    if not available():
+        pytest.skip(why_unavailable())
+    g = torch.Generator().manual_seed(0)
+    x, r = torch.randn(6, 192, generator=g), torch.randn(6, 192, generator=g)
+    norm = RMSNorm(192)
+    norm.weight.data = torch.randn(192, generator=g)
+    y_ref, h_ref = add_rmsnorm(x, r, norm.weight.data)
+    with torch.no_grad():
+        assert torch.equal(y_ref, norm(x + r)) and torch.equal(h_ref, x + r)
+    y, h = add_rmsnorm_triton(x, r, norm.weight.data)
+    assert torch.equal(h, h_ref) and (y - y_ref).abs().max() < 1e-5
+    with pytest.raises(LLMCoreError):
+        add_rmsnorm_triton(x, r[:, :10], norm.weight.data)
+
+
+def test_full_mode_config_starts(lm):
+    """toy=False's sizes build an engine that serves (a few requests, a few steps; the full run is for a GPU)."""
+    full = InferenceConfig.for_mode(False)
+    assert full.n_requests >= 4 * InferenceConfig.for_mode(True).n_requests
+    eng = Engine(lm.model, full.engine())
+    assert eng.cfg.max_num_seqs == 128 and full.engine(policy="static").static_batch == 4096 * 8 // 512
+    work = mixed_workload(full, list(range(100, 1900)), 0)
+    for p, n in list(zip(work.prompts, work.max_new))[:3]:
+        eng.add_request(p, min(n, 3))
+    assert [len(r.output) for r in eng.run()] == [3, 3, 3] and eng.leaked_blocks() == 0
+    with pytest.raises(LLMCoreError):
+        inference_run(toy="yes")
