@@ -48,7 +48,7 @@ import sys
 
 if importlib.util.find_spec("llmcore") is None:
     subprocess.check_call([sys.executable, "-m", "pip", "install", "-q",
-                           "llmcore[data] @ git+https://github.com/llm-core/llm-core@main"])
+                           "llmcore[data,hf] @ git+https://github.com/llm-core/llm-core@main"])
 
 # %%
 import math
@@ -397,7 +397,8 @@ for kind in llm_tests.ATTACKS:
 #
 # CCNet {cite}`wenzek2020ccnet` keeps web documents that a reference LM finds likely. Here the book LM
 # scores held-out real docstrings and the planted junk of the cleaning section; the threshold keeps 95% of
-# the real documents. Encoding garbage and symbol soup sit far above it. Repetition sits *below* the real
+# the real documents. Encoding garbage (the generator plants one mojibake pattern, so its forty documents
+# score alike) and symbol soup sit far above it; boilerplate straddles it. Repetition sits *below* the real
 # documents: after the first copy, every next token is easy to predict, so a perplexity filter alone
 # keeps repeated text — which is why Gopher's rules count duplicate lines and n-grams as well.
 #
@@ -492,12 +493,15 @@ widgets.interact(attack, kind=widgets.Dropdown(options=["typos", *models.PERTURB
 #
 # ```{admonition} Hardware and cost card · 硬件与成本
 # :class: tip
-# - **Toy (this page):** 2,300 documents cleaned and deduplicated, ~12 classifiers and a judge trained:
-#   the closed loop takes 8-11 s (`run.py --module data_eval --toy`, peak RAM ≈ 0.7 GB) and the whole page
-#   under a minute on the shared 2-core CPU, cold caches.
+# - **Toy (this page):** 2,300 documents cleaned and deduplicated, ~12 classifiers and a judge trained,
+#   9 × 200 greedy decodes of the SFT model and 260 documents scored by the book LM: the closed loop takes
+#   about 20 s (`run.py --module data_eval --toy`, 25 s per process in the robustness runs, peak RAM
+#   ≈ 0.8 GB) when the SFT chapter's model is cached, about a minute more when it must be trained first.
 # - **Full (`toy=False`):** all 5,958 training docstrings, 256 permutations, 5× the pass@k samples, 10× the
-#   bootstrap draws, 4× the hash buckets and 100 training steps: 36 s on this CPU (seed 0, every criterion
-#   PASS); a GPU does not help (hashing and sparse linear models).
+#   bootstrap draws, 4× the hash buckets and 100 training steps took 36 s on this CPU (seed 0, every
+#   criterion PASS) before the LLM tests were added; those now attack the SFT chapter's *full-mode* model
+#   (1,000 prompts per attack), which must be trained first — a GPU job (see the SFT chapter's card), not
+#   run here.
 # ```
 #
 # ```{admonition} 要点 · Key points
