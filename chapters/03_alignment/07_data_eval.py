@@ -433,6 +433,27 @@ for k, v in res.judge.items():
     print(f"{k}: {v:.3f}")
 
 # %% [markdown]
+# ### Self-preference: an LM judge favours its own text / 自我偏好
+#
+# A judge that is also a generator can be asked about its own outputs. Two LMs of the book — the book LM
+# (BPE, 2M parameters) and the Transformer chapter's tiny byte-level LM — each continue the first 40
+# characters of held-out docstrings with a temperature-1 sample; each judge then compares every sample with
+# the human continuation of the same prefix, scoring both by its own mean log-likelihood per character.
+# The table gives the share of prompts on which the judge prefers the sample. Self-preference is the
+# diagonal beating the column: a judge favours its own model's text more than the other judge does — the
+# tiny LM prefers its own (weaker) samples more often than the book LM's better ones. A likelihood judge
+# does this by construction (its own samples are what it finds likely); LLM judges that read and grade show
+# the same bias in published studies {cite}`panickssery2024selfpref`.
+
+# %%
+sp = res.self_preference
+gap = mt["self-preference gap (mean over judges of own - other judge's share for that generator)"]
+print("judge / generator".rjust(18) + "".join(f"{g:>10}" for g in sp))
+for judge, row in sp.items():
+    print(f"{judge:>18}" + "".join(f"{row[g]:>10.3f}" for g in sp))
+print(f"self-preference gap (mean over the two judges): {gap:.3f}")
+
+# %% [markdown]
 # ## Results / 结果
 #
 # The checked cell prints each criterion with its threshold (what holds on any machine); the measured
@@ -484,9 +505,9 @@ widgets.interact(attack, kind=widgets.Dropdown(options=["typos", *models.PERTURB
 #   and attacks the full-mode SFT model.
 # - **Simulated annotators.** The judge's biases come from simulated preferences with a known position
 #   habit and length taste, so their size is set by construction; what is measured is that a trained judge
-#   inherits them and that the mitigations remove them. Self-preference (a judge favouring its own
-#   model's outputs) needs a judge that is also a generator and a second generator of equal quality to
-#   compare against (a second SFT model: another minute of training per run); it is not measured here.
+#   inherits them and that the mitigations remove them. Self-preference is measured with likelihood
+#   judges (the two LMs scoring text), not with judges that read a rubric and answer "A" or "B"; the book's
+#   models are too small to grade that way.
 # - **Perplexity** is reported twice: for the classifier's labels and, per token, for the book LM on real
 #   and junk documents (the filter above).
 # ```

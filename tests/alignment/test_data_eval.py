@@ -335,3 +335,22 @@ def test_book_lm_perplexity_equals_hf_loss():
     assert ours[0] < ours[1]  # a docstring is likelier than symbol soup
     ids = torch.tensor([blm.tokenizer.encode(texts[0], add_bos=True)])
     assert L.token_logprobs(blm.model, ids).shape == (ids.shape[1] - 1,)
+
+
+def test_continuation_score_equals_hf_masked_loss_and_self_preference_shape():
+    blm = load_book_lm()
+    prefix, cont = "Return the absolute", " value of the argument."
+    p, c = blm.tokenizer.encode(prefix, add_bos=True), blm.tokenizer.encode(cont)
+    ids = torch.tensor([p + c])
+    labels = torch.tensor([[-100] * len(p) + c])  # HF scores only the continuation's tokens
+    with torch.no_grad():
+        hf_mean_nll = float(blm.model.to_hf()(input_ids=ids, labels=labels).loss)
+    assert L.continuation_score(blm.model, blm.tokenizer, prefix, cont) == pytest.approx(
+        -hf_mean_nll * len(c) / len(cont), rel=1e-5)
+    with pytest.raises(LLMCoreError):
+        L.continuation_score(blm.model, blm.tokenizer, prefix, "")
+    docs = ["Return the absolute value of the argument, an integer or a float, as the same type."] * 3
+    m = L.self_preference({"book": (blm.model, blm.tokenizer)}, docs, n_prefix=20, n_chars=20, seed=0)
+    assert set(m) == {"book"} and 0.0 <= m["book"]["book"] <= 1.0
+    with pytest.raises(LLMCoreError, match="at least"):
+        L.self_preference({"book": (blm.model, blm.tokenizer)}, ["short"], seed=0)

@@ -20,6 +20,7 @@ from llmcore.alignment.data_eval import llm_tests
 from llmcore.alignment.data_eval import metrics as E
 from llmcore.alignment.data_eval import models as Mo
 from llmcore.architecture.book_lm import load_book_lm
+from llmcore.architecture.pretrained import tiny_lm
 from llmcore.core.corpus import book_corpus
 from llmcore.core.device import CPU
 from llmcore.core.errors import LLMCoreError
@@ -105,6 +106,7 @@ class DataEvalResult:
     llm_attacks: llm_tests.AttackResult | None = None  # the attacks on the SFT model
     perplexity: dict[str, dict] = field(default_factory=dict)  # the book LM's perplexity filter, per doc kind
     perplexity_scores: dict[str, np.ndarray] = field(default_factory=dict)  # doc kind -> each document's perplexity
+    self_preference: dict[str, dict[str, float]] = field(default_factory=dict)  # judge -> generator -> share
     model: Mo.BagClassifier | None = None  # the clean QA model (the attacks' target)
     packages: tuple[str, ...] = ()
     test_items: list[Mo.Item] = field(default_factory=list)
@@ -389,6 +391,13 @@ def experiment(cfg: DataEvalConfig, seed: int = 0) -> DataEvalResult:
                 for k in PLANTED_JUNK}
     res.perplexity = llm_tests.perplexity_filter(ppl_real, ppl_junk, cfg.ppl_keep)
     res.perplexity_scores = {"real": ppl_real, **ppl_junk}
+    # self-preference: the book LM and the tiny byte LM judge each other's samples against the human text
+    tiny = tiny_lm()
+    lms = {"book LM": (blm.model, blm.tokenizer), "tiny LM": (tiny.model, tiny.tokenizer)}
+    torch.set_num_threads(THREADS)  # (a cache miss trains the tiny LM with the book's thread count)
+    res.self_preference = sp = llm_tests.self_preference(lms, val_docs, seed=seed)
+    mt["self-preference gap (mean over judges of own - other judge's share for that generator)"] = float(np.mean(
+        [sp[a][a] - sp[b][a] for a, b in (("book LM", "tiny LM"), ("tiny LM", "book LM"))]))
     mt["|book LM perplexity - exp(HF loss)| / perplexity"] = abs(
         ppl_real[0] - llm_tests.hf_perplexity(blm.model, blm.tokenizer, val_docs[0])) / ppl_real[0]
     bar.update()
@@ -448,6 +457,11 @@ def make_report(res: DataEvalResult, toy: bool, device: str, seed: int) -> Repor
     for kind, d in pf.items():
         for what, v in d.items():
             rep.metric(f"perplexity filter, {kind}: {what}", v)
+    for judge, row in res.self_preference.items():
+        for gen, share in row.items():
+            rep.metric(f"judge {judge} prefers {gen}'s sample over the human text", share)
+    rep.check("self-preference: a judge favours its own model's samples (mean gap over the two judges)",
+              mt["self-preference gap (mean over judges of own - other judge's share for that generator)"], ">=", 0.1)
     rep.check("book LM perplexity = exp(HF LlamaForCausalLM loss) (relative difference)",
               mt["|book LM perplexity - exp(HF loss)| / perplexity"], "<", 1e-5)
     rep.check("SFT model: typos (largest rate) cut exact match by",

@@ -180,3 +180,52 @@ def perplexity_filter(ppl_real: np.ndarray, ppl_junk: dict[str, np.ndarray], kee
         out[kind] = {"median perplexity": float(np.median(p)), "removed": float(np.mean(p > thr)),
                      "AUROC": auroc(p, ppl_real)}
     return out
+
+
+# ---- self-preference: an LM judge favours its own samples ---------------------------------------------------
+@torch.no_grad()
+def continuation_score(model: Llama, tokenizer, prefix: str, cont: str) -> float:
+    r"""The judge's score of ``cont`` after ``prefix``: mean log-likelihood per character,
+    $\frac{1}{|c|}\sum_t \log p(c_t \mid \text{prefix}, c_{<t})$ over ``cont``'s tokens (per character, so judges
+    with different tokenizers score the same text on one scale)."""
+    p, c = tokenizer.encode(prefix, add_bos=True), tokenizer.encode(cont)
+    if not c:
+        raise LLMCoreError("cannot score an empty continuation")
+    ids = torch.tensor([p + c])
+    lp = model(ids).float().log_softmax(-1)[0, len(p) - 1:-1].gather(-1, torch.tensor(c)[:, None])
+    return float(lp.sum()) / len(cont)
+
+
+@torch.no_grad()
+def sample_continuations(model: Llama, tokenizer, prefixes: Sequence[str], n_chars: int, max_new_tokens: int,
+                         seed: int) -> list[str]:
+    """One temperature-1 sample per prefix, cut to its first ``n_chars`` characters."""
+    gen = torch.Generator().manual_seed(seed)
+    out = []
+    for prefix in prefixes:
+        ids = torch.tensor([tokenizer.encode(prefix, add_bos=True)])
+        seq = model.generate(ids, max_new_tokens, temperature=1.0, generator=gen)
+        out.append(tokenizer.decode(seq[0, ids.shape[1]:].tolist(), skip_special=True)[:n_chars])
+    return out
+
+
+def self_preference(judges: dict[str, tuple[Llama, object]], docs: Sequence[str], n_prefix: int = 40,
+                    n_chars: int = 40, seed: int = 0) -> dict[str, dict[str, float]]:
+    """``M[judge][generator]``: the share of prompts on which ``judge`` scores ``generator``'s sample above the
+    human continuation of the same prefix (the docstring's real next ``n_chars`` characters). Every judge is
+    also a generator; self-preference is ``M[a][a] > M[b][a]``: a judge favours its own model's text more than
+    another judge does."""
+    docs = [d for d in docs if len(d) >= n_prefix + n_chars]
+    if not docs:
+        raise LLMCoreError(f"self-preference needs documents of at least {n_prefix + n_chars} characters")
+    prefixes, human = [d[:n_prefix] for d in docs], [d[n_prefix:n_prefix + n_chars] for d in docs]
+    samples = {g: sample_continuations(m, tok, prefixes, n_chars, n_chars, seed) for g, (m, tok) in judges.items()}
+    out = {}
+    for j, (m, tok) in judges.items():
+        was = m.training
+        m.eval()
+        h = [continuation_score(m, tok, p, c) for p, c in zip(prefixes, human)]
+        out[j] = {g: float(np.mean([s != "" and continuation_score(m, tok, p, s) > hs
+                                    for p, s, hs in zip(prefixes, samples[g], h)])) for g in judges}
+        m.train(was)
+    return out
