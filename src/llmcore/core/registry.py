@@ -249,7 +249,7 @@ MODULES: tuple[Module, ...] = (
                      "Q-learning replayed over the dataset equals its exact fixed point")),
     Module("bcq_cql", _P6, "02_bcq_cql", "BCQ / CQL", "BCQ 与 CQL", "代表算法 Representative algorithms",
            "Batch-Constrained Q-Learning 与 Conservative Q-Learning", prerequisites=("offline_rl",),
-           run="llmcore.offline_rl.bcq_cql:run",
+           run="llmcore.offline_rl.bcq_cql:run", package=True,
            criteria=("tabular BCQ: tau=0 equals naive Q-learning, tau=1 takes BC's action",
                      "tabular CQL evaluation is a lower bound of the exact V^pi",
                      "CartPole: BCQ and CQL beat naive offline DQN and BC on the medium and mixed datasets",
