@@ -129,7 +129,7 @@ show_source(offline_rl.collect_tabular)
 # The dataset's empirical model, and BC read off its counts:
 
 # %%
-show_source(offline_rl.empirical_mdp, offline_rl.EmpiricalMDP.behaviour)
+show_source(offline_rl.empirical_mdp, offline_rl.EmpiricalMDP)
 
 # %% [markdown]
 # Naive offline Q-learning's fixed point, computed directly. The `allowed` mask is the hook the next chapter's
