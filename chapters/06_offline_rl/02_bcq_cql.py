@@ -157,9 +157,13 @@ show_source(bcq_cql.train_offline)
 # *Tabular:* on CliffWalking datasets (medium, $\varepsilon = 0.3$; expert, $\varepsilon = 0.05$), BCQ over a
 # $\tau$ sweep and CQL over an $\alpha$ sweep, every policy evaluated exactly. *CartPole:* a PPO policy from the
 # PG/AC chapter, stopped early ({py:obj}`~llmcore.offline_rl.bcq_cql.BCQCQLConfig` `ppo_steps`), collects the data:
-# **medium** = its own stochastic actions, **expert** = its greedy actions, **mixed** = half uniformly random,
-# half expert. Naive offline DQN, BC, BCQ and CQL train on medium and on mixed for every learner seed and are
-# evaluated in the real environment every few hundred steps (evaluation only: nothing enters the dataset).
+# **random** = uniform actions, **medium** = its own stochastic actions, **expert** = its greedy actions, **mixed** =
+# half expert, half a bad but consistent controller that always pushes right. (Why not half *random*? A uniformly
+# random policy adds the same count to both actions, so the mixture's most frequent action is still the
+# expert's and BC copies the expert; a *biased* bad policy is what real logs of mixed quality contain, and its many
+# short episodes make "push right" the most frequent action near the start.) Naive offline DQN, BC, BCQ and CQL
+# train on medium and on mixed for every learner seed and are evaluated in the real environment every few hundred
+# steps (evaluation only: nothing enters the dataset).
 
 # %%
 res = bcq_cql.experiment(cfg, seed=seed, show_progress=True)
