@@ -243,6 +243,16 @@ for d in cfg.datasets:
           + f"  (a 500-step episode is worth {sum(0.99 ** k for k in range(500)):.1f} discounted)")
 
 # %% [markdown]
+# **Reading the table.** Naive offline DQN fails on both datasets: its greedy policy pushes one way and the pole
+# falls within about ten steps, while its own $\max_a Q(s_0, a)$ promises far more — extrapolation error with a
+# network. On **medium** data BC is strong: the data come from one consistent policy, and BC's argmax is that
+# policy's *greedy* version, better than its stochastic self; BCQ and CQL beat naive DQN and CQL reaches at least
+# the behaviour's return, but neither needs to beat BC here. On **mixed** data the most frequent action near the
+# start is the push-right controller's, so BC copies a policy that falls at once; CQL uses the rewards to prefer
+# the expert's action. BCQ sits in between: with $\tau = 0.3$ the expert's action, when it is the minority near
+# the start, can fall below the threshold, so BCQ's gain over BC varies with the behaviour policy (the report
+# records it; it is not claimed).
+#
 # ### Cross-check: the CQL loss against the paper's formula in float64 / 交叉验证：CQL 损失与论文公式
 #
 # The issue asks for d3rlpy's `DiscreteCQL` {cite}`seno2022d3rlpy` as the oracle. It cannot be installed beside
@@ -332,8 +342,11 @@ widgets.interact(play, tau=widgets.FloatSlider(value=0.3, min=0.0, max=1.0, step
 #   fixed policy is a lower bound of its true value, short by $\alpha(I-\gamma P_\pi)^{-1}D_\pi$.
 # - 保守是有代价的：数据中很少出现的好动作也会被低估。 · Conservatism has a price: good actions the data
 #   rarely took are undervalued too.
-# - 数据中好动作与坏动作并存时，BCQ 与 CQL 优于只会模仿的 BC 和会外推的朴素 DQN。 · When the data mix good and
-#   bad actions, BCQ and CQL beat both BC, which only imitates, and naive DQN, which extrapolates.
+# - 朴素离线 DQN 在 CartPole 上因外推而失败；BCQ 与 CQL 都明显优于它。 · Naive offline DQN fails on CartPole
+#   by extrapolation; BCQ and CQL both clearly beat it.
+# - 数据中最常见的动作是错的（mixed）时，只会模仿的 BC 失败而 CQL 成功；数据来自单一好策略时，BC 已很强。 · When
+#   the data's most frequent action is wrong (mixed), BC, which only imitates, fails and CQL succeeds; when the data
+#   come from one good policy, BC is already strong.
 # ```
 #
 # ## Exercises / 练习
