@@ -105,7 +105,7 @@ plt.show()
 #
 # CliffWalking-v1 {cite}`towers2024gymnasium` (Sutton & Barto's Example 6.6): a 4×12 grid, $-1$ per step, $-100$
 # and back to the start for stepping into the cliff. Its transition table gives the MDP exactly
-# ({mod}`llmcore.foundation_rl.mdp`), so $Q^*$ and the value of any policy are computed, not estimated; with
+# (`llmcore.foundation_rl.mdp`), so $Q^*$ and the value of any policy are computed, not estimated; with
 # $\gamma = 0.99$ the optimal 13-step path along the cliff edge is worth
 # $V^*(s_0) = -\sum_{k=0}^{12} 0.99^k \approx -12.25$.
 

@@ -156,7 +156,7 @@ show_source(bcq_cql.train_offline)
 #
 # *Tabular:* on CliffWalking datasets (medium, $\varepsilon = 0.3$; expert, $\varepsilon = 0.05$), BCQ over a
 # $\tau$ sweep and CQL over an $\alpha$ sweep, every policy evaluated exactly. *CartPole:* a PPO policy from the
-# PG/AC chapter, stopped early ({py:obj}`~llmcore.offline_rl.bcq_cql.BCQCQLConfig` `ppo_steps`), collects the data:
+# PG/AC chapter, stopped early (`BCQCQLConfig.ppo_steps`), collects the data:
 # **random** = uniform actions, **medium** = its own stochastic actions, **expert** = its greedy actions, **mixed** =
 # half expert, half a bad but consistent controller that always pushes right. (Why not half *random*? A uniformly
 # random policy adds the same count to both actions, so the mixture's most frequent action is still the
