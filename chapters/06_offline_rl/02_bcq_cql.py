@@ -36,7 +36,7 @@
 # [PG / AC](../03_alignment/03_pg_ac.ipynb) (the PPO policy that collects the CartPole data).
 
 # %% tags=["parameters"]
-toy = True  # True: 2 learner seeds, 3000 gradient steps, 20k transitions (CPU); False: 5 seeds, 20k steps, 80k
+toy = True  # True: 2 learner seeds, 2000 gradient steps, 20k transitions (CPU); False: 5 seeds, 20k steps, 80k
 device = "auto"  # the MLPs and CartPole run on the CPU either way (tiny networks, a CPU env)
 seed = 0
 
@@ -198,7 +198,9 @@ for name, t in res.tabular.items():
 # %% [markdown]
 # At $\tau = 0$ BCQ *is* naive Q-learning (identical tables) and fails; any $\tau > 0$ removes the unseen
 # actions, and on these datasets the best supported path is the optimal one. CQL at $\alpha = 0$ is naive too;
-# for any $\alpha > 0$ the unseen actions sink far below $Q^*$ and the policy is optimal. For small $\alpha$ its own
+# for moderate $\alpha > 0$ the unseen actions sink far below $Q^*$ and the policy is optimal; a very large $\alpha$
+# lets the penalty outweigh the rewards, and the policy drifts towards the data's frequent actions (on some
+# datasets that costs the optimum). For small $\alpha$ its own
 # estimate $\max_a Q(s_0,a)$ can still sit slightly *above* the policy's value (the control version maximises
 # over a soft-max, and data actions with $\hat\beta > \mu$ are raised); the guarantee is for evaluation:
 #
@@ -310,7 +312,7 @@ widgets.interact(play, tau=widgets.FloatSlider(value=0.3, min=0.0, max=1.0, step
 # ```{admonition} Where this differs from the paper / production · 与论文和生产系统的差别
 # :class: note
 # - **Scale.** The papers train on Atari replay datasets and D4RL (millions of transitions, convolutional or
-#   large MLP networks, $10^5$–$10^6$ steps); we use CartPole, 20k transitions and 3000 steps in toy mode.
+#   large MLP networks, $10^5$–$10^6$ steps); we use CartPole, 20k transitions and 2000 steps in toy mode.
 # - **BCQ's generative model** shares nothing with the Q-network in the paper's Atari version except the torso;
 #   ours is a second head of one small MLP, and its TD loss is the paper's Huber loss.
 # - **CQL variants.** We implement CQL(H) with a fixed $\alpha$; the paper also tunes $\alpha$ automatically by a
@@ -324,7 +326,7 @@ widgets.interact(play, tau=widgets.FloatSlider(value=0.3, min=0.0, max=1.0, step
 # ```{admonition} Hardware and cost card · 硬件与成本
 # :class: tip
 # - **Toy (this page):** tabular sweeps (~2 s), one PPO behaviour policy (16k env steps), three CartPole
-#   datasets of 20k transitions, 4 learners × 2 datasets × 2 seeds × 3000 steps in two processes: the page
+#   datasets of 20k transitions, 4 learners × 2 datasets × 2 seeds × 2000 steps in two processes: the page
 #   executes in about 45 s on the 2-core CI CPU, peak RAM about 0.6 GB.
 # - **Full (`toy=False`):** 5 seeds, 20k steps, 80k transitions: about 10 minutes on that CPU, CPU-bound (tiny
 #   MLPs and a CPU simulator; a GPU does not help).

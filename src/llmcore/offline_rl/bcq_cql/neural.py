@@ -102,7 +102,7 @@ class NeuralConfig:
     """One offline learner on CartPole (naive DQN, BC, discrete BCQ or CQL)."""
 
     algo: str = "cql"  # "dqn" (naive offline Double DQN), "bc", "bcq" or "cql"
-    steps: int = 3000  # gradient steps
+    steps: int = 2000  # gradient steps
     batch: int = 128
     lr: float = 1e-3  # Adam
     gamma: float = GAMMA

@@ -102,23 +102,26 @@ def cql_table_gradient(Q: np.ndarray, emp: EmpiricalMDP, y: np.ndarray, alpha: f
     return (n * (Q - y) + alpha * (n.sum(1, keepdims=True) * p - n)) / n.sum()
 
 
-def train_tabular_cql(emp: EmpiricalMDP, alpha: float, steps: int = 3000, lr: float = 0.5,
+def train_tabular_cql(emp: EmpiricalMDP, alpha: float, steps: int = 2000, lr: float = 0.5,
                       target_every: int = 10) -> np.ndarray:
-    r"""CQL(H) on a Q-*table* ``(S, A)``: full-batch Adam on :func:`cql_loss` (through
-    :func:`cql_table_gradient`), with the target :math:`\bar y = \hat r + \gamma \hat P_c \max_{a'} Q'`
-    from a frozen copy :math:`Q'` refreshed every ``target_every`` steps. Starts from 0."""
+    r"""CQL(H) on a Q-*table* ``(S, A)``: full-batch gradient descent on :func:`cql_loss` (through
+    :func:`cql_table_gradient`) with the target :math:`\bar y = \hat r + \gamma \hat P_c \max_{a'} Q'` from a
+    frozen copy :math:`Q'` refreshed every ``target_every`` steps. Starts from 0.
+
+    The step is scaled per state by :math:`N / n(s)` (a state's rows weigh :math:`n(s)/N` in the loss), so a
+    rarely visited state converges as fast as a common one: a seen pair moves by
+    :math:`\text{lr}\,[\hat\beta(a|s)(Q - \bar y) + \alpha(\mu - \hat\beta)]`, stable for ``lr`` <= 1; an unseen
+    pair only by :math:`-\text{lr}\,\alpha\,\mu(a|s)`, downwards, ever more slowly as it sinks.
+    """
     check_range("steps", steps, 1, 10**7)
     check_range("alpha", alpha, 0.0, 1e6)
+    check_range("lr", lr, 0.0, 1.0)
     Q = np.zeros(emp.counts.shape)
-    m, v = np.zeros_like(Q), np.zeros_like(Q)
-    b1, b2, eps = 0.9, 0.999, 1e-8  # torch.optim.Adam's defaults
+    scale = emp.counts.sum() / np.maximum(emp.counts.sum(1, keepdims=True), 1.0)
     for step in range(steps):
         if step % target_every == 0:
             y = emp.R + emp.gamma * emp.Pc @ Q.max(1)
-        g = cql_table_gradient(Q, emp, y, alpha)
-        m = b1 * m + (1 - b1) * g
-        v = b2 * v + (1 - b2) * g * g
-        Q = Q - lr * (m / (1 - b1 ** (step + 1))) / (np.sqrt(v / (1 - b2 ** (step + 1))) + eps)
+        Q = Q - lr * scale * cql_table_gradient(Q, emp, y, alpha)
     return Q
 
 
@@ -162,7 +165,7 @@ def one_state_example(alpha: float, counts=(6, 3, 1, 0), rewards=(1.0, 2.0, 3.0,
                    np.ones(n, bool), np.zeros(n, bool), np.full((n, 4), 0.25), np.zeros(1))
     emp = empirical_mdp(data, 1, 4, GAMMA)
     return {"beta": emp.behaviour[0], "naive": offline_q_iteration(emp, q_init=5.0)[0],
-            "cql": train_tabular_cql(emp, alpha, steps=3000)[0], "rewards": np.asarray(rewards), "q_init": 5.0}
+            "cql": train_tabular_cql(emp, alpha, steps=1000)[0], "rewards": np.asarray(rewards), "q_init": 5.0}
 
 
 def plot_mechanism(axes, tau: float = 0.3, alpha: float = 1.0):
