@@ -263,7 +263,7 @@ widgets.interact(play, eps=widgets.FloatSlider(value=0.1, min=0.0, max=1.0, step
 # ```{admonition} Hardware and cost card · 硬件与成本
 # :class: tip
 # - **Toy (this page):** 13 tabular datasets of 200 episodes, exact evaluation, online Q-learning for 300
-#   episodes: the page executes in about 10 s, peak RAM about 0.4 GB, on the 2-core CI CPU.
+#   episodes: the page executes in 6 s (8 s wall for `tools/execute.py`), peak RAM 0.35 GB, on the 2-core CI CPU.
 # - **Full (`toy=False`):** 2000 episodes per dataset: well under a minute on a CPU; NumPy only, a GPU does not help.
 # ```
 #

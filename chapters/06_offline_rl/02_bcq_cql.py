@@ -313,6 +313,8 @@ widgets.interact(play, tau=widgets.FloatSlider(value=0.3, min=0.0, max=1.0, step
 # :class: note
 # - **Scale.** The papers train on Atari replay datasets and D4RL (millions of transitions, convolutional or
 #   large MLP networks, $10^5$–$10^6$ steps); we use CartPole, 20k transitions and 2000 steps in toy mode.
+# - **One behaviour policy per run.** Each run seed trains its own PPO behaviour policy, so the datasets differ
+#   between seeds; the table's spread is over learner seeds on one dataset.
 # - **BCQ's generative model** shares nothing with the Q-network in the paper's Atari version except the torso;
 #   ours is a second head of one small MLP, and its TD loss is the paper's Huber loss.
 # - **CQL variants.** We implement CQL(H) with a fixed $\alpha$; the paper also tunes $\alpha$ automatically by a
@@ -327,7 +329,7 @@ widgets.interact(play, tau=widgets.FloatSlider(value=0.3, min=0.0, max=1.0, step
 # :class: tip
 # - **Toy (this page):** tabular sweeps (~2 s), one PPO behaviour policy (16k env steps), three CartPole
 #   datasets of 20k transitions, 4 learners × 2 datasets × 2 seeds × 2000 steps in two processes: the page
-#   executes in about 45 s on the 2-core CI CPU, peak RAM about 0.6 GB.
+#   executes in 30 s (32 s wall for `tools/execute.py`) on the 2-core CI CPU, peak RAM 0.51 GB.
 # - **Full (`toy=False`):** 5 seeds, 20k steps, 80k transitions: about 10 minutes on that CPU, CPU-bound (tiny
 #   MLPs and a CPU simulator; a GPU does not help).
 # ```
