@@ -12,6 +12,7 @@ from llmcore.core.errors import LLMCoreError
 from llmcore.foundation_rl import mdp as M
 from llmcore.offline_rl import bcq_cql as B
 from llmcore.offline_rl import offline_rl as O
+from llmcore.offline_rl.bcq_cql import closed_loop
 
 
 def test_cql_loss_hand_computed():
@@ -123,3 +124,24 @@ def test_bad_input_is_one_clear_error():
         replace(B.BCQCQLConfig(), datasets=("d4rl",)).validate()
     with pytest.raises(LLMCoreError, match="alpha"):
         B.cql_loss(torch.zeros(1, 2), torch.zeros(1), torch.zeros(1), -1.0)
+
+
+def test_cartpole_data_follow_data_seed_not_run_seed(monkeypatch):
+    """The CartPole benchmark data are fixed by cfg.data_seed: the run seed must not reach cartpole_datasets."""
+    seen = []
+
+    class Stop(Exception):
+        pass
+
+    def record(cfg, seed):
+        seen.append(seed)
+        raise Stop
+
+    monkeypatch.setattr(closed_loop, "cartpole_datasets", record)
+    cfg = replace(B.BCQCQLConfig(), tabular_episodes=2, cql_steps=2, taus=(0.0, 1.0), alphas=(0.0, 1.0), data_seed=7)
+    for run_seed in (0, 3):
+        with pytest.raises(Stop):
+            B.experiment(cfg, seed=run_seed)
+    assert seen == [7, 7]
+    with pytest.raises(LLMCoreError, match="data_seed"):
+        replace(B.BCQCQLConfig(), data_seed=-1).validate()
