@@ -254,9 +254,21 @@ MODULES: tuple[Module, ...] = (
            "去中心化编排、通信协议与 Human-in-the-Loop", prerequisites=("mesh",)),
     # ---- Part 6 -----------------------------------------------------------------------------
     Module("offline_rl", _P6, "01_offline_rl", "Offline RL", "离线强化学习", "算法复现 Overview",
-           "离线强化学习与数据分布偏移 — distribution shift", prerequisites=("td",)),
+           "离线强化学习与数据分布偏移 — distribution shift", prerequisites=("td",),
+           run="llmcore.offline_rl.offline_rl:run",
+           criteria=("naive offline Q-learning overvalues every unseen action (Q - Q* > 0, exact Q*)",
+                     "its greedy policy underperforms the data's behaviour and BC (exact values)",
+                     "with full coverage the same learner finds the optimal policy; online Q-learning too",
+                     "Q-learning replayed over the dataset equals its exact fixed point")),
     Module("bcq_cql", _P6, "02_bcq_cql", "BCQ / CQL", "BCQ 与 CQL", "代表算法 Representative algorithms",
-           "Batch-Constrained Q-Learning 与 Conservative Q-Learning", prerequisites=("offline_rl",)),
+           "Batch-Constrained Q-Learning 与 Conservative Q-Learning", prerequisites=("offline_rl",),
+           run="llmcore.offline_rl.bcq_cql:run", package=True,
+           criteria=("tabular BCQ: tau=0 equals naive Q-learning, tau=1 takes BC's action",
+                     "tabular CQL evaluation is a lower bound of the exact V^pi",
+                     "CartPole: BCQ and CQL beat naive offline DQN on the medium and mixed datasets",
+                     "CartPole: CQL beats BC on mixed data and reaches the medium behaviour's return "
+                     "(BCQ: measured, not claimed)",
+                     "our CQL loss equals the CQL paper's formula in float64")),
 )
 
 

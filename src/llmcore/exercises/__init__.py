@@ -56,6 +56,10 @@ from llmcore.exercises.moe import (
     check_capacity_keep,
     check_load_balancing_loss,
 )
+from llmcore.exercises.offline_rl import (
+    check_behaviour_cloning,
+    check_cql_loss,
+)
 from llmcore.exercises.peft import (
     check_lora_forward,
     check_lora_param_count,
@@ -69,6 +73,7 @@ from llmcore.exercises.policy_gradient import (
 
 __all__ = [
     "check_allreduce_time",
+    "check_behaviour_cloning",
     "check_bellman_q",
     "check_block_slots",
     "check_blocks_needed",
@@ -76,6 +81,7 @@ __all__ = [
     "check_capacity_keep",
     "check_cfg",
     "check_column_parallel_split",
+    "check_cql_loss",
     "check_ddim_step",
     "check_discounted_return",
     "check_double_q_target",
