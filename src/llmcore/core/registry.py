@@ -209,7 +209,10 @@ MODULES: tuple[Module, ...] = (
                      "contamination inflates accuracy and decontamination removes it",
                      "verifier-filtered synthetic data beats unfiltered at equal size",
                      "typos and distractor clauses measurably cut accuracy",
-                     "judge position bias measured and removed by swap-and-average; kappa equals sklearn's")),
+                     "judge position bias measured and removed by swap-and-average; kappa equals sklearn's",
+                     "the SFT model under attack: typos and a distractor signature cut exact match",
+                     "book LM perplexity equals exp(HF loss); it removes garbage and is fooled by repetition",
+                     "self-preference: LM judges favour their own model's samples")),
     # ---- Part 4 -----------------------------------------------------------------------------
     Module("distributed", _P4, "01_distributed", "Distributed Training (Megatron)", "分布式训练",
            "并行策略 Parallelism", "TP/PP/EP (专家并行) 通信开销与 PD 分离架构", prerequisites=("transformer",),
