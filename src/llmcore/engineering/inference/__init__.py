@@ -31,9 +31,12 @@ from llmcore.engineering.inference.closed_loop import (  # noqa: F401
     hf_greedy,
     make_report,
     mixed_workload,
+    peak_blocks,
     percentile,
     run,
+    sampling_prompts,
     serve,
+    serve_samples,
     shared_prefix_workload,
 )
 from llmcore.engineering.inference.fused import add_rmsnorm, add_rmsnorm_triton, time_fusion  # noqa: F401
