@@ -152,8 +152,9 @@ def test_scheduler_invariants_and_errors(lm):
             eng.add_request(bad, 4)
     with pytest.raises(LLMCoreError):
         eng.add_request([1, 2], 0)
-    with pytest.raises(LLMCoreError):
-        EngineConfig(policy="fifo")
+    for bad in (dict(policy="fifo"), dict(preemption="drop"), dict(attention="cuda"), dict(swap_blocks=0)):
+        with pytest.raises(LLMCoreError):
+            EngineConfig(**bad)
     req = eng.add_request([1, 2, 3], 50)
     eng.step()
     eng.abort(req)

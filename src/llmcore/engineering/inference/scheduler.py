@@ -263,7 +263,8 @@ class Engine:
                 plan.append((req, n))
                 budget, reserved = budget - n, reserved + need
         b = self.cfg.block_size
-        while self.swapped and budget > 0 and len(self.running) < self.cfg.max_num_seqs and not preempted:
+        while (self.swapped and budget > 0 and len(self.running) + self.swapped[0].width <= self.cfg.max_num_seqs
+               and not preempted):
             req = self.swapped[0]  # swapped requests come back before any new one is admitted
             n = min(len(req.tokens) - req.table.num_tokens, budget)
             held = len(req.table.blocks)  # host blocks: as many device blocks to swap in, then the growth
