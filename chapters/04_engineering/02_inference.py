@@ -538,9 +538,10 @@ widgets.interact(play, block_size=widgets.SelectionSlider(options=[1, 2, 4, 8, 1
 #
 # ```{admonition} Hardware and cost card · 硬件与成本
 # :class: tip
-# - **Toy (this page):** `run.py --module inference --toy` on the 2-core CPU: 15 s wall, peak RSS 0.61 GB
-#   (`/usr/bin/time -v`, seed 0, machine otherwise idle); executing this page: 22 s. The KV pool of the main
-#   run is 512 blocks × 8 positions × 6 KiB = 24 MiB in fp32. Numbers per seed and kernel set:
+# - **Toy (this page):** `run.py --module inference --toy` on the 2-core CPU: 16–21 s wall over seeds 0–4
+#   (robustness tool, machine otherwise idle); executing this page: 29 s, peak RSS 0.71 GB (`/usr/bin/time`,
+#   seed 0). The KV pool of the main run is 512 blocks × 8 positions × 6 KiB = 24 MiB in fp32; the swap run's
+#   host pool 128 blocks = 6 MiB. Numbers per seed and kernel set:
 #   [benchmarks](../../book/benchmarks.md).
 # - **Full (`toy=False`):** 256 mixed requests (prompts up to 256 tokens, outputs up to 240), a 4096-block
 #   pool, 128 running requests, 256 shared-prefix requests; meant for one GPU. Not measured here.
