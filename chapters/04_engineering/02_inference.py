@@ -285,8 +285,9 @@ print(f"continuous / static batching: {ratio:.2f}x tokens/s "
 # %% [markdown]
 # Static batching takes ~5× more steps: 8 rows at a time (the memory allows no more at 512 reserved
 # positions each) and each batch lasts as long as its longest request. Its steps are cheaper (8 rows
-# instead of ~30), so on this CPU the tokens/s ratio is smaller than the step ratio: 2.5–3.4× over seeds 0–4
-# and three CPU kernel sets when the machine was otherwise idle, 2.1× once under heavy load. A wall-clock
+# instead of ~30), so on this CPU the tokens/s ratio is usually smaller than the step ratio: 2.5–3.9× in the
+# runs measured on an otherwise idle machine, and as low as 1.0× in one execution of this page while other jobs
+# loaded the machine. A wall-clock
 # ratio that moves with the machine's load is *reported*; the acceptance criterion is the step ratio (the
 # same scheduling effect, deterministic). On a GPU, where a decode step costs about the same for 8 or 30
 # rows, the tokens/s ratio approaches the step ratio.
@@ -539,7 +540,7 @@ widgets.interact(play, block_size=widgets.SelectionSlider(options=[1, 2, 4, 8, 1
 # ```{admonition} Hardware and cost card · 硬件与成本
 # :class: tip
 # - **Toy (this page):** `run.py --module inference --toy` on the 2-core CPU: 16–21 s wall over seeds 0–4
-#   (robustness tool, machine otherwise idle); executing this page: 29 s, peak RSS 0.71 GB (`/usr/bin/time`,
+#   (robustness tool, machine otherwise idle); executing this page: 29–33 s, peak RSS 0.72 GB (`/usr/bin/time`,
 #   seed 0). The KV pool of the main run is 512 blocks × 8 positions × 6 KiB = 24 MiB in fp32; the swap run's
 #   host pool 128 blocks = 6 MiB. Numbers per seed and kernel set:
 #   [benchmarks](../../book/benchmarks.md).
