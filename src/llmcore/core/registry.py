@@ -224,7 +224,10 @@ MODULES: tuple[Module, ...] = (
     Module("inference", _P4, "02_inference", "Inference Engines (vLLM / SGLang)", "推理框架",
            "推理框架 Inference frameworks", "PagedAttention、RadixAttention 与算子融合调优",
            prerequisites=("decoding",), run="llmcore.engineering.inference:run", package=True,
-           criteria=("greedy outputs equal HF generate on >= 32 mixed requests, with preemption and prefix caching",
+           criteria=("greedy outputs equal HF generate on >= 32 mixed requests, with preemption (recompute and swap) "
+                     "and prefix caching",
+                     "parallel samples (n > 1, shared blocks) equal independent seeded requests; paged beam search "
+                     "equals HF beam search; sharing lowers the peak block count",
                      "paged KV utilisation >= 90% vs <= 50% for contiguous pre-allocation",
                      "static batching needs >= 3x the engine steps (tokens/s ratio reported)",
                      "prefix-cache hit rate >= 50% on shared-prefix prompts; prefill tokens saved = hits",
