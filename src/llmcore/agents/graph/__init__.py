@@ -6,12 +6,13 @@ the same graphs rebuilt in LangGraph as the oracle, the chapter's workloads and 
 * :mod:`.checkpoint` — :class:`SQLiteCheckpointer`;
 * :mod:`.bridge` — :func:`to_langgraph`, :func:`run_langgraph`;
 * :mod:`.workflows` — the research, fan-out, approval and no-exit graphs (deterministic nodes);
-* :mod:`.experiment` — :class:`MeshConfig`, :func:`experiment`, :func:`make_report`, :func:`run`;
+* :mod:`.closed_loop` — :class:`MeshConfig`, :func:`experiment`, :func:`make_report`, :func:`run`;
 * :mod:`.plots` — the graph diagram and the fan-out timeline.
 """
 
 from llmcore.agents.graph.bridge import run_langgraph, to_langgraph
 from llmcore.agents.graph.checkpoint import SQLiteCheckpointer
+from llmcore.agents.graph.closed_loop import MeshConfig, MeshResult, experiment, make_report, run
 from llmcore.agents.graph.engine import (
     END,
     START,
@@ -26,7 +27,6 @@ from llmcore.agents.graph.engine import (
     channels_of,
     interrupt,
 )
-from llmcore.agents.graph.experiment import MeshConfig, MeshResult, experiment, make_report, run
 from llmcore.agents.graph.plots import plot_graph, plot_timeline
 
 __all__ = [
