@@ -6,7 +6,6 @@ One :class:`MeshConfig` holds every knob; :func:`experiment` runs the whole loop
 
 from __future__ import annotations
 
-import asyncio
 import json
 import os
 import subprocess
@@ -22,7 +21,7 @@ import torch
 from llmcore.agents.graph import workflows
 from llmcore.agents.graph.bridge import run_langgraph, to_langgraph
 from llmcore.agents.graph.checkpoint import SQLiteCheckpointer
-from llmcore.agents.graph.engine import Command, RunResult, StepLimitError
+from llmcore.agents.graph.engine import Command, RunResult, StepLimitError, run_sync
 from llmcore.core.errors import LLMCoreError, check_range
 from llmcore.core.progress import progress
 from llmcore.core.report import Report
@@ -180,7 +179,7 @@ def _kill(cfg: MeshConfig, folder: Path) -> dict[str, Any]:
     at = ck.latest("k")["step"]
     pending = sorted(ck.pending("k", at + 1))
     g = workflows.research_graph(delay=cfg.tool_delay_s, target=cfg.target_score, max_revisions=cfg.max_revisions)
-    resumed = asyncio.run(g.compile(checkpointer=ck).ainvoke(None, "k"))
+    resumed = run_sync(g.compile(checkpointer=ck).ainvoke(None, "k"))
     first_step = [s.node for s in resumed.spans if s.step == at + 1]
     return {"returncode": proc.returncode, "killed_after_step": at, "pending_saved": pending,
             "rerun_in_killed_step": sorted(first_step), "state": resumed.state, "history": ck.history("k"),
@@ -215,31 +214,31 @@ def experiment(cfg: MeshConfig | None = None, toy: bool = True, show_progress: b
     bar = progress(total=len(parts), desc="mesh") if show_progress else progress(total=len(parts), disable=True)
     with tempfile.TemporaryDirectory(prefix="llmcore_mesh_") as tmp:
         folder = Path(tmp)
-        ours, theirs = asyncio.run(_equality(cfg))
+        ours, theirs = run_sync(_equality(cfg))
         bar.update()
-        limit = asyncio.run(_step_limit(cfg))
+        limit = run_sync(_step_limit(cfg))
         bar.update()
-        human = asyncio.run(_human(folder))
+        human = run_sync(_human(folder))
         bar.update()
         reference = {q: r.state for q, r in zip(cfg.questions, ours)}
         if "hello" not in reference:
-            reference["hello"] = asyncio.run(workflows.research_graph(
+            reference["hello"] = run_sync(workflows.research_graph(
                 target=cfg.target_score, max_revisions=cfg.max_revisions).compile().ainvoke({"question": "hello"})).state
-        crash = asyncio.run(_crash(cfg, folder, reference))
-        crash["trace"] = asyncio.run(workflows.research_graph(
+        crash = run_sync(_crash(cfg, folder, reference))
+        crash["trace"] = run_sync(workflows.research_graph(
             target=cfg.target_score, max_revisions=cfg.max_revisions).compile().ainvoke({"question": "hello"})).trace
         bar.update()
         kill: dict[str, Any] = {}
         if cfg.kill_process:
             kill = _kill(cfg, folder)
-            ref = asyncio.run(workflows.research_graph(target=cfg.target_score, max_revisions=cfg.max_revisions)
+            ref = run_sync(workflows.research_graph(target=cfg.target_score, max_revisions=cfg.max_revisions)
                               .compile().ainvoke({"question": cfg.kill_question}))
             kill["reference"], kill["trace"] = ref.state, ref.trace
         bar.update()
-        timing, spans = asyncio.run(_timing(cfg))
+        timing, spans = run_sync(_timing(cfg))
         bar.update()
         ck = SQLiteCheckpointer(folder / "count.sqlite")
-        r = asyncio.run(workflows.research_graph(target=cfg.target_score, max_revisions=cfg.max_revisions)
+        r = run_sync(workflows.research_graph(target=cfg.target_score, max_revisions=cfg.max_revisions)
                         .compile(checkpointer=ck).ainvoke({"question": cfg.questions[0]}))
         checkpoints, steps_run = ck.count("default"), len(r.steps)
     bar.close()

@@ -430,22 +430,28 @@ class CompiledGraph:
         return res
 
     def invoke(self, inp: dict[str, Any] | Command | None, thread_id: str = "default") -> RunResult:
-        """Synchronous ``ainvoke``: its own event loop (a worker thread when one is already running, e.g. Jupyter)."""
+        """Synchronous ``ainvoke`` (see :func:`run_sync`)."""
+        return run_sync(self.ainvoke(inp, thread_id))
+
+
+def run_sync(coro: typing.Coroutine[Any, Any, Any]) -> Any:
+    """Run a coroutine to completion: ``asyncio.run`` here, or in a worker thread when this thread already runs an
+    event loop (a Jupyter kernel does), where ``asyncio.run`` is not allowed."""
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return asyncio.run(coro)
+    box: dict[str, Any] = {}
+
+    def work() -> None:
         try:
-            asyncio.get_running_loop()
-        except RuntimeError:
-            return asyncio.run(self.ainvoke(inp, thread_id))
-        box: dict[str, Any] = {}
+            box["out"] = asyncio.run(coro)
+        except BaseException as exc:  # re-raised in the caller's thread
+            box["err"] = exc
 
-        def work() -> None:
-            try:
-                box["out"] = asyncio.run(self.ainvoke(inp, thread_id))
-            except BaseException as exc:  # re-raised in the caller's thread
-                box["err"] = exc
-
-        th = threading.Thread(target=work)
-        th.start()
-        th.join()
-        if "err" in box:
-            raise box["err"]
-        return box["out"]
+    th = threading.Thread(target=work)
+    th.start()
+    th.join()
+    if "err" in box:
+        raise box["err"]
+    return box["out"]
