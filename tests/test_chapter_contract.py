@@ -174,7 +174,7 @@ def needed_extras(code: str) -> set[str]:
     """The smallest set of llmcore extras whose packages cover every third-party import ``code`` reaches."""
     tomllib = pytest.importorskip("tomllib")
     project = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))["project"]
-    extras = {k: v for k, v in project["optional-dependencies"].items() if k in ("hf", "kernels", "data", "serve")}
+    extras = {k: v for k, v in project["optional-dependencies"].items() if k in ("hf", "kernels", "data", "serve", "agents")}
     base = requirement_closure(project["dependencies"])
     by_module = importlib.metadata.packages_distributions()
     covers = []  # per third-party module: the extras that provide it

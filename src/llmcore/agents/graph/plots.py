@@ -50,9 +50,11 @@ def plot_graph(ax: plt.Axes, g: StateGraph, title: str = "") -> dict[str, tuple[
         if a not in pos or b not in pos:
             return
         back = depth.get(b, 0) <= depth.get(a, 0)
+        skip = depth.get(b, 0) - depth.get(a, 0) > 1  # jumps over a layer: bend it around the nodes between
+        rad = 0.5 if back else -0.35 if skip else 0.0
         ax.annotate("", xy=pos[b], xytext=pos[a],
                     arrowprops=dict(arrowstyle="-|>", color=color, ls=style, lw=1.2, shrinkA=14, shrinkB=14,
-                                    connectionstyle="arc3,rad=0.5" if back else "arc3,rad=0.0"))
+                                    connectionstyle=f"arc3,rad={rad}"))
         if label:
             (xa, ya), (xb, yb) = pos[a], pos[b]
             off = 0.45 if back else 0.0
