@@ -55,6 +55,8 @@ class Module:
     spawns_ranks: bool = False
     #: the chapter's code grew into a package ``src/llmcore/<part>/<topic>/`` (a module past ~500 lines)
     package: bool = False
+    #: the source module's name when it is not the chapter stem's topic (``mesh``: ``graph``, not ``state_machine``)
+    topic: str | None = None
 
     @property
     def title(self) -> str:
@@ -68,7 +70,7 @@ class Module:
     @property
     def source(self) -> str:
         """Reference implementation path relative to the repository root (a package's ``__init__.py``)."""
-        topic = self.stem.split('_', 1)[1]
+        topic = self.topic or self.stem.split('_', 1)[1]
         return f"src/llmcore/{self.part}/{topic}/__init__.py" if self.package else f"src/llmcore/{self.part}/{topic}.py"
 
     @property
@@ -255,7 +257,16 @@ MODULES: tuple[Module, ...] = (
     Module("agents", _P5, "02_agent_orchestration", "Agent Orchestration", "智能体编排", "编排范式 Orchestration patterns",
            "ReAct、Plan-and-Execute 与 Self-Ask", prerequisites=("rag",)),
     Module("mesh", _P5, "03_state_machine", "Mesh & State Machine", "异步编排与状态机", "系统架构 System architecture",
-           "异步编排、复杂状态机与条件路由", prerequisites=("agents",)),
+           "异步编排、复杂状态机与条件路由", prerequisites=("agents",),
+           run="llmcore.agents.graph:run", package=True, topic="graph",
+           criteria=("state trace, nodes per superstep, routing decisions and final state equal LangGraph's on the "
+                     "same graph (conditional loop + parallel fan-out)",
+                     "step limit stops a no-exit cycle where LangGraph's recursion_limit does",
+                     "interrupt + resume with the human's answer equals LangGraph (approve, reject, edit); a "
+                     "rejected call never runs",
+                     "resume from the SQLite checkpoint after an exception and after SIGKILL reproduces the "
+                     "uninterrupted trace and final state",
+                     "fan-out of N slow tools takes ~max not sum (wall / chain wall < 0.5)")),
     Module("multi_agent", _P5, "04_multi_agent", "Multi-Agent Systems", "多智能体协作", "多智能体协作 Multi-agent",
            "去中心化编排、通信协议与 Human-in-the-Loop", prerequisites=("mesh",)),
     # ---- Part 6 -----------------------------------------------------------------------------

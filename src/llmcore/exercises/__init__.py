@@ -52,6 +52,9 @@ from llmcore.exercises.inference import (
     check_block_slots,
     check_blocks_needed,
 )
+from llmcore.exercises.mesh import (
+    check_superstep_schedule,
+)
 from llmcore.exercises.moe import (
     check_capacity_keep,
     check_load_balancing_loss,
@@ -106,6 +109,7 @@ __all__ = [
     "check_rope",
     "check_sft_loss_mask",
     "check_speculative_accept",
+    "check_superstep_schedule",
     "check_ties_merge",
     "check_top_p_filter",
     "check_zero_memory",
