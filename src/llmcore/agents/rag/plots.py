@@ -9,8 +9,8 @@ from llmcore.core.plotting import PALETTE
 
 #: (x, y, label, colour index) of the diagram's boxes
 _BOXES = {
-    "q": (0.02, 0.55, "question", 7),
-    "qu": (0.17, 0.55, "query understanding\nrewrite / decompose /\nHyDE document", 4),
+    "q": (0.01, 0.55, "question", 7),
+    "qu": (0.185, 0.55, "query understanding\nrewrite / decompose /\nHyDE document", 4),
     "bm25": (0.38, 0.78, "BM25\n(sparse, exact terms)", 0),
     "dense": (0.38, 0.32, "MiniLM embedding\n+ faiss (flat / HNSW)", 2),
     "rrf": (0.58, 0.55, "reciprocal rank\nfusion (RRF)", 3),
@@ -50,7 +50,7 @@ def plot_chunking(ax, chunking: dict, k: int = 5):
         ax.bar(x + (j - 0.5) * 0.36, vals, 0.36, color=PALETTE[0 if r == "BM25" else 2], label=r)
     ax.plot(x, [chunking[n]["answerable"] for n in names], "k_", ms=28, mew=2, label="answerable (a chunk holds it)")
     ax.set_xticks(x, [f"{n}\n({chunking[n]['chunks']} chunks)" for n in names])
-    ax.set_ylabel(f"recall@{k}"), ax.set_ylim(0, 1.05), ax.legend(fontsize=8, loc="lower right")
+    ax.set_ylabel(f"recall@{k}"), ax.set_ylim(0, 1.22), ax.legend(fontsize=8, loc="upper center", ncol=3)
     return ax
 
 
