@@ -38,7 +38,7 @@
 # ranking.
 
 # %% tags=["parameters"]
-toy = True  # True: 5 API pages (~51k characters, ~200 chunks), 60 entries asked (CPU, ~30 s cold); False: 16 pages
+toy = True  # True: 5 API pages (~51k characters, 160 structure chunks), 75 entries asked (CPU, ~35 s cold); False: 16 pages
 device = "auto"  # the embedding model runs here (CUDA when present); BM25, faiss and the metrics run on the CPU
 seed = 0
 
@@ -346,11 +346,12 @@ widgets.interact(play, question=widgets.Text(value="How do I make every letter o
 #
 # ```{admonition} Hardware and cost card · 硬件与成本
 # :class: tip
-# - **Toy (this page):** ~51k characters of text, ~500 chunks over three chunkers + ~500 sentences embedded once
-#   (cached), ~300 question texts and ~300 memory turns embedded per run: the loop takes about 25 s cold and 5 s
-#   warm on the 2-core CI CPU; peak RAM about 1 GB (torch + the 90 MB MiniLM).
-# - **Full (`toy=False`):** 16 pages, 120 entries per kind: a few minutes on a CPU, seconds on a GPU for the
-#   embeddings; BM25, faiss and the metrics stay on the CPU.
+# - **Toy (this page):** ~51k characters; 410 chunks over three chunkers + ~500 sentences embedded once (cached on
+#   disk), ~300 question texts and ~250 memory turns embedded per run. On the 2-core CI CPU the page executes in
+#   33 s with cold caches and 15 s warm; `run.py --module rag --toy` takes 12 s warm, peak RAM 0.94 GB (1.2 GB for
+#   the notebook: torch + the 90 MB MiniLM + sentence-transformers for the cross-check).
+# - **Full (`toy=False`):** 16 pages, 150 entries per kind, 100 compound questions: a few minutes on a CPU (the
+#   embeddings dominate), seconds on a GPU; BM25, faiss and the metrics stay on the CPU.
 # ```
 #
 # ```{admonition} 要点 · Key points
