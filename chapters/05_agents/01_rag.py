@@ -350,7 +350,7 @@ widgets.interact(play, question=widgets.Text(value="How do I make every letter o
 #   disk), ~300 question texts and ~250 memory turns embedded per run. On the 2-core CI CPU the page executes in
 #   33 s with cold caches and 15 s warm; `run.py --module rag --toy` takes 12 s warm, peak RAM 0.94 GB (1.2 GB for
 #   the notebook: torch + the 90 MB MiniLM + sentence-transformers for the cross-check).
-# - **Full (`toy=False`):** 16 pages, 150 entries per kind, 100 compound questions: a few minutes on a CPU (the
+# - **Full (`toy=False`):** 16 pages, 120 entries per kind, 100 compound questions: a few minutes on a CPU (the
 #   embeddings dominate), seconds on a GPU; BM25, faiss and the metrics stay on the CPU.
 # ```
 #

@@ -93,8 +93,8 @@ class RAGConfig:
 
     @classmethod
     def for_mode(cls, toy: bool) -> RAGConfig:
-        """Toy: 5 API pages (~51k characters), 75 entries asked; full: 16 pages, 150 entries."""
-        return cls() if toy else cls(topics=FULL_TOPICS, n_questions=150, n_compound=100, mem_per_distance=50)
+        """Toy: 5 API pages (~51k characters), 75 entries asked; full: 16 pages, 120 of their 121 entries."""
+        return cls() if toy else cls(topics=FULL_TOPICS, n_questions=120, n_compound=100, mem_per_distance=50)
 
     def validate(self) -> None:
         check_range("max_chars", self.max_chars, 50, 100_000)
