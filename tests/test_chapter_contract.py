@@ -186,6 +186,8 @@ def needed_extras(code: str) -> set[str]:
         # an extra's own requirements count whatever their platform marker says (triton: Linux only)
         covering = {k for k, reqs in extras.items()
                     if dists & (requirement_closure(reqs) | {canonicalize_name(Requirement(r).name) for r in reqs})}
+        if len(covering) > 1 and covering - {"agents"}:  # Part 5's extra is asked for only where no other serves
+            covering -= {"agents"}
         assert covering, f"{mod} ({', '.join(sorted(dists))}) is in no dependency or extra of pyproject.toml"
         covers.append(covering)
     # the smallest set of extras meeting every module (scikit-learn is in two extras: either will do); "agents"

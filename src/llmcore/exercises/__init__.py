@@ -73,6 +73,10 @@ from llmcore.exercises.policy_gradient import (
     check_ppo_clip_loss,
     check_reinforce_returns,
 )
+from llmcore.exercises.rag import (
+    check_bm25_scores,
+    check_reciprocal_rank_fusion,
+)
 
 __all__ = [
     "check_allreduce_time",
@@ -80,6 +84,7 @@ __all__ = [
     "check_bellman_q",
     "check_block_slots",
     "check_blocks_needed",
+    "check_bm25_scores",
     "check_bradley_terry_loss",
     "check_capacity_keep",
     "check_cfg",
@@ -102,6 +107,7 @@ __all__ = [
     "check_pass_at_k",
     "check_pipeline_bubble",
     "check_ppo_clip_loss",
+    "check_reciprocal_rank_fusion",
     "check_reinforce_returns",
     "check_repeat_kv",
     "check_ring_allreduce_bytes",
