@@ -108,14 +108,19 @@ def corpus_ids(tokenizer, part: str = "docs_val", chars: int = 200_000) -> list[
     return tokenizer.encode(text[:chars])
 
 
+def random_window(rng: random.Random, ids: list[int], lengths: tuple[int, int]) -> list[int]:
+    """A window of ``ids`` whose length is drawn uniformly from ``lengths`` (inclusive) at a uniform start."""
+    n = rng.randint(*lengths)
+    s = rng.randrange(0, len(ids) - n)
+    return ids[s:s + n]
+
+
 def mixed_workload(cfg: InferenceConfig, ids: list[int], seed: int) -> Workload:
     """``n_requests`` windows of the corpus with uniform prompt lengths; half short, half long outputs."""
     rng = random.Random(seed)
     prompts, max_new = [], []
     for i in range(cfg.n_requests):
-        n = rng.randint(*cfg.prompt_len)
-        s = rng.randrange(0, len(ids) - n)
-        prompts.append(ids[s:s + n])
+        prompts.append(random_window(rng, ids, cfg.prompt_len))
         max_new.append(rng.randint(*(cfg.short_out if i % 2 else cfg.long_out)))
     order = list(range(cfg.n_requests))
     rng.shuffle(order)
@@ -128,15 +133,11 @@ def shared_prefix_workload(cfg: InferenceConfig, code_ids: list[int], question_i
     rng = random.Random(seed + 1)
     prefixes = []
     for _ in range(cfg.n_prefixes):
-        n = rng.randint(*cfg.prefix_len)
-        s = rng.randrange(0, len(code_ids) - n)
-        prefixes.append(code_ids[s:s + n])
+        prefixes.append(random_window(rng, code_ids, cfg.prefix_len))
     prompts, max_new = [], []
     for _ in range(cfg.per_prefix):
         for p in prefixes:
-            n = rng.randint(*cfg.question_len)
-            s = rng.randrange(0, len(question_ids) - n)
-            prompts.append(p + question_ids[s:s + n])
+            prompts.append(p + random_window(rng, question_ids, cfg.question_len))
             max_new.append(rng.randint(*cfg.prefix_out))
     return Workload(prompts, max_new)
 
@@ -144,23 +145,13 @@ def shared_prefix_workload(cfg: InferenceConfig, code_ids: list[int], question_i
 def sampling_prompts(cfg: InferenceConfig, code_ids: list[int], seed: int) -> list[list[int]]:
     """``sample_prompts`` code windows of ``prefix_len`` tokens (long prompts, short outputs: where sharing pays)."""
     rng = random.Random(seed + 2)
-    out = []
-    for _ in range(cfg.sample_prompts):
-        n = rng.randint(*cfg.prefix_len)
-        s = rng.randrange(0, len(code_ids) - n)
-        out.append(code_ids[s:s + n])
-    return out
+    return [random_window(rng, code_ids, cfg.prefix_len) for _ in range(cfg.sample_prompts)]
 
 
 def beam_prompts(cfg: InferenceConfig, ids: list[int], seed: int) -> list[list[int]]:
     """``beam_prompts`` windows of 8-16 tokens."""
     rng = random.Random(seed + 3)
-    out = []
-    for _ in range(cfg.beam_prompts):
-        n = rng.randint(8, 16)
-        s = rng.randrange(0, len(ids) - n)
-        out.append(ids[s:s + n])
-    return out
+    return [random_window(rng, ids, (8, 16)) for _ in range(cfg.beam_prompts)]
 
 
 # ---- the oracle ----------------------------------------------------------------------------------
