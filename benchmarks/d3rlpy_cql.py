@@ -56,9 +56,12 @@ def setup(venv: Path) -> None:
                      if line.startswith("torch=="))
     subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
     pip = [str(venv / "bin" / "python"), "-m", "pip", "install", "-q"]
-    cpu = ["--index-url", "https://download.pytorch.org/whl/cpu"] if sys.platform == "linux" else []
-    subprocess.run(pip + cpu + [torch_pin], check=True)
-    subprocess.run(pip + [D3RLPY], check=True)
+    # as `make torch-cpu`: torch alone from PyTorch's CPU index on Linux, else pip's own configuration provides it
+    if sys.platform != "linux" or subprocess.run(
+            pip + ["--no-deps", "--retries", "0", "--timeout", "20", "--index-url",
+                   "https://download.pytorch.org/whl/cpu", torch_pin], capture_output=True).returncode != 0:
+        print("note: torch not taken from PyTorch's CPU index; pip's own configuration provides it")
+    subprocess.run(pip + [torch_pin, D3RLPY], check=True)
 
 
 def batch_and_weights(data, hp: dict, n: int = 128) -> tuple[dict, dict]:
