@@ -118,7 +118,7 @@ book: prereqs-book prereqs-execute execute html ## execute every chapter (toy) a
 	@echo "book: $(CURDIR)/_build/html/index.html"
 
 lint: install ## ruff
-	$(VENV)/bin/ruff check src tests chapters tools benchmarks run.py
+	$(VENV)/bin/ruff check src tests chapters tools benchmarks run.py conftest.py
 
 unit: install ## pytest unit tests and cross-checks
 	$(TESTENV) $(VENV)/bin/pytest -q tests $(XDIST) --durations=15
