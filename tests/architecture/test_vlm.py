@@ -20,7 +20,13 @@ from llmcore.architecture.vlm.experiment import (
     small_config,
 )
 from llmcore.architecture.vlm.models import LlavaProjector, QFormer, ViTLite, clip_loss, qformer_mask
-from llmcore.architecture.vlm.report import clip_crosscheck, gate_zero_gap, hf_clip_loss, hf_projector, make_report
+from llmcore.architecture.vlm.report import (
+    clip_crosscheck,
+    gate_zero_gap,
+    hf_clip_loss,
+    hf_projector,
+    make_report,
+)
 from llmcore.architecture.vlm.scenes import HELD_OUT, Obj, caption, make_scenes, question, shape_mask
 from llmcore.core.errors import LLMCoreError
 
@@ -130,11 +136,11 @@ def test_closed_loop_runs_at_toy_and_full_sizes():
     names = {c.name for c in rep.criteria}
     assert any("HF CLIPModel" in n for n in names) and any("LlavaMultiModalProjector" in n for n in names)
     assert {c.name: c.passed for c in rep.criteria}["Flamingo, gates at 0, vs text-only LM: max abs logit diff"]
-    assert set(res.connectors) == {"LLaVA", "LLaVA + LoRA", "Flamingo", "BLIP-2"}
+    assert set(res.connectors) == {"LLaVA stage 1", "LLaVA", "Flamingo", "BLIP-2"}
     assert res.connectors["LLaVA"].visual_tokens == 16 and res.connectors["Flamingo"].visual_tokens == 4
-    ok = exact_match(res.models["LLaVA"], res.data.test.images, *res.data.vqa["test"])
+    ok = exact_match(res.models["LLaVA stage 1"], res.data.test.images, *res.data.vqa["test"])
     assert ok.dtype == torch.bool and ok.shape == (small_config().n_test,)
     full = replace(VLMConfig.for_mode(False), n_train=64, n_test=8, clip_steps=1, steps=1, itc_steps=1,
-                   stage2_steps=1, clip_batch=16, batch=4)
+                   align_steps=1, clip_batch=16, batch=4)
     big = experiment(full, seed=0, show_progress=False)
     assert big.connectors["LLaVA"].visual_tokens == (32 // 4) ** 2 and np.isfinite(big.clip_loss[0])

@@ -15,7 +15,6 @@ decoding would emit (teacher forcing stops mattering once every step is right).
 from __future__ import annotations
 
 import copy
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 
@@ -25,7 +24,7 @@ from torch import nn
 
 from llmcore.alignment.peft import LoRAConfig, apply_lora
 from llmcore.architecture.book_lm import BOOK_LM_CONFIG, book_tokenizer, load_book_lm
-from llmcore.architecture.llama import Llama, ModelConfig, lm_loss
+from llmcore.architecture.llama import Llama, ModelConfig
 from llmcore.architecture.training import TrainConfig, train
 from llmcore.architecture.vlm.models import (
     CLIP,
@@ -69,29 +68,29 @@ class VLMConfig:
     embed: int = 64  # CLIP / ITC joint embedding size
     n_train: int = 4000  # training scenes (one question each)
     n_test: int = 400  # scenes of each test split
-    clip_steps: int = 300  # CLIP optimiser steps
+    clip_steps: int = 150  # CLIP optimiser steps
     clip_batch: int = 128  # CLIP pairs per step (the contrastive batch)
     clip_lr: float = 3e-3  # CLIP peak learning rate
-    steps: int = 300  # optimiser steps of each connector's VQA training (stage 1)
-    batch: int = 32  # VQA examples per step
-    lr: float = 2e-3  # connector peak learning rate
+    align_steps: int = 40  # LLaVA stage 1: the projector alone, frozen LM
+    steps: int = 200  # VQA steps of every connector (LLaVA stage 2, Flamingo, BLIP-2 stage 2)
+    batch: int = 16  # VQA examples per step
+    lr: float = 1e-2  # peak learning rate of the projector / Q-Former + LoRA runs
+    flamingo_lr: float = 5e-3  # peak learning rate of the resampler + gated cross-attention
     n_latents: int = 4  # Flamingo resampler latents = visual tokens
     resampler_layers: int = 1  # Perceiver resampler layers
     n_query: int = 4  # BLIP-2 Q-Former queries = visual tokens
     qformer_d: int = 64  # Q-Former width
     qformer_layers: int = 2  # Q-Former layers
-    itc_steps: int = 200  # Q-Former stage 1 (image-text contrastive) steps
-    lora_rank: int = 4  # LLaVA stage 2: LoRA rank on the LM's q_proj / v_proj
-    stage2_steps: int = 150  # LLaVA stage 2 (projector + LoRA) steps
+    itc_steps: int = 100  # Q-Former stage 1 (image-text contrastive) steps
+    lora_rank: int = 4  # LoRA rank on the LM's q_proj / v_proj (LLaVA stage 2 and BLIP-2)
 
     def validate(self) -> None:
         check_range("canvas", self.canvas, 8, 256)
         check_range("patch", self.patch, 1, self.canvas)
         if self.canvas % self.patch:
             raise LLMCoreError(f"canvas={self.canvas} is not a multiple of patch={self.patch}")
-        for name in ("clip_steps", "steps", "itc_steps", "n_train", "n_test", "batch", "clip_batch"):
+        for name in ("clip_steps", "align_steps", "steps", "itc_steps", "n_train", "n_test", "batch", "clip_batch"):
             check_range(name, getattr(self, name), 1, 10**7)
-        check_range("stage2_steps", self.stage2_steps, 0, 10**7)
         check_range("lora_rank", self.lora_rank, 1, 1024)
 
     @classmethod
@@ -99,9 +98,9 @@ class VLMConfig:
         if toy:
             return cls()
         return cls(canvas=32, patch=4, d_vis=128, vit_layers=4, text_d=128, text_layers=3, embed=128,
-                   n_train=40_000, n_test=2000, clip_steps=3000, clip_batch=256, steps=3000, batch=64,
-                   n_latents=8, resampler_layers=2, n_query=8, qformer_d=128, qformer_layers=3, itc_steps=2000,
-                   stage2_steps=1500)
+                   n_train=40_000, n_test=2000, clip_steps=3000, clip_batch=256, align_steps=1000, steps=3000,
+                   batch=64, lr=3e-3, flamingo_lr=2e-3, n_latents=8, resampler_layers=2, n_query=8, qformer_d=128,
+                   qformer_layers=3, itc_steps=2000)
 
 
 # ---- text ---------------------------------------------------------------------------------------------
@@ -182,28 +181,35 @@ class VLM(nn.Module):
             return self.resampler(v)
         return self.projector(self.qformer(v)[0])
 
-    def text_logits(self, images: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
+    def text_hidden(self, images: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
+        """The LM's final hidden states at the text positions ``(B, T, d)`` (visual positions dropped)."""
         z = self.visual_tokens(images)
         if self.kind == "Flamingo":
-            return self.lm.lm_head(flamingo_hidden(self.lm, self.xattn, ids, z))
+            return flamingo_hidden(self.lm, self.xattn, ids, z)
         emb = self.lm.model.embed_tokens(ids)
-        x = torch.cat([emb[:, :1], z, emb[:, 1:]], 1)
-        logits = self.lm(inputs_embeds=x)
-        n = z.shape[1]
-        return torch.cat([logits[:, :1], logits[:, 1 + n:]], 1)
+        h = self.lm.hidden_states(inputs_embeds=torch.cat([emb[:, :1], z, emb[:, 1:]], 1))
+        return torch.cat([h[:, :1], h[:, 1 + z.shape[1]:]], 1)
+
+    def text_logits(self, images: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
+        """``(B, T, V)``: position ``t`` predicts text token ``t + 1``."""
+        return self.lm.lm_head(self.text_hidden(images, ids))
 
     def n_visual_tokens(self) -> int:
         return self.vit.n_patches if self.kind == "LLaVA" else (
             self.resampler.latents.shape[0] if self.kind == "Flamingo" else self.qformer.n_query)
 
     def forward(self, idx: torch.Tensor, labels: torch.Tensor | None = None):
-        """Packed ``idx (B, S^2 + T)`` (see :func:`pack`) -> text logits, and the answer loss given ``labels``."""
+        """Packed ``idx (B, S^2 + T)`` (see :func:`pack`) -> text logits, or ``(None, answer loss)`` given
+        ``labels``: the vocabulary projection runs only where a label is (answer tokens and ``<eos>``)."""
         P = self.vit.n_patches * self.vit.patch ** 2
         S = self.vit.patch * int(round(self.vit.n_patches ** 0.5))
-        logits = self.text_logits(idx[:, :P].view(-1, S, S), idx[:, P:])
+        images, ids = idx[:, :P].view(-1, S, S), idx[:, P:]
         if labels is None:
-            return logits
-        return logits, lm_loss(logits, labels[:, P:])
+            return self.text_logits(images, ids)
+        target = labels[:, P + 1:]  # position t predicts token t + 1
+        keep = target != -100
+        logits = self.lm.lm_head(self.text_hidden(images, ids)[:, :-1][keep])
+        return None, torch.nn.functional.cross_entropy(logits, target[keep])
 
 
 class Packed(nn.Module):
@@ -363,7 +369,7 @@ def experiment(cfg: VLMConfig, seed: int = 0, device: torch.device = CPU, show_p
     data = make_data(cfg, seed)
     lm0 = load_book_lm(device).model
     P = cfg.canvas ** 2
-    stages = ["CLIP", "LLaVA", "LLaVA + LoRA", "Flamingo", "Q-Former ITC", "BLIP-2"]
+    stages = ["CLIP", "LLaVA stage 1", "LLaVA stage 2", "Flamingo", "Q-Former ITC", "BLIP-2"]
     bar = progress(stages, desc="VLM", disable=not show_progress)
     it = iter(bar)
 
@@ -383,39 +389,43 @@ def experiment(cfg: VLMConfig, seed: int = 0, device: torch.device = CPU, show_p
     out: dict[str, ConnectorResult] = {}
     models: dict[str, VLM] = {}
 
-    next(it)  # LLaVA stage 1: the projector alone
+    next(it)  # LLaVA stage 1: the projector alone (frozen LM)
     llava = VLM("LLaVA", vit, lm0, cfg).to(device)
-    loss, secs = fit(llava, cfg.steps, batches, cfg.lr, seed, "LLaVA")
-    out["LLaVA"] = connector_result("LLaVA (stage 1)", llava, data, loss, secs)
-    models["LLaVA"] = llava
+    loss, secs = fit(llava, cfg.align_steps, batches, cfg.lr, seed, "LLaVA stage 1")
+    out["LLaVA stage 1"] = connector_result("LLaVA stage 1", llava, data, loss, secs)
+    models["LLaVA stage 1"] = llava
 
     next(it)  # LLaVA stage 2: projector + LoRA on a copy of the LM
-    if cfg.stage2_steps:
-        llava2 = copy.deepcopy(llava)
-        apply_lora(llava2.lm, LoRAConfig(r=cfg.lora_rank, alpha=2.0 * cfg.lora_rank))
-        for p in llava2.projector.parameters():
-            p.requires_grad_(True)
-        loss2, secs2 = fit(llava2, cfg.stage2_steps, batches, cfg.lr / 2, seed + 1, "LLaVA stage 2")
-        out["LLaVA + LoRA"] = connector_result("LLaVA (stage 2, + LoRA)", llava2, data, loss + loss2, secs + secs2)
-        models["LLaVA + LoRA"] = llava2
+    llava2 = copy.deepcopy(llava)
+    apply_lora(llava2.lm, LoRAConfig(r=cfg.lora_rank, alpha=2.0 * cfg.lora_rank))
+    loss2, secs2 = fit(llava2, cfg.steps, batches, cfg.lr, seed + 1, "LLaVA stage 2")
+    out["LLaVA"] = connector_result("LLaVA", llava2, data, loss + loss2, secs + secs2)
+    models["LLaVA"] = llava2
 
-    next(it)
+    next(it)  # Flamingo: resampler + gated cross-attention, the LM stays frozen
     flam = VLM("Flamingo", vit, lm0, cfg).to(device)
-    loss, secs = fit(flam, cfg.steps, batches, cfg.lr, seed, "Flamingo")
+    loss, secs = fit(flam, cfg.steps, batches, cfg.flamingo_lr, seed, "Flamingo")
     out["Flamingo"] = connector_result("Flamingo", flam, data, loss, secs)
     models["Flamingo"] = flam
 
     next(it)  # BLIP-2 stage 1: Q-Former with image-text contrastive learning on the frozen encoder
     qf = QFormer(cfg.qformer_d, cfg.d_vis, cfg.n_query, cfg.qformer_layers, cfg.heads, BOOK_LM_CONFIG.vocab_size,
                  data.captions.shape[1], cfg.embed).to(device)
-    itc_hist, itc_s = fit(Packed(qf, lambda im, ids: qf.itc_loss(vit(im)[:, 1:].detach(), ids), cfg.canvas),
-                          cfg.itc_steps, rows_fn(pack(data.train.images, data.captions), None, cfg.clip_batch),
+
+    def itc(images: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():
+            v = vit(images)[:, 1:]
+        return qf.itc_loss(v, ids)
+
+    itc_hist, itc_s = fit(Packed(qf, itc, cfg.canvas), cfg.itc_steps,
+                          rows_fn(pack(data.train.images, data.captions), None, cfg.clip_batch),
                           cfg.clip_lr, seed, "Q-Former ITC")
 
-    next(it)  # BLIP-2 stage 2: Q-Former + projection feed the frozen LM
-    blip = VLM("BLIP-2", vit, lm0, cfg, qformer=qf).to(device)
+    next(it)  # BLIP-2 stage 2: Q-Former + projection (+ the same LoRA as LLaVA) feed the LM
+    blip = VLM("BLIP-2", vit, copy.deepcopy(lm0), cfg, qformer=qf).to(device)
+    apply_lora(blip.lm, LoRAConfig(r=cfg.lora_rank, alpha=2.0 * cfg.lora_rank))
     loss, secs = fit(blip, cfg.steps, batches, cfg.lr, seed, "BLIP-2")
-    out["BLIP-2"] = connector_result("BLIP-2 (ITC, then VQA)", blip, data, loss, secs + itc_s)
+    out["BLIP-2"] = connector_result("BLIP-2", blip, data, loss, secs + itc_s)
     models["BLIP-2"] = blip
     for _ in it:
         pass
@@ -429,5 +439,5 @@ def held_out_pairs() -> list[str]:
 
 def small_config(**over) -> VLMConfig:
     """A seconds-long configuration for tests (``toy`` sizes with tiny step counts)."""
-    return replace(VLMConfig(), n_train=256, n_test=32, clip_steps=3, steps=3, itc_steps=3, stage2_steps=2,
+    return replace(VLMConfig(), n_train=256, n_test=32, clip_steps=3, align_steps=2, steps=3, itc_steps=3,
                    clip_batch=32, batch=8, **over)

@@ -39,7 +39,7 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, heads: int,
     ``(out (B, T, h*D), weights (B, h, T, S))``. Eager, so the figures can read the weights.
     """
     B, T, E = q.shape
-    S, D = k.shape[1], E // heads
+    D = E // heads
     qh, kh, vh = (t.view(B, -1, heads, D).transpose(1, 2) for t in (q, k, v))
     scores = qh @ kh.transpose(-2, -1) / math.sqrt(D)  # (B, h, T, S)
     if mask is not None:

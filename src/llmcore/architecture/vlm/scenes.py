@@ -66,7 +66,7 @@ def shape_mask(shape: str, size: int) -> np.ndarray:
 def render(objs: list[Obj], canvas: int, rng: np.random.Generator) -> np.ndarray:
     """Palette-index image ``(canvas, canvas)``: each object at a random spot of its half."""
     img = np.zeros((canvas, canvas), dtype=np.uint8)
-    size = max(4, (canvas * 3) // 8)
+    size = max(4, (canvas * 7) // 16)
     half = canvas // 2
     for o in objs:
         x0 = int(rng.integers(0, half - size + 1)) + (half if o.side == "right" else 0)
