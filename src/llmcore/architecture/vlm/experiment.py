@@ -439,5 +439,6 @@ def held_out_pairs() -> list[str]:
 
 def small_config(**over) -> VLMConfig:
     """A seconds-long configuration for tests (``toy`` sizes with tiny step counts)."""
-    return replace(VLMConfig(), n_train=256, n_test=32, clip_steps=3, align_steps=2, steps=3, itc_steps=3,
-                   clip_batch=32, batch=8, **over)
+    small = {"n_train": 256, "n_test": 32, "clip_steps": 3, "align_steps": 2, "steps": 3, "itc_steps": 3,
+             "clip_batch": 32, "batch": 8}
+    return replace(VLMConfig(), **(small | over))
