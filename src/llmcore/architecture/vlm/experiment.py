@@ -422,6 +422,10 @@ def experiment(cfg: VLMConfig, seed: int = 0, device: torch.device = CPU, show_p
                           cfg.clip_lr, seed, "Q-Former ITC")
 
     next(it)  # BLIP-2 stage 2: Q-Former + projection (+ the same LoRA as LLaVA) feed the LM
+    for part in (qf.tok, qf.text_proj, qf.image_proj):  # the text branch and ITC heads serve stage 1 only
+        part.requires_grad_(False)
+    qf.pos.requires_grad_(False)
+    qf.logit_scale.requires_grad_(False)
     blip = VLM("BLIP-2", vit, copy.deepcopy(lm0), cfg, qformer=qf).to(device)
     apply_lora(blip.lm, LoRAConfig(r=cfg.lora_rank, alpha=2.0 * cfg.lora_rank))
     loss, secs = fit(blip, cfg.steps, batches, cfg.lr, seed, "BLIP-2")
