@@ -182,7 +182,7 @@ print(f"|CLIP loss - HF CLIPModel loss| = {clip_gap:.1e}, max |projector - HF pr
 # (150 steps of 128 pairs); freeze the ViT. Then, on the frozen book LM (2M parameters, trained on Python's
 # documentation — it has never seen the word *triangle* next to an image): LLaVA stage 1 (projector, 40 steps)
 # and stage 2 (+ LoRA rank 4, 200 steps); Flamingo (resampler + 4 gated layers, LM frozen, 200 steps); BLIP-2
-# (Q-Former ITC 100 steps, then Q-Former + projection + the same LoRA, 200 steps). Every model trains in the
+# (Q-Former with 8 queries, ITC 100 steps, then Q-Former + projection + the same LoRA, 200 steps). Every model trains in the
 # kit's loop (`llmcore.architecture.training.train`) on the same batches of 16.
 
 # %%
@@ -211,13 +211,13 @@ plt.show()
 # 2M-parameter code LM answer (it never learns to stop after the answer word); LLaVA's stage 1 is an alignment
 # step, and stage 2 — training the LM too, here through 10k LoRA parameters — is where it learns to answer.
 # **Flamingo** keeps the LM frozen and still answers: its cross-attention reaches every layer, at the cost of
-# the most trainable parameters, and the LM reads 4 latents instead of 16 tokens. **BLIP-2** squeezes the image
-# into 4 query tokens that ITC has already aligned with captions. On **held-out colour-shape pairs** all three
+# the most trainable parameters, and the LM reads 4 latents (through cross-attention) instead of 16 tokens in its sequence. **BLIP-2** squeezes the image
+# into 8 query tokens that ITC has already aligned with captions. On **held-out colour-shape pairs** all three
 # fall back towards chance: the encoder and the connectors learnt "red" and "triangle" as they co-occurred, not
 # as independent attributes — compositional generalisation is not free at this scale.
 #
 # 中文：只训投影器的 LLaVA 第一阶段不会答题；第二阶段（LoRA）后才会。Flamingo 冻结语言模型也能答题，但可训练
-# 参数最多；BLIP-2 把图像压成 4 个查询词元。在未见过的颜色-形状组合上三者都接近随机：组合泛化并非免费。
+# 参数最多；BLIP-2 把图像压成 8 个查询词元。在未见过的颜色-形状组合上三者都接近随机：组合泛化并非免费。
 
 # %%
 fig = vlm.plot_scenes(res, n=8, split="combo")
@@ -278,7 +278,7 @@ widgets.interact(play, colour1=list(COLOURS), shape1=list(SHAPES), colour2=list(
 # - **Scale.** A 2-layer ViT of width 64 on $16 \times 16$ scenes and a 2M-parameter LM trained on Python's
 #   documentation; the papers use CLIP ViT-L/14 (300M), Chinchilla (70B) or Vicuna (7–13B) and millions of
 #   image-text pairs. Our LLaVA uses the last layer's patch features (LLaVA takes the penultimate layer's).
-# - **LoRA in BLIP-2.** BLIP-2 keeps the LLM frozen. Our book LM is too small and too far from the task for four
+# - **LoRA in BLIP-2.** BLIP-2 keeps the LLM frozen. Our book LM is too small and too far from the task for eight
 #   soft tokens alone to make it answer in 200 steps (LLaVA stage 1 shows the same: exact match 0), so BLIP-2's
 #   stage 2 gets the same rank-4 LoRA as LLaVA's stage 2. Flamingo needs none.
 # - **Q-Former, partly.** Its three masks are implemented and tested, but stage 1 trains ITC only (no ITM head

@@ -78,7 +78,7 @@ class VLMConfig:
     flamingo_lr: float = 5e-3  # peak learning rate of the resampler + gated cross-attention
     n_latents: int = 4  # Flamingo resampler latents = visual tokens
     resampler_layers: int = 1  # Perceiver resampler layers
-    n_query: int = 4  # BLIP-2 Q-Former queries = visual tokens
+    n_query: int = 8  # BLIP-2 Q-Former queries = visual tokens
     qformer_d: int = 64  # Q-Former width
     qformer_layers: int = 2  # Q-Former layers
     itc_steps: int = 100  # Q-Former stage 1 (image-text contrastive) steps
@@ -99,7 +99,7 @@ class VLMConfig:
             return cls()
         return cls(canvas=32, patch=4, d_vis=128, vit_layers=4, text_d=128, text_layers=3, embed=128,
                    n_train=40_000, n_test=2000, clip_steps=3000, clip_batch=256, align_steps=1000, steps=3000,
-                   batch=64, lr=3e-3, flamingo_lr=2e-3, n_latents=8, resampler_layers=2, n_query=8, qformer_d=128,
+                   batch=64, lr=3e-3, flamingo_lr=2e-3, n_latents=8, resampler_layers=2, n_query=16, qformer_d=128,
                    qformer_layers=3, itc_steps=2000)
 
 
