@@ -77,6 +77,10 @@ from llmcore.exercises.rag import (
     check_bm25_scores,
     check_reciprocal_rank_fusion,
 )
+from llmcore.exercises.vlm import (
+    check_clip_loss,
+    check_qformer_mask,
+)
 
 __all__ = [
     "check_allreduce_time",
@@ -88,6 +92,7 @@ __all__ = [
     "check_bradley_terry_loss",
     "check_capacity_keep",
     "check_cfg",
+    "check_clip_loss",
     "check_column_parallel_split",
     "check_cql_loss",
     "check_ddim_step",
@@ -107,6 +112,7 @@ __all__ = [
     "check_pass_at_k",
     "check_pipeline_bubble",
     "check_ppo_clip_loss",
+    "check_qformer_mask",
     "check_reciprocal_rank_fusion",
     "check_reinforce_returns",
     "check_repeat_kv",
