@@ -37,7 +37,7 @@
 # **Prerequisites:** PyTorch modules and autograd; softmax and cross-entropy. (Part 1 is not needed.)
 
 # %% tags=["parameters"]
-toy = True  # True: 300 kB BPE sample, cached 600-step tiny LM, 150-step norm runs (CPU); False: full sizes
+toy = True  # True: 300 kB BPE sample, cached 600-step tiny LM, 250-step norm runs (CPU); False: full sizes
 device = "auto"
 seed = 0
 bpe_vocab = 512  # vocabulary size for the BPE comparison (toy)
