@@ -35,7 +35,14 @@ from llmcore.agents.multi_agent.closed_loop import (
 )
 from llmcore.agents.multi_agent.hitl import ApprovalGate, ScriptedHuman, gate_graph
 from llmcore.agents.multi_agent.plots import plot_comparison, plot_topologies, plot_trace
-from llmcore.agents.multi_agent.protocol import AgentMessage, AgentStats, Bus, LoopDetected, validate_message
+from llmcore.agents.multi_agent.protocol import (
+    AgentMessage,
+    AgentStats,
+    Bus,
+    LoopDetected,
+    describe,
+    validate_message,
+)
 from llmcore.agents.multi_agent.tools import (
     ToolBox,
     ToolWorld,
@@ -49,7 +56,7 @@ from llmcore.agents.multi_agent.tools import (
 __all__ = [
     "AgentMessage", "AgentStats", "ApprovalGate", "Bus", "LoopDetected", "MultiAgentConfig", "MultiAgentResult",
     "Outcome", "PolicyLM", "Runtime", "ScriptedHuman", "TeamSpec", "ToolBox", "ToolWorld", "book_policy", "calculate",
-    "coordinator_policy", "experiment", "fit_context", "gate_graph", "looping", "make_report", "mcp_call",
+    "coordinator_policy", "describe", "experiment", "fit_context", "gate_graph", "looping", "make_report", "mcp_call",
     "mcp_client", "openai_schema", "plot_comparison", "plot_topologies", "plot_trace", "prompt_tokens",
     "read_answer", "run", "run_agent", "serve_mcp", "single_agent", "team", "validate_message",
 ]

@@ -77,23 +77,33 @@ def prompt_tokens(messages: Sequence[Message]) -> int:
     return 2 + sum(message_tokens(m) for m in messages)
 
 
-def fit_context(messages: list[Message], budget: int) -> list[Message]:
-    """The system and task messages plus the longest suffix of the rest that fits ``budget`` tokens.
+def window_mask(sizes: Sequence[int], roles: Sequence[str], budget: int) -> list[int]:
+    r"""Which messages a sliding context window keeps: 1 = kept, 0 = dropped.
 
-    A tool result whose call slid out of the window is dropped with it (an orphan observation).
-    ``messages[:2]`` alone must fit, else one :class:`LLMCoreError` line.
+    ``sizes[i]`` is message ``i``'s token count, ``roles[i]`` its role; messages 0 and 1 (system, task) are always
+    kept; of the rest the longest *suffix* $i \ge j$ is kept such that
+
+    $$ 2 + \text{sizes}_0 + \text{sizes}_1 + \sum_{i \ge j} \text{sizes}_i \le \text{budget} $$
+
+    (2 = ``<bos>`` + ``<|assistant|>``), and then leading ``tool`` messages of the suffix are dropped too (a tool
+    result whose call slid out is an orphan). The head alone over ``budget`` is one :class:`LLMCoreError` line.
     """
-    head, rest = messages[:2], messages[2:]
-    used = prompt_tokens(head)
-    if used > budget:
-        raise LLMCoreError(f"the system and task messages take {used} tokens, over the context budget of {budget}")
-    keep = len(rest)
-    while keep > 0 and used + sum(message_tokens(m) for m in rest[len(rest) - keep:]) > budget:
-        keep -= 1
-    tail = rest[len(rest) - keep:]
-    while tail and tail[0]["role"] == "tool":
-        tail = tail[1:]
-    return head + tail
+    head = 2 + sum(sizes[:2])
+    if head > budget:
+        raise LLMCoreError(f"the system and task messages take {head} tokens, over the context budget of {budget}")
+    j, used = len(sizes), head
+    while j > 2 and used + sizes[j - 1] <= budget:
+        j -= 1
+        used += sizes[j]
+    while j < len(sizes) and roles[j] == "tool":
+        j += 1
+    return [1, 1][:len(sizes)] + [int(i >= j) for i in range(2, len(sizes))]
+
+
+def fit_context(messages: list[Message], budget: int) -> list[Message]:
+    """The messages a model with a ``budget``-token window is shown (:func:`window_mask` on book-tokenizer counts)."""
+    mask = window_mask([message_tokens(m) for m in messages], [m["role"] for m in messages], budget)
+    return [m for m, keep in zip(messages, mask) if keep]
 
 
 class PolicyLM(ChatLLM):

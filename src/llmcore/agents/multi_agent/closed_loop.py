@@ -132,14 +132,13 @@ def make_tasks(cfg: MultiAgentConfig, seed: int) -> list[Task]:
     currency tasks through the failing API (amounts and fees drawn by the seed), approval tasks."""
     rng = np.random.default_rng(seed)
     entries = answerable(unique_entries(load_docs(TOY_TOPICS)))
-    need = cfg.research_per_k * sum(cfg.research_ks)
-    if need > len(entries):
-        raise LLMCoreError(f"the research tasks need {need} distinct entries; the corpus has {len(entries)}")
-    pick = [entries[i] for i in rng.choice(len(entries), size=need, replace=False)]
+    if max(cfg.research_ks) > len(entries):
+        raise LLMCoreError(f"a research task of {max(cfg.research_ks)} sub-questions needs as many distinct entries; "
+                           f"the corpus has {len(entries)} answerable ones")
     tasks = []
     for k in cfg.research_ks:
         for _ in range(cfg.research_per_k):
-            chosen, pick = pick[:k], pick[k:]
+            chosen = [entries[i] for i in rng.choice(len(entries), size=k, replace=False)]
             tasks.append(Task("research", research_text(chosen), tuple(e.answer for e in chosen), k))
     for i in range(cfg.n_convert):
         base, quote = PAIRS[i % len(PAIRS)]

@@ -142,3 +142,13 @@ class Bus:
         self.log.append(msg)
         self.stats[msg.sender].tokens += _tokens(msg.content)
         return msg
+
+
+def describe(msg: AgentMessage, width: int = 80) -> str:
+    """One line for a trace listing: ``sender -> recipient intent  <the gist of the content>``."""
+    c = msg.content
+    if isinstance(c, dict):
+        gist = " ".join(str(c[k]) for k in ("ref", "answer", "task", "tool", "args", "action", "call") if k in c)
+    else:
+        gist = c
+    return f"{msg.sender:>13} -> {msg.recipient:<13} {msg.intent:<16} {' '.join(str(gist).split())[:width]}"
