@@ -357,6 +357,9 @@ widgets.interact(approval_panel, action=widgets.ToggleButtons(options=["approve"
 #   organisation (context isolation, parallel tool latency, recovery routes) and the token bill a model of the
 #   book LM's size would incur — not how well a real model would plan, read or recover. A real model adds its own
 #   failures (malformed calls, wrong delegation) that the interface's retry budget and the loop guard must absorb.
+# - **The plan is a parser.** A coordinator's task is split into parts by the runtime (one part per numbered
+#   question) and kept in a ledger; the model only decides whom to delegate to, when to wait, when to re-delegate
+#   and what to answer. Magentic-One's orchestrator writes its plan and ledger with the model itself.
 # - **A single agent can manage its context too.** The baseline is a plain ReAct loop with a sliding window. A
 #   single agent that writes each extracted answer to a scratchpad (or summarises old observations) would avoid
 #   the overflow here — that is the same context isolation, done by memory management instead of by a team.

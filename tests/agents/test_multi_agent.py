@@ -133,15 +133,16 @@ def test_coordinator_reassigns_a_failed_part_to_a_worker_not_yet_tried():
                    _call(3, "wait"), {"role": "tool", "tool_call_id": "call_3",
                                       "content": "Q1 from researcher_1: ERROR: loop: search called 3 times"}]
     led = fold_ledger(task, hist)
-    assert led["Q1"] == {"tried": ["researcher_1"], "status": "failed", "answer": ""}
+    assert led["Q1"] == {"kind": "research", "tried": ["researcher_1"], "status": "failed", "answer": ""}
     assert led["Q2"]["status"] == "waiting"
-    shown = msgs + [ledger_message(led)]
+    shown = [system, ledger_message(led)]
+    assert shown[1]["content"].splitlines()[1] == "Q1 | research | failed | tried=researcher_1 | "
     assert json.loads(coordinator_policy(shown, tools).split("Action: ")[1]) == \
         {"name": "delegate", "arguments": {"to": "researcher_2", "ref": "Q1"}}  # the operator cannot search
     done = hist + [_call(4, "wait"), {"role": "tool", "tool_call_id": "call_4", "content": "Q2 from researcher_2: Answer: Q2: b()"},
                    _call(5, "delegate", to="researcher_2", ref="Q1"), {"role": "tool", "tool_call_id": "call_5", "content": "sent"},
                    _call(6, "wait"), {"role": "tool", "tool_call_id": "call_6", "content": "Q1 from researcher_2: Answer: Q1: a()"}]
-    assert coordinator_policy(msgs + [ledger_message(fold_ledger(task, done))], tools) == "Answer: Q1: a(); Q2: b()"
+    assert coordinator_policy([system, ledger_message(fold_ledger(task, done))], tools) == "Answer: Q1: a(); Q2: b()"
 
 
 def test_mcp_server_over_stdio_then_a_faulty_team_and_the_approval_gate(tmp_path: Path):

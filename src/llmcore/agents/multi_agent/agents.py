@@ -257,12 +257,13 @@ LEDGER = "Ledger:"
 
 
 def fold_ledger(task: str, messages: Sequence[Message]) -> dict[str, dict[str, Any]]:
-    """A coordinator's progress ledger, folded from its whole history by the runtime (not by the model):
-    per part, the workers tried, the status (``open``, ``waiting``, ``failed``, ``done``) and the answer.
-    ``Plan:`` lines in the task (``Q1@researcher_1``) count as delegations already made (the mesh's writer
-    inherits the planner's plan); a ``TIMEOUT`` fails every part still waiting; a late duplicate is ignored."""
+    """A coordinator's ledger, folded from its whole transcript by the runtime (not by the model): the task split
+    into parts (:func:`parts_of`), and per part its kind, the workers tried, the status (``open``, ``waiting``,
+    ``failed``, ``done``) and the answer. ``Plan:`` lines in the task (``Q1@researcher_1``) count as delegations
+    already made (the mesh's writer inherits the planner's plan); a ``TIMEOUT`` fails every part still waiting;
+    a late duplicate answer is ignored."""
     parts = parts_of(task.split("\nPlan: ")[0])
-    led = {r: {"tried": [], "status": "open", "answer": ""} for r in parts}
+    led = {r: {"kind": kind_of(p), "tried": [], "status": "open", "answer": ""} for r, p in parts.items()}
     plan = re.search(r"^Plan: (.+)$", task, re.M)
     for item in plan.group(1).split("; ") if plan else ():
         ref, w = item.split("@")
@@ -288,8 +289,10 @@ def fold_ledger(task: str, messages: Sequence[Message]) -> dict[str, dict[str, A
 
 
 def ledger_message(led: dict[str, dict[str, Any]]) -> Message:
-    """The ledger as the one message a coordinator's model reads instead of its transcript."""
-    lines = [f"{r} | {v['status']} | tried={','.join(v['tried']) or '-'} | {v['answer']}" for r, v in led.items()]
+    """The ledger as the one user message a coordinator's model reads instead of the task text and its transcript
+    (one short line per part, as Magentic-One's progress ledger): its prompt does not grow with the work done."""
+    lines = [f"{r} | {v['kind']} | {v['status']} | tried={','.join(v['tried']) or '-'} | {v['answer']}"
+             for r, v in led.items()]
     return {"role": "user", "content": "\n".join([LEDGER, *lines])}
 
 
@@ -297,21 +300,18 @@ def coordinator_policy(messages: Sequence[Message], tools: Sequence[dict]) -> st
     """Read the ledger: delegate every open part to a worker with its skill (round-robin), re-delegate a failed
     part to a worker not yet tried (give up when none is left), ``wait`` while parts are out, then compose the
     answer. A planner (no ``wait`` tool) stops after delegating every part once and answers with its plan."""
-    task = next(m["content"] for m in messages if m["role"] == "user")
     system = next((m["content"] for m in messages if m["role"] == "system"), "")
     workers = peers(system, "Workers")
-    parts = parts_of(task.split("\nPlan: ")[0])
-    led = {r: {"status": "open", "tried": [], "answer": ""} for r in parts}
-    note = next((m["content"] for m in reversed(messages) if m["role"] == "user" and m["content"].startswith(LEDGER)), "")
+    note = next(m["content"] for m in reversed(messages) if m["role"] == "user" and m["content"].startswith(LEDGER))
+    led = {}
     for line in note.splitlines()[1:]:
-        ref, status, tried, answer = line.split(" | ", 3)
-        led[ref] = {"status": status, "tried": [t for t in tried[6:].split(",") if t != "-"], "answer": answer}
+        ref, kind, status, tried, answer = line.split(" | ", 4)
+        led[ref] = {"kind": kind, "status": status, "tried": [t for t in tried[6:].split(",") if t != "-"],
+                    "answer": answer}
     planner = "wait" not in {t["function"]["name"] for t in tools}
-    for i, ref in enumerate(parts):
-        v = led[ref]
+    for i, (ref, v) in enumerate(led.items()):
         if v["status"] in ("open", "failed"):
-            skill = SKILL[kind_of(parts[ref])]
-            able = [w for w in workers if skill in workers[w]] or list(workers)
+            able = [w for w in workers if SKILL[v["kind"]] in workers[w]] or list(workers)
             ring = able[i % len(able):] + able[:i % len(able)]
             free = [w for w in ring if w not in v["tried"]]
             if free and not (planner and v["tried"]):
@@ -319,10 +319,10 @@ def coordinator_policy(messages: Sequence[Message], tools: Sequence[dict]) -> st
             if not planner:
                 v["status"], v["answer"] = "done", "unknown"  # every able worker failed: give up on this part
     if planner:
-        return "Answer: Plan: " + "; ".join(f"{r}@{led[r]['tried'][-1]}" for r in parts)
+        return "Answer: Plan: " + "; ".join(f"{r}@{v['tried'][-1]}" for r, v in led.items())
     if any(v["status"] == "waiting" for v in led.values()):
         return action("wait")
-    return "Answer: " + "; ".join(led[r]["answer"] for r in parts)
+    return "Answer: " + "; ".join(v["answer"] for v in led.values())
 
 
 # ---- one agent's loop ---------------------------------------------------------------------------------------
@@ -474,9 +474,12 @@ async def serve_worker(rt: Runtime, name: str, spec: TeamSpec, max_steps: int, m
                 continue
             except LLMCoreError as exc:
                 out = Outcome("error", f"ERROR: handoff failed: {exc}", out.steps)
-        rt.bus.send({"sender": name, "recipient": c["reply_to"], "trace_id": msg.trace_id, "hop": msg.hop + 1,
-                     "intent": "result" if out.kind == "answer" else "error",
-                     "content": {"ref": c["ref"], "answer": out.text}})
+        try:
+            rt.bus.send({"sender": name, "recipient": c["reply_to"], "trace_id": msg.trace_id, "hop": msg.hop + 1,
+                         "intent": "result" if out.kind == "answer" else "error",
+                         "content": {"ref": c["ref"], "answer": out.text}})
+        except LoopDetected:
+            pass  # this exact answer was delivered before (the part came back after a timeout): the bus logged it
 
 
 async def coordinate(rt: Runtime, name: str, task: str, workers_line: str, trace_id: str, max_steps: int,
@@ -507,8 +510,8 @@ async def coordinate(rt: Runtime, name: str, task: str, workers_line: str, trace
     messages = [system_prompt(f"{name}, a coordinator", workers_line), {"role": "user", "content": task}]
     tools = [DELEGATE] if planner else [DELEGATE, WAIT]
 
-    def render(msgs: list[Message]) -> list[Message]:
-        return msgs[:2] + [ledger_message(fold_ledger(task, msgs))]
+    def render(msgs: list[Message]) -> list[Message]:  # the model sees the ledger, not the task text + transcript
+        return [msgs[0], ledger_message(fold_ledger(task, msgs))]
     return await run_agent(rt, name, llm, tools, messages, trace_id, max_steps, special, render)
 
 
@@ -529,7 +532,15 @@ async def team(rt: Runtime, task: str, trace_id: str, spec: TeamSpec, mesh: bool
                                     coordinator_steps, reply_to="writer", planner=True)
             rt.bus.send({"sender": "planner", "recipient": "writer", "intent": "handoff", "trace_id": trace_id,
                          "content": {"ref": "plan", "task": plan.text.removeprefix("Answer: ")}})
-            got = await rt.bus.recv("writer", rt.recv_timeout_s)
+            early, got = [], None
+            while got is None or got.sender != "planner":  # a fast worker's answer may arrive before the plan
+                if got is not None:
+                    early.append(got)
+                got = await rt.bus.recv("writer", rt.recv_timeout_s)
+                if got is None:
+                    break
+            for m in early:
+                rt.bus.queues["writer"].put_nowait(m)
             full = task + "\n" + (got.content["task"] if got else "Plan: ")
             out = await coordinate(rt, "writer", full, spec.line("Workers", spec.workers), trace_id,
                                    coordinator_steps, reply_to="writer")

@@ -72,7 +72,7 @@ class MultiAgentConfig:
     loop_limit: int = 3           # the same tool call this many times in one episode is a loop
     latency_s: float = 0.05       # every search / rate call waits this long in the MCP server (network stand-in)
     tool_timeout_s: float = 0.4   # the client gives up on a tool call after this long
-    recv_timeout_s: float = 1.0   # a coordinator gives up waiting for a worker after this long
+    recv_timeout_s: float = 1.5   # a coordinator gives up waiting for a worker after this long
     faults: tuple[tuple[str, str], ...] = (("researcher_2", "loop"), ("researcher_3", "hang"))  # the faulty team
     fault_k: int = 3              # sub-questions of the faulty team's research task
 
