@@ -250,7 +250,8 @@ for name, a in res.agents["supervisor"].items():
 #
 # The faulty supervisor team on a 3-question research task: researcher 2's model repeats its first search forever,
 # researcher 3 takes work and never answers. The trace shows the loop guard's `error` from researcher 2, the
-# supervisor re-delegating Q2, the `wait` that times out on researcher 3, and Q2/Q3 handed to researcher 1.
+# supervisor re-delegating Q2, the `wait` that times out on researcher 3 (the ✕: a timeout the supervisor notes in
+# the trace), and Q2/Q3 handed to researcher 1.
 
 # %%
 faulty = res.faulty["supervisor"]["runs"][0]

@@ -503,7 +503,9 @@ async def coordinate(rt: Runtime, name: str, task: str, workers_line: str, trace
             return "sent"
         msg = await rt.bus.recv(name, rt.recv_timeout_s)
         if msg is None:
-            return f"TIMEOUT: no answer in {rt.recv_timeout_s:g} s"
+            text = f"TIMEOUT: no answer in {rt.recv_timeout_s:g} s"
+            rt.bus.note({"sender": name, "recipient": name, "intent": "error", "trace_id": trace_id, "content": text})
+            return text
         return f"{msg.content['ref']} from {msg.sender}: {msg.content['answer']}"
 
     llm = PolicyLM(coordinator_policy, rt.context_tokens)

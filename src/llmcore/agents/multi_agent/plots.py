@@ -55,7 +55,8 @@ def plot_topologies(axes) -> None:
         if n != "operator":
             _arrow(ax, (0.12, 0.85), (x, y - 0.05), "#1f77b4")
         _arrow(ax, (x, y - 0.05), (0.88, 0.85), "#2ca02c")
-    _arrow(ax, (0.12, 0.4), (0.88, 0.4), "#9467bd", rad=0.35, label="handoff")
+    _arrow(ax, (0.12, 0.4), (0.88, 0.4), "#9467bd", rad=0.35)
+    ax.text(0.5, 0.2, "handoff", fontsize=7, color="#9467bd", ha="center")
     _arrow(ax, (0.12, 0.85), (0.88, 0.85), "#9467bd", label="plan")
     _node(ax, (0.5, 0.08), "MCP server", "#f4f4f4")
     ax.set_title("decentralised mesh (peer to peer)")
@@ -78,13 +79,18 @@ def plot_trace(ax, trace: Sequence[AgentMessage], title: str) -> None:
     for k, m in enumerate(trace, 1):
         a, b = x[m.sender], x[m.recipient]
         colour = INTENT_COLOURS.get(m.intent, "#333")
-        ax.annotate("", (b, k), (a, k), arrowprops={"arrowstyle": "-|>", "color": colour, "lw": 1.1})
-        label = m.intent
+        if a == b:  # a note to itself (a timeout)
+            ax.plot([a], [k], "X", color=colour, ms=8)
+        else:
+            ax.annotate("", (b, k), (a, k), arrowprops={"arrowstyle": "-|>", "color": colour, "lw": 1.1})
+        label = "stop" if m.content == "stop" else m.intent
+        if isinstance(m.content, str) and m.content.startswith("TIMEOUT"):
+            label = m.content
         if isinstance(m.content, dict) and "ref" in m.content:
             label += f" {m.content['ref']}"
         if m.intent == "error" and isinstance(m.content, dict):
             label += ": " + str(m.content.get("answer", ""))[7:30]
-        ax.text((a + b) / 2, k - 0.15, label, fontsize=6, ha="center", color=colour)
+        ax.text((a + b) / 2 + (0.35 if a == b else 0), k - 0.15, label, fontsize=6, ha="center", color=colour)
     ax.set_xticks(range(len(lanes)), [n.replace("_", "\n") for n in lanes], fontsize=7)
     ax.set_ylim(len(trace) + 1, 0)
     ax.set_ylabel("message #")
