@@ -375,8 +375,8 @@ widgets.interact(approval_panel, action=widgets.ToggleButtons(options=["approve"
 # :class: tip
 # - **Toy (this page):** 14 tasks × 3 systems + the faulty team + the LangGraph replay, all on CPU; the MCP server
 #   is one child Python process (about 6 s of its start is importing the corpus code). The page executes in
-#   about 40 s on the 2-core CI CPU; `run.py --module multi_agent --toy` takes about 25 s, peak RAM about 0.9 GB
-#   (two Python processes with torch imported). No GPU: orchestration and BM25 do not use one.
+#   30 s on the 2-core CI CPU (shared); the closed loop alone takes 29 s, peak RSS 0.72 GB in the main process
+#   plus the MCP server child. No GPU: orchestration and BM25 do not use one.
 # - **Full (`toy=False`):** 48 tasks (research up to 6 sub-questions), 4 researchers: about a minute, still CPU.
 #   With a real model behind the interface the LLM calls dominate: the tokens column is the bill.
 # ```
@@ -438,8 +438,10 @@ widgets.interact(approval_panel, action=widgets.ToggleButtons(options=["approve"
 #    the normal service time by a margin.
 # 4. After each researcher failed once, `coordinator_policy` has no untried able worker and answers `unknown` for
 #    that part: 3 delegations per part (one per researcher), then it gives up — bounded, no deadlock.
-# 5. With 2048 tokens every passage fits: the single agent solves the research tasks and bills fewer tokens per
-#    solved task than the team (no delegation overhead), but its wall time is still the sum of its searches.
+# 5. Expect every passage to fit at 2048 tokens: the single agent then solves the research tasks, and its tokens
+#    per solved task should drop below the team's (no delegate/wait calls) even though its prompts grow with
+#    every step; its wall time stays the sum of its searches. Measure it: the quadratic growth of the billed
+#    prompt is the price of one long context.
 # :::
 #
 # ## References / 参考文献
