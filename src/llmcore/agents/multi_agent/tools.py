@@ -162,10 +162,19 @@ async def mcp_client(latency_s: float = 0.05, python: str = sys.executable):
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in sys.path if p), "OMP_NUM_THREADS": "1"}
     params = StdioServerParameters(command=python, args=["-m", "llmcore.agents.multi_agent", "--latency",
                                                          str(latency_s)], env=env)
-    async with stdio_client(params) as (read, write):
-        async with ClientSession(read, write) as session:
-            await session.initialize()
-            yield session
+    try:  # the server's stderr goes to ours, unless ours is not a real file (a Jupyter kernel's stream)
+        sys.stderr.fileno()
+        errlog, sink = sys.stderr, None
+    except (AttributeError, OSError):
+        errlog = sink = open(os.devnull, "w")  # noqa: SIM115 (closed below)
+    try:
+        async with stdio_client(params, errlog=errlog) as (read, write):
+            async with ClientSession(read, write) as session:
+                await session.initialize()
+                yield session
+    finally:
+        if sink is not None:
+            sink.close()
 
 
 async def mcp_call(session: Any, name: str, arguments: dict[str, Any]) -> Any:
