@@ -280,7 +280,17 @@ MODULES: tuple[Module, ...] = (
                      "uninterrupted trace and final state",
                      "fan-out of N slow tools takes ~max not sum (wall / chain wall < 0.5)")),
     Module("multi_agent", _P5, "04_multi_agent", "Multi-Agent Systems", "多智能体协作", "多智能体协作 Multi-agent",
-           "去中心化编排、通信协议与 Human-in-the-Loop", prerequisites=("mesh",)),
+           "去中心化编排、通信协议与 Human-in-the-Loop", prerequisites=("mesh",),
+           run="llmcore.agents.multi_agent:run", package=True,
+           criteria=("our agents list and call the book's tools on a real MCP stdio server; results equal the same "
+                     "tools called in process",
+                     "every bus message is validated by the pydantic schema; malformed ones are refused",
+                     "supervisor team and decentralised mesh each solve >= 90% of the task set",
+                     "team beats the single agent on the same tasks (success +0.15; research wall time < 0.8x)",
+                     "a looping worker, a hanging worker and a timing-out tool are detected and recovered from "
+                     "(reassignment, fallback route); the answers stay correct",
+                     "approval gate: every gated call pauses (interrupt + SQLite) and resumes with the human's "
+                     "answer; a rejected call never runs, an edited one runs with the edit; equals LangGraph")),
     # ---- Part 6 -----------------------------------------------------------------------------
     Module("offline_rl", _P6, "01_offline_rl", "Offline RL", "离线强化学习", "算法复现 Overview",
            "离线强化学习与数据分布偏移 — distribution shift", prerequisites=("td",),

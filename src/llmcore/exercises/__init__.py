@@ -59,6 +59,9 @@ from llmcore.exercises.moe import (
     check_capacity_keep,
     check_load_balancing_loss,
 )
+from llmcore.exercises.multi_agent import (
+    check_context_window,
+)
 from llmcore.exercises.offline_rl import (
     check_behaviour_cloning,
     check_cql_loss,
@@ -94,6 +97,7 @@ __all__ = [
     "check_cfg",
     "check_clip_loss",
     "check_column_parallel_split",
+    "check_context_window",
     "check_cql_loss",
     "check_ddim_step",
     "check_discounted_return",
