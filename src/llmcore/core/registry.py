@@ -250,7 +250,14 @@ MODULES: tuple[Module, ...] = (
     Module("rag", _P5, "01_rag", "Memory & RAG", "记忆与检索增强生成", "信息检索 Retrieval",
            "RAG、Query 理解、向量检索与 Rerank 模型"),
     Module("agents", _P5, "02_agent_orchestration", "Agent Orchestration", "智能体编排", "编排范式 Orchestration patterns",
-           "ReAct、Plan-and-Execute 与 Self-Ask", prerequisites=("rag",)),
+           "ReAct、Plan-and-Execute 与 Self-Ask", prerequisites=("rag",),
+           run="llmcore.agents.agent_orchestration:run", package=True,
+           criteria=("the ReAct agent with tools solves >= 90% of held-out multi-hop tasks (Plan-and-Execute and "
+                     "Self-Ask compared: success, model calls, tokens, failures)",
+                     "the same model answering directly (no tools) solves <= 30%",
+                     "malformed output of the un-fine-tuned book LM is caught, retried within the budget and reported; "
+                     "no episode exceeds its completion budget",
+                     "the agent through the openai client on llmcore serve gives the in-process answers")),
     Module("mesh", _P5, "03_state_machine", "Mesh & State Machine", "异步编排与状态机", "系统架构 System architecture",
            "异步编排、复杂状态机与条件路由", prerequisites=("agents",)),
     Module("multi_agent", _P5, "04_multi_agent", "Multi-Agent Systems", "多智能体协作", "多智能体协作 Multi-agent",

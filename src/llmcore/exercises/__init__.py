@@ -7,6 +7,10 @@ what was expected and what came back.
     PASS check_gae: 6 hidden cases agree with the book's reference implementation
 """
 
+from llmcore.exercises.agents import (
+    check_calculator,
+    check_search_score,
+)
 from llmcore.exercises.alignment import (
     check_bradley_terry_loss,
     check_dpo_loss,
@@ -78,6 +82,7 @@ __all__ = [
     "check_block_slots",
     "check_blocks_needed",
     "check_bradley_terry_loss",
+    "check_calculator",
     "check_capacity_keep",
     "check_cfg",
     "check_column_parallel_split",
@@ -104,6 +109,7 @@ __all__ = [
     "check_ring_allreduce_bytes",
     "check_rmsnorm",
     "check_rope",
+    "check_search_score",
     "check_sft_loss_mask",
     "check_speculative_accept",
     "check_ties_merge",
