@@ -28,11 +28,11 @@ def test_calculator_by_hand_and_safe():
 
 
 def test_search_and_lookup_by_hand():
-    assert HAND.search("capital of koriba") == "the capital of koriba is zamute."  # 3 shared words, the river fact 2
-    assert HAND.search("river of teba") == "the river of teba is fapi."
+    assert HAND.search("koriba capital") == 'the capital of "koriba" is "zamute".'  # 2 shared words, the river fact 1
+    assert HAND.search("teba river") == 'the river of "teba" is "fapi".'
     assert HAND.search("zzz") == "no result."
     box = world.Toolbox(HAND)
-    assert box.call(llm.ToolCall("lookup", {"key": "Zamute "})) == "47"
+    assert box.call(llm.ToolCall("lookup", {"key": '"Zamute" '})) == "47"
     assert box.call(llm.ToolCall("lookup", {"key": "paris"})).startswith("error: no key")
     assert box.call(llm.ToolCall("calculator", {"expression": "2 **"})).startswith("error:")
     assert box.call(llm.ToolCall("lookup", {"k": "zamute"})).startswith("error:") and len(box.log) == 4
@@ -53,7 +53,7 @@ def test_tasks_have_correct_answers_and_heldout_names():
 
 
 # ---- the patterns: gold replies and scripted models ---------------------------------------------------------
-TASK = world.Task("calc", "what is the population of the capital of koriba times 6?", "282", "koriba", "zamute", 47,
+TASK = world.Task("calc", 'what is the population of the capital of "koriba" times 6?', "282", "koriba", "zamute", 47,
                   "times", 6)
 
 
@@ -75,10 +75,10 @@ def _say(*texts):
 
 def test_plan_execute_replans_after_a_tool_error():
     act = patterns._act
-    model = _say("Plan:\n1. search the capital of koriba\n2. lookup it", act("search", query="capital of koriba"),
+    model = _say("Plan:\n1. search the capital of koriba\n2. lookup it", act("search", query="koriba capital"),
                  act("lookup", key="koriba"),  # wrong key -> tool error -> replan
                  "Plan:\n1. search the capital of koriba\n2. lookup the capital",
-                 act("search", query="capital of koriba"), act("lookup", key="zamute"))
+                 act("search", query="koriba capital"), act("lookup", key="zamute"))
     task = replace(TASK, family="pop", question="what is the population of the capital of koriba?", answer="47", op="",
                    k=0)
     [ep] = patterns.run_episodes(model, "plan_execute", [task], HAND, max_replans=1)
@@ -88,7 +88,7 @@ def test_plan_execute_replans_after_a_tool_error():
 
 
 def test_react_stops_at_the_step_budget_and_on_malformed_output():
-    loop = _say(patterns._act("search", query="capital of koriba"))  # never answers
+    loop = _say(patterns._act("search", query="koriba capital"))  # never answers
     [ep] = patterns.run_episodes(loop, "react", [TASK], HAND, max_steps=3)
     assert ep.failure == "step budget" and ep.calls == 3 and ep.tool_calls == 3
     junk = _say("I am not sure.")  # neither an action nor 'Answer:'

@@ -93,8 +93,8 @@ def _tool_msg(reply: Reply, content: str) -> Message:
 
 def _gold_calls(task: Task) -> list[tuple[str, str]]:
     """The gold tool path: ``(thought, action line)`` per hop."""
-    out = [(f"find the capital of {task.country}", _act("search", query=f"capital of {task.country}")),
-           (f"look up {task.capital}", _act("lookup", key=task.capital))]
+    out = [(f'find the capital of "{task.country}"', _act("search", query=f"{task.country} capital")),
+           (f'look up "{task.capital}"', _act("lookup", key=task.capital))]
     if task.op:
         out.append((f"compute {task.expression}", _act("calculator", expression=task.expression)))
     return out
@@ -118,7 +118,7 @@ def self_ask(task: Task, box: Toolbox, max_steps: int = 6) -> Pattern:
     """Self-Ask: follow-up questions, each answered by a tool call, then ``So the final answer is:``."""
     msgs: list[Message] = [{"role": "system", "content": SYSTEM["self_ask"]},
                            {"role": "user", "content": task.question}]
-    follow = [f"what is the capital of {task.country}?", f"what is the population of {task.capital}?"]
+    follow = [f'what is the capital of "{task.country}"?', f'what is the population of "{task.capital}"?']
     if task.op:
         follow.append(f"what is {task.population} {task.op} {task.k}?")
     gold = [("Are follow up questions needed here: Yes.\n" if i == 0 else "") + f"Follow up: {q}\n{a}"
@@ -137,7 +137,7 @@ def plan_execute(task: Task, box: Toolbox, max_replans: int = 1) -> Pattern:
     """Plan once, execute each step with one tool call, replan (at most ``max_replans``) on a failure."""
     plan_msgs: list[Message] = [{"role": "system", "content": SYSTEM["plan"]},
                                 {"role": "user", "content": task.question}]
-    steps = [f"search the capital of {task.country}", "lookup the population of the capital"]
+    steps = [f'search the capital of "{task.country}"', "lookup the population of the capital"]
     if task.op:
         steps.append(f"calculate it {task.op} {task.k}")
     gold_plan = "Plan:\n" + "\n".join(f"{i + 1}. {s}" for i, s in enumerate(steps))

@@ -148,7 +148,7 @@ def agent_model(cfg, device: str | torch.device = "cpu", refresh: bool = False) 
     def load(path: Path) -> tuple[Llama, dict]:
         return Llama.from_pretrained(path, device=device).eval(), json.loads((path / "metrics.json").read_text())
 
-    return train_once("agent_lm", train_cfg, train, load, version=1, refresh=refresh)
+    return train_once("agent_lm", train_cfg, train, load, version=2, refresh=refresh)
 
 
 #: the AgentConfig fields that change the fine-tuned model (the cache key); evaluation knobs are not among them

@@ -3,17 +3,23 @@ r"""The agents' world: real Python tools over a generated fact base, and multi-h
 A :class:`World` is a set of made-up countries (``"koriba"``), each with a capital city and a river.
 Three tools act on it, each an ordinary Python function behind an OpenAI function-calling schema:
 
-* ``search(query)`` -- the best-matching sentence of the fact base (``"the capital of koriba is
-  zamute."``), scored by word overlap $|\mathrm{words}(q) \cap \mathrm{words}(f)|$ (ties: the first fact);
+* ``search(query)`` -- the best-matching sentence of the fact base (``'the capital of "koriba" is
+  "zamute".'``), scored by word overlap $|\mathrm{words}(q) \cap \mathrm{words}(f)|$ (ties: the first fact);
 * ``lookup(key)`` -- a key-value database of city populations (``"zamute" -> "47"``);
 * ``calculator(expression)`` -- integer ``+ - *`` evaluated by walking Python's ``ast`` (no ``eval``).
 
 A task asks for a fact two or three hops away::
 
-    what is the population of the capital of koriba times 6?
-      search("capital of koriba") -> "the capital of koriba is zamute."
+    what is the population of the capital of "koriba" times 6?
+      search("koriba capital")    -> 'the capital of "koriba" is "zamute".'
       lookup("zamute")            -> "47"
       calculator("47 * 6")        -> "282"                         answer: 282
+
+Names are always written in double quotes. The BPE tokenizer merges a space with the word after it, so
+``koriba`` after a space and after a quote would be different token sequences, and the model would
+have to translate between them when it copies a name from the question into a JSON argument (measured:
+most of the fine-tuned agent's errors were such copies before the quotes). After a quote a name is the
+same tokens in the question, the facts, the thoughts and the JSON.
 
 The facts are drawn at random per world, so a model cannot know them: without tools it can only guess.
 Names are split by a hash bucket, so held-out tasks use countries and cities no training trace mentions.
@@ -92,7 +98,7 @@ class World:
     def __post_init__(self) -> None:
         if not self.facts:
             for c in self.capitals:
-                self.facts += [f"the capital of {c} is {self.capitals[c]}.", f"the river of {c} is {self.rivers[c]}."]
+                self.facts += [f'the capital of "{c}" is "{self.capitals[c]}".', f'the river of "{c}" is "{self.rivers[c]}".']
 
     # the three tools (plain Python; the schemas below describe them to a model)
     def search(self, query: str) -> str:
@@ -101,7 +107,7 @@ class World:
         return self.facts[best] if q & words(self.facts[best]) else "no result."
 
     def lookup(self, key: str) -> str:
-        k = key.strip().lower()
+        k = key.strip().strip('"').lower()
         if k not in self.population:
             raise KeyError(f"no key {key!r}")
         return str(self.population[k])
@@ -123,7 +129,7 @@ def make_world(n_countries: int, split: str, seed: int) -> World:
 
 TOOL_SCHEMAS = [
     function_schema("search", "search the fact base; returns the best-matching sentence",
-                    query=("string", "what to look for, e.g. 'capital of koriba'")),
+                    query=("string", "what to look for, e.g. 'koriba capital'")),
     function_schema("lookup", "the population of a city from the database", key=("string", "a city name")),
     function_schema("calculator", "evaluate integer arithmetic with + - *", expression=("string", "e.g. '47 * 6'")),
 ]
@@ -197,7 +203,7 @@ def make_tasks(world: World, n: int, seed: int, families: tuple[str, ...] = FAMI
         cap = world.capitals[c]
         p = world.population[cap]
         fam = rng.choice(families)
-        q = f"what is the population of the capital of {c}"
+        q = f'what is the population of the capital of "{c}"'
         if fam == "pop":
             out.append(Task(fam, q + "?", str(p), c, cap, p))
         else:
