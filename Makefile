@@ -112,12 +112,12 @@ lint: install ## ruff
 	$(VENV)/bin/ruff check src tests chapters tools benchmarks run.py
 
 unit: install ## pytest unit tests and cross-checks
-	LLMCORE_NO_PROGRESS=1 $(VENV)/bin/pytest -q tests
+	LLMCORE_NO_PROGRESS=1 $(VENV)/bin/pytest -q tests --durations=15
 
 nbval: install ## re-execute every chapter notebook and compare its checked results cells
 	@# no progress bars: their widget messages can flood the kernel's output channel past ZMQ's high-water
 	@# mark, and nbval then waits in vain for the cell's last messages ("Timeout ... waiting for output")
-	LLMCORE_NO_PROGRESS=1 $(VENV)/bin/pytest -q -p no:cacheprovider --nbval-lax --nbval-current-env --nbval-cell-timeout=900 $(NBVAL_PATHS) --ignore-glob='*.py'
+	LLMCORE_NO_PROGRESS=1 $(VENV)/bin/pytest -q -p no:cacheprovider --nbval-lax --nbval-current-env --nbval-cell-timeout=900 $(NBVAL_PATHS) --ignore-glob='*.py' --durations=25
 
 check-pages: html chromium ## load every page in headless Chromium: figures present, no errors, no broken links
 	@browser="$$($(FIND_BROWSER))"; \

@@ -174,7 +174,7 @@ def needed_extras(code: str) -> set[str]:
     """The smallest set of llmcore extras whose packages cover every third-party import ``code`` reaches."""
     tomllib = pytest.importorskip("tomllib")
     project = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))["project"]
-    extras = {k: v for k, v in project["optional-dependencies"].items() if k in ("hf", "kernels", "data", "serve")}
+    extras = {k: v for k, v in project["optional-dependencies"].items() if k in ("hf", "kernels", "data", "serve", "agents")}
     base = requirement_closure(project["dependencies"])
     by_module = importlib.metadata.packages_distributions()
     covers = []  # per third-party module: the extras that provide it
@@ -186,11 +186,14 @@ def needed_extras(code: str) -> set[str]:
         # an extra's own requirements count whatever their platform marker says (triton: Linux only)
         covering = {k for k, reqs in extras.items()
                     if dists & (requirement_closure(reqs) | {canonicalize_name(Requirement(r).name) for r in reqs})}
+        if len(covering) > 1 and covering - {"agents"}:  # Part 5's extra is asked for only where no other serves
+            covering -= {"agents"}
         assert covering, f"{mod} ({', '.join(sorted(dists))}) is in no dependency or extra of pyproject.toml"
         covers.append(covering)
-    # the smallest set of extras meeting every module (scikit-learn is in two extras: either will do)
+    # the smallest set of extras meeting every module (scikit-learn is in two extras: either will do); "agents"
+    # is tried last, since its sentence-transformers pulls in transformers and would otherwise stand in for "hf"
     for size in range(len(extras) + 1):
-        for pick in itertools.combinations(sorted(extras), size):
+        for pick in itertools.combinations(sorted(extras, key=lambda k: (k == "agents", k)), size):
             if all(c & set(pick) for c in covers):
                 return set(pick)
     raise AssertionError("unreachable: all extras together cover every module")

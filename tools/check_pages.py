@@ -22,6 +22,7 @@ import subprocess
 import sys
 import tempfile
 import threading
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from urllib.parse import unquote, urlparse
 
@@ -122,6 +123,35 @@ def check_links(page: Path, soup: BeautifulSoup, ids_cache: dict[Path, set[str]]
     return problems
 
 
+def check_page(binary: str, port: int, page: Path, static: BeautifulSoup) -> tuple[Path, list[str]]:
+    """Render one page (DOM + screenshot in one headless load) and list what a reader would see wrong."""
+    rel = page.relative_to(HTML)
+    url = f"http://127.0.0.1:{port}/{rel.as_posix()}"
+    shot = SHOTS / (rel.with_suffix("").as_posix().replace("/", "__") + ".png")
+    # one headless load gives both the rendered DOM (stdout) and the screenshot (half the time of two)
+    dom = chromium(binary, url, "--virtual-time-budget=15000", "--window-size=1280,2600",
+                   f"--screenshot={shot}", "--dump-dom")
+    problems = []
+    if static.select(".math") and "mjx-container" not in dom:
+        problems.append(f"{rel}: math did not render (MathJax missing?)")
+    for marker in ERROR_MARKERS:
+        if marker in dom:
+            problems.append(f"{rel}: rendered page shows {marker!r}")
+    ipynb = (ROOT / rel).with_suffix(".ipynb")
+    if rel.parts[0] == "chapters" and ipynb.exists():
+        want = png_outputs(ipynb)
+        got = sum("_images/" in (img.get("src") or "") for img in static.find_all("img"))
+        if got < want:
+            problems.append(f"{rel}: {got} figures rendered, notebook has {want}")
+        if "colab.research.google.com" not in dom:
+            problems.append(f"{rel}: no Colab launch button")
+        if "application/vnd.jupyter.widget-view+json" in ipynb.read_text(encoding="utf-8"):
+            rendered = BeautifulSoup(dom, "html.parser").select(".jupyter-widgets, .widget-slider, .widget-box")
+            if not rendered:
+                problems.append(f"{rel}: ipywidgets did not render (widget manager JS missing?)")
+    return shot, problems
+
+
 def main() -> int:
     if not (HTML / "index.html").exists():
         print("error: _build/html is missing; run `make html` first", file=sys.stderr)
@@ -133,36 +163,18 @@ def main() -> int:
     server, port = serve(HTML)
     problems: list[str] = []
     ids_cache: dict[Path, set[str]] = {}
-    try:
-        for page in pages:
-            rel = page.relative_to(HTML)
-            static = BeautifulSoup(page.read_text(encoding="utf-8"), "html.parser")
-            problems += check_links(page, static, ids_cache)
-            if rel.name == "index.html" and len(rel.parts) == 1:
-                continue  # the redirect stub
-            url = f"http://127.0.0.1:{port}/{rel.as_posix()}"
-            dom = chromium(binary, url, "--virtual-time-budget=15000", "--dump-dom")
-            shot = SHOTS / (rel.with_suffix("").as_posix().replace("/", "__") + ".png")
-            chromium(binary, url, "--virtual-time-budget=15000", "--window-size=1280,2600",
-                     f"--screenshot={shot}")
-            if static.select(".math") and "mjx-container" not in dom:
-                problems.append(f"{rel}: math did not render (MathJax missing?)")
-            for marker in ERROR_MARKERS:
-                if marker in dom:
-                    problems.append(f"{rel}: rendered page shows {marker!r}")
-            ipynb = (ROOT / rel).with_suffix(".ipynb")
-            if rel.parts[0] == "chapters" and ipynb.exists():
-                want = png_outputs(ipynb)
-                got = sum("_images/" in (img.get("src") or "") for img in static.find_all("img"))
-                if got < want:
-                    problems.append(f"{rel}: {got} figures rendered, notebook has {want}")
-                if "colab.research.google.com" not in dom:
-                    problems.append(f"{rel}: no Colab launch button")
-                if "application/vnd.jupyter.widget-view+json" in ipynb.read_text(encoding="utf-8"):
-                    rendered = BeautifulSoup(dom, "html.parser").select(".jupyter-widgets, .widget-slider, .widget-box")
-                    if not rendered:
-                        problems.append(f"{rel}: ipywidgets did not render (widget manager JS missing?)")
-            print(f"checked {rel}  (screenshot {shot.relative_to(ROOT)})", flush=True)
+    rendered = []
+    for page in pages:
+        rel = page.relative_to(HTML)
+        static = BeautifulSoup(page.read_text(encoding="utf-8"), "html.parser")
+        problems += check_links(page, static, ids_cache)
+        if not (rel.name == "index.html" and len(rel.parts) == 1):  # the root index is a redirect stub
+            rendered.append((page, static))
+    try:  # two browsers at a time: each load is mostly one process waiting on one core
+        with ThreadPoolExecutor(max_workers=2) as pool:
+            for (page, _), (shot, found) in zip(rendered, pool.map(lambda ps: check_page(binary, port, *ps), rendered)):
+                problems += found
+                print(f"checked {page.relative_to(HTML)}  (screenshot {shot.relative_to(ROOT)})", flush=True)
     finally:
         server.shutdown()
     if problems:

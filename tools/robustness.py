@@ -10,9 +10,11 @@ Trained numbers move with the CPU's vector kernels (PyTorch picks AVX-512, AVX2 
 matrix, not only on the machine that executed the book. Each cell is one ``run.py --module M --toy --seed S``
 in a fresh process with ``ATEN_CPU_CAPABILITY`` set (``native`` leaves it unset; the others get their own
 ``output/`` so that cached models are trained with their kernels). Results go to
-``output/robustness/robustness.json`` (cells already there for the same commit are kept, so an interrupted
-matrix resumes) and the book page ``book/robustness.md`` (per criterion: pass count, min / median / max of
-the measured value, the threshold).
+``output/robustness/robustness.json`` and the book page ``book/robustness.md`` (per criterion: pass count,
+min / median / max of the measured value, the threshold). Each cell records which files its run read -- every
+``llmcore`` source file it imported, the package data, ``run.py`` -- and their hash: a later run keeps a cell
+while those files, torch and Python are unchanged (an interrupted matrix resumes, and a change to one chapter's
+code re-runs only the modules that import it).
 
 ``--jobs`` runs cells side by side. Every cell keeps the book's thread count (2, fixed by
 ``seed_everything``), so results do not depend on ``--jobs``; only the wall-clock does. The non-vectorised
@@ -23,6 +25,8 @@ part of ``make test``.
 from __future__ import annotations
 
 import argparse
+import functools
+import hashlib
 import json
 import os
 import platform
@@ -87,18 +91,67 @@ def code_version() -> str:
     return (out.stdout.strip() or "unknown") + ("+dirty" if dirty else "")
 
 
+#: runs ``run.py`` (argv after ``--``) and, at exit, writes the repository files its process imported
+#: from ``src/llmcore`` to the JSON file named by argv[1]
+_CELL_WRAPPER = """
+import atexit, json, runpy, sys
+from pathlib import Path
+root, listing = Path(sys.argv[2]), Path(sys.argv[1])
+def _dump():
+    src = root / "src" / "llmcore"
+    files = {str(Path(m.__file__).resolve().relative_to(root)) for m in list(sys.modules.values())
+             if getattr(m, "__file__", None) and Path(m.__file__).resolve().is_relative_to(src)}
+    listing.write_text(json.dumps(sorted(files)))
+atexit.register(_dump)
+sys.argv = sys.argv[3:]
+runpy.run_path(sys.argv[0], run_name="__main__")
+"""
+
+
+REGISTRY = "src/llmcore/core/registry.py"
+
+
+def fingerprint(files: list[str], module: str) -> str:
+    """sha256 over ``files`` (repository-relative), ``run.py``, the package data, torch's and Python's
+    versions: what a cell's result depends on besides the machine. Of the registry, which every run imports
+    and every new chapter edits, only ``module``'s own row counts."""
+    data = sorted(str(p.relative_to(ROOT)) for p in (ROOT / "src" / "llmcore" / "data").rglob("*") if p.is_file())
+    rows = {m.name: m for m in MODULES}
+    h = hashlib.sha256(f"{_torch_version()} {platform.python_version()}".encode())
+    for rel in sorted(set(files) | set(data) | {"run.py"}):
+        path = ROOT / rel
+        if rel == REGISTRY:
+            content = repr(rows.get(module)).encode()
+        else:
+            content = path.read_bytes() if path.is_file() else b"<missing>"
+        h.update(rel.encode() + b"\0" + content + b"\0")
+    return h.hexdigest()[:16]
+
+
+def still_valid(cell: dict) -> bool:
+    """A recorded cell is kept while every file its run read is unchanged (and torch, Python)."""
+    return bool(cell.get("files")) and cell.get("fingerprint") == fingerprint(cell["files"], cell["module"])
+
+
 def run_cell(module: str, seed: int, kernel: str, timeout: int) -> dict:
-    """One ``run.py`` in a fresh process; its report JSON, or the error."""
+    """One ``run.py`` in a fresh process; its report JSON (or the error), the files it read and their hash."""
     folder = OUT / "runs" / f"{module}-s{seed}-{kernel}"
-    cmd = [sys.executable, str(ROOT / "run.py"), "--module", module, "--toy", "--seed", str(seed), "--device", "cpu",
-           "--out", str(folder)]
+    folder.mkdir(parents=True, exist_ok=True)
+    listing = folder / "files.json"
+    listing.unlink(missing_ok=True)
+    cmd = [sys.executable, "-c", _CELL_WRAPPER, str(listing), str(ROOT), str(ROOT / "run.py"), "--module", module,
+           "--toy", "--seed", str(seed), "--device", "cpu", "--out", str(folder)]
     t0 = time.perf_counter()
     try:
         proc = subprocess.run(cmd, env=kernel_env(kernel), capture_output=True, text=True, timeout=timeout, cwd=ROOT)
         rc, err = proc.returncode, proc.stderr
     except subprocess.TimeoutExpired:
         rc, err = -1, f"timed out after {timeout} s"
-    cell = {"module": module, "seed": seed, "kernel": kernel, "rc": rc, "wall_s": time.perf_counter() - t0}
+    cell = {"module": module, "seed": seed, "kernel": kernel, "rc": rc, "wall_s": time.perf_counter() - t0,
+            "commit": git_commit()}
+    if listing.is_file():
+        cell["files"] = json.loads(listing.read_text())
+        cell["fingerprint"] = fingerprint(cell["files"], module)
     report = folder / f"{module}.json"
     if rc in (0, 1) and report.is_file():
         d = json.loads(report.read_text())
@@ -161,6 +214,8 @@ def write_page(result: dict) -> Path:
         "- command(s): " + "; ".join(f"`{c}`" for c in (result.get("commands") or [result["command"]]) if c),
         f"- date: {result['date']}; commit `{result['commit']}` (library tree `{result.get('code_version', '?')}`); "
         f"wall-clock {result['wall_s'] / 60:.1f} min",
+        "- cells measured at commits: " + ", ".join(f"`{c}`" for c in sorted({c.get("commit", "?") for c in cells}))
+        + " (a cell is kept while every file its run read is unchanged)",
         f"- hardware: {result['hardware']['cpu']} ({result['hardware']['cores']} cores); torch {result['torch']}, "
         f"Python {result['python']}",
         "- kernel sets: " + ", ".join(f"`{k}` → torch uses `{v}`" for k, v in result["capabilities"].items()),
@@ -225,11 +280,12 @@ def main(argv: list[str] | None = None) -> int:
     seeds = parse_seeds(args.seeds)
     commit, version = git_commit(), code_version()
     previous = json.loads(store.read_text()) if store.is_file() else {}
-    keep = [] if args.fresh or previous.get("code_version") != version else previous.get("cells", [])
+    old_cells = [] if args.fresh else previous.get("cells", [])
+    keep = [c for c in old_cells if still_valid(c)]
     done = {(c["module"], c["seed"], c["kernel"]) for c in keep}
     todo = [(m, s, k) for m in names for k in kernels for s in seeds if (m, s, k) not in done]
-    print(f"{len(todo)} cells to run ({len(keep)} kept from an earlier run on the same src/ tree {version})",
-          flush=True)
+    print(f"{len(todo)} cells to run ({len(keep)} kept: the files their runs read are unchanged; "
+          f"{len(old_cells) - len(keep)} stale)", flush=True)
 
     t0 = time.perf_counter()
     cells = list(keep)
@@ -264,6 +320,7 @@ def main(argv: list[str] | None = None) -> int:
     return 0 if n_ok == len(cells) else 1
 
 
+@functools.lru_cache(maxsize=1)
 def _torch_version() -> str:
     out = subprocess.run([sys.executable, "-c", "import torch; print(torch.__version__)"], capture_output=True,
                          text=True)

@@ -210,8 +210,9 @@ print(f"KL(p||q) = {exact_kl:.4f}; " + ", ".join(f"{k} ≈ {v:.4f}" for k, v in 
 #    the verifier only (the true answers are never shown to the policy), and takes two gradient steps on
 #    the batch (the second is slightly off-policy, so the clip can act).
 # 3. **Control:** from the same start, the same number of optimiser steps of *more SFT* on labelled
-#    answers, with as many sequences per step as GRPO samples and the same peak learning rate (held
-#    constant).
+#    answers, with as many sequences in total as GRPO samples (GRPO's two steps per round reuse one batch
+#    of samples, so the control takes half a round's worth of new sequences per step) and the same peak
+#    learning rate (held constant).
 
 # %%
 cfg = dataclasses.replace(grpo.default_config(toy), group_size=group_size, beta=beta)

@@ -1,5 +1,5 @@
-"""The OpenAI-compatible server: the official ``openai`` client (streaming and not), 4xx JSON errors, a
-cancelled stream frees its blocks, a small bounded load test, and ``llmcore serve`` bad input."""
+"""The OpenAI-compatible server: the official ``openai`` client (streaming and not, ``n`` samples), 4xx JSON
+errors, a cancelled stream frees its blocks, a small bounded load test, and ``llmcore serve`` bad input."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ import openai
 import pytest
 
 from llmcore.architecture.book_lm import load_book_lm
+from llmcore.architecture.generate import SamplerConfig
 from llmcore.cli import main as cli_main
 from llmcore.engineering.inference import Engine, EngineConfig
 from llmcore.engineering.inference.server import MODEL_NAME, BackgroundServer, chat_prompt_ids, load_test
@@ -68,6 +69,30 @@ def test_openai_client_streams_and_matches_the_engine(server):
     assert chunks[0].choices[0].delta.role == "assistant" and chunks[-1].choices[0].finish_reason in ("length", "stop")
     ids = chat_prompt_ids(lm.tokenizer, [type("M", (), m) for m in msgs])
     assert chat.usage.prompt_tokens == len(ids) and ids[0] == lm.tokenizer.special["<bos>"]
+
+
+def test_n_samples_equal_independent_seeded_requests(server):
+    """``n = 3``: three choices (streamed or not), choice ``i`` = an engine request sampled with seed ``seed + i``."""
+    client = openai.OpenAI(base_url=server.url, api_key="none", max_retries=0)
+    kw = dict(model=MODEL_NAME, prompt="def read_file(path):", max_tokens=8, temperature=0.9, top_p=0.95, seed=3, n=3)
+    full = client.completions.create(**kw)
+    assert [c.index for c in full.choices] == [0, 1, 2] and full.usage.completion_tokens == 3 * 8
+    streamed = ["", "", ""]
+    for chunk in client.completions.create(**kw, stream=True):
+        for choice in chunk.choices:
+            streamed[choice.index] += choice.text
+    assert streamed == [c.text for c in full.choices]
+    lm, eos = server.lm, server.lm.model.config.eos_id
+    eng = Engine(lm.model, EngineConfig(num_blocks=32))
+    sampler = SamplerConfig(greedy=False, temperature=0.9, top_p=0.95)
+    reqs = [eng.add_request(lm.tokenizer.encode(kw["prompt"]), 8, sampler, eos_id=eos, seed=3 + i) for i in range(3)]
+    eng.run()
+    assert [lm.tokenizer.decode([t for t in r.output if t != eos]) for r in reqs] == [c.text for c in full.choices]
+    assert len({c.text for c in full.choices}) == 3
+    for bad in (0, 17):
+        code, err = _post(server.url + "/completions", json.dumps({**kw, "n": bad}).encode())
+        assert code == 400 and err["error"]["param"] == "n"
+    assert _idle(server)["leaked_blocks"] == 0
 
 
 def test_bad_requests_get_4xx_json(server):

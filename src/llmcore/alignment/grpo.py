@@ -504,8 +504,9 @@ def experiment(toy: bool = True, device: torch.device = CPU, seed: int = 0, cfg:
     res.memory_parts = memory_setups(start)
     res.memory = {k: v["total"] for k, v in res.memory_parts.items()}
 
-    if control:  # the same number of optimiser steps of SFT on labelled answers, same sequences per step
-        ctl_task = dataclasses.replace(task, sft_batch=cfg.prompts_per_step * cfg.group_size)
+    if control:  # SFT on labelled answers: as many optimiser steps as GRPO takes and as many sequences in
+        # total as it samples (GRPO's `inner_epochs` steps reuse each batch of samples; the control sees new ones)
+        ctl_task = dataclasses.replace(task, sft_batch=cfg.prompts_per_step * cfg.group_size // cfg.inner_epochs)
         ctl = copy.deepcopy(start)
         opt_c = torch.optim.AdamW(ctl.parameters(), lr=cfg.lr, weight_decay=0.0)
         rng_c = np.random.default_rng(seed + 2)

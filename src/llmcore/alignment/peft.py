@@ -497,8 +497,8 @@ def task_config(toy: bool, family: str, seed: int = 0, templates: str = "t0"):
     """The fixed fine-tuning budget for one new task (``family`` asked in the phrasing ``templates``). The
     book LM was pretrained on Python text and has never seen the chat template: it starts at 0 %."""
     if toy:
-        return S.SFTConfig(families=(family,), templates=templates, n_train=6000, steps=100, batch_rows=16,
-                           seq_len=64, warmup_steps=10, data_seed=2, seed=seed)
+        return S.SFTConfig(families=(family,), templates=templates, n_train=6000, steps=60, batch_rows=16,
+                           seq_len=64, warmup_steps=6, data_seed=2, seed=seed)
     return S.SFTConfig(families=(family,), templates=templates, full=True, n_train=50_000, steps=1000,
                        batch_rows=32, seq_len=128, warmup_steps=30, data_seed=2, seed=seed)
 
@@ -611,8 +611,9 @@ def experiment(toy: bool = True, seed: int = 0, device: torch.device = CPU,
     bar.close()
     single = {t: em(finetuned[t], t) for t in names}
     taus = [task_vector(finetuned[t], base) for t in names]
-    scale_curve = {t: {lam: em(merge_models(base, [tau], MergeSpec("task_arithmetic", lam=lam)), t)
-                       for lam in (0.5, 1.0)} for t, tau in zip(names, taus)}
+    # theta_0 + 1 * tau_t is the fine-tuned model itself: its point of the curve is the single-task EM
+    scale_curve = {t: {0.5: em(merge_models(base, [tau], MergeSpec("task_arithmetic", lam=0.5)), t), 1.0: single[t]}
+                   for t, tau in zip(names, taus)}
     val_scores, best = [], {}
     for label, spec in merge_grid(toy):  # choose each method's hyperparameters on the validation split
         merged = merge_models(base, taus, spec)

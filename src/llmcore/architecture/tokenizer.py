@@ -34,6 +34,62 @@ SPECIAL_TOKENS = ("<pad>", "<bos>", "<eos>", "<sep>", "<|system|>", "<|user|>", 
 #: GPT-2's pre-tokenisation pattern, with \p{L}/\p{N} spelled with the ``re`` module's classes.
 PRETOKENIZE = re.compile(r"""'(?:[sdmt]|ll|ve|re)| ?[^\W\d_]+| ?\d+| ?[^\s\w]+|\s+(?!\S)|\s+|_+""")
 
+#: :data:`PRETOKENIZE`'s character classes as Python 3.11's ``re`` reads them, frozen as code-point ranges
+#: (made by :func:`regex_classes`); the HF export spells the pattern with them (:func:`hf_pretokenize_pattern`).
+CLASSES_FILE = Path(__file__).resolve().parent.parent / "data" / "pretokenize_classes.json"
+
+
+def regex_classes() -> dict[str, list[tuple[int, int]]]:
+    r"""The classes of :data:`PRETOKENIZE` as the running Python's ``re`` reads them, as inclusive code-point
+    ranges: ``letters`` = ``[^\W\d_]``, ``digits`` = ``\d``, ``space`` = ``\s``, ``word_or_space`` = ``[\s\w]``.
+
+    Why: ``\w``, ``\d`` and ``\s`` mean different sets in Python's ``re`` (``\w`` = every ``str.isalnum``
+    character and ``_``; ``\s`` = ``str.isspace``) and in the Oniguruma engine of HF ``tokenizers`` (``\w`` =
+    letters, marks, decimal digits and connector punctuation; ``\s`` = Unicode White_Space). Written with
+    ``\w`` in ``tokenizer.json``, the same pattern split ``'³怀'`` differently in the two (``³`` is ``\w`` for
+    ``re`` only). Spelled out as ranges, Oniguruma splits exactly as ``re`` does.
+
+    Our own tokenizer keeps ``re``'s classes (a pattern of ranges runs ~5x slower in ``re``); on the book's
+    Python (3.11) they equal the frozen ranges (a unit test), on later Pythons they differ only for characters
+    added in later Unicode versions.
+    """
+    word, digit, space = (re.compile(c).fullmatch for c in (r"\w", r"\d", r"\s"))
+    preds = {"letters": lambda c: bool(word(c)) and not digit(c) and c != "_",
+             "digits": lambda c: bool(digit(c)),
+             "space": lambda c: bool(space(c)),
+             "word_or_space": lambda c: bool(word(c) or space(c))}
+    out = {}
+    for name, pred in preds.items():
+        ranges, start = [], None
+        for cp in range(0x110000):
+            inside = not 0xD800 <= cp <= 0xDFFF and pred(chr(cp))
+            if inside and start is None:
+                start = cp
+            elif not inside and start is not None:
+                ranges.append((start, cp - 1))
+                start = None
+        if start is not None:
+            ranges.append((start, 0x10FFFF))
+        out[name] = ranges
+    return out
+
+
+def frozen_classes() -> dict[str, list[tuple[int, int]]]:
+    """The shipped :data:`CLASSES_FILE` (a clear error when it is missing or corrupt)."""
+    try:
+        return {k: [tuple(r) for r in v] for k, v in json.loads(CLASSES_FILE.read_text()).items()}
+    except (OSError, ValueError) as err:
+        raise LLMCoreError(f"cannot read the tokenizer's character classes {CLASSES_FILE} ({err}); "
+                           "reinstall llmcore or restore the file with git checkout") from err
+
+
+def hf_pretokenize_pattern() -> str:
+    """:data:`PRETOKENIZE` for Oniguruma (HF ``tokenizers``): each class replaced by its frozen ranges."""
+    cls = {k: "".join(f"\\x{{{a:X}}}" if a == b else f"\\x{{{a:X}}}-\\x{{{b:X}}}" for a, b in v)
+           for k, v in frozen_classes().items()}
+    return (rf"'(?:[sdmt]|ll|ve|re)| ?[{cls['letters']}]+| ?[{cls['digits']}]+| ?[^{cls['word_or_space']}]+"
+            rf"|[{cls['space']}]+(?![^{cls['space']}])|[{cls['space']}]+|_+")
+
 
 class _Base:
     special: dict[str, int]
@@ -230,7 +286,7 @@ class BPETokenizer(_Base):
                               "normalized": False, "special": True} for s, i in self.special.items()],
             "normalizer": None,
             "pre_tokenizer": {"type": "Sequence", "pretokenizers": [
-                {"type": "Split", "pattern": {"Regex": PRETOKENIZE.pattern}, "behavior": "Isolated",
+                {"type": "Split", "pattern": {"Regex": hf_pretokenize_pattern()}, "behavior": "Isolated",
                  "invert": False},
                 {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": True, "use_regex": False}]},
             "post_processor": None,

@@ -55,6 +55,8 @@ class Module:
     spawns_ranks: bool = False
     #: the chapter's code grew into a package ``src/llmcore/<part>/<topic>/`` (a module past ~500 lines)
     package: bool = False
+    #: the source module's name when it is not the chapter stem's topic (``mesh``: ``graph``, not ``state_machine``)
+    topic: str | None = None
 
     @property
     def title(self) -> str:
@@ -68,7 +70,7 @@ class Module:
     @property
     def source(self) -> str:
         """Reference implementation path relative to the repository root (a package's ``__init__.py``)."""
-        topic = self.stem.split('_', 1)[1]
+        topic = self.topic or self.stem.split('_', 1)[1]
         return f"src/llmcore/{self.part}/{topic}/__init__.py" if self.package else f"src/llmcore/{self.part}/{topic}.py"
 
     @property
@@ -224,7 +226,10 @@ MODULES: tuple[Module, ...] = (
     Module("inference", _P4, "02_inference", "Inference Engines (vLLM / SGLang)", "推理框架",
            "推理框架 Inference frameworks", "PagedAttention、RadixAttention 与算子融合调优",
            prerequisites=("decoding",), run="llmcore.engineering.inference:run", package=True,
-           criteria=("greedy outputs equal HF generate on >= 32 mixed requests, with preemption and prefix caching",
+           criteria=("greedy outputs equal HF generate on >= 32 mixed requests, with preemption (recompute and swap) "
+                     "and prefix caching",
+                     "parallel samples (n > 1, shared blocks) equal independent seeded requests; paged beam search "
+                     "equals HF beam search; sharing lowers the peak block count",
                      "paged KV utilisation >= 90% vs <= 50% for contiguous pre-allocation",
                      "static batching needs >= 3x the engine steps (tokens/s ratio reported)",
                      "prefix-cache hit rate >= 50% on shared-prefix prompts; prefill tokens saved = hits",
@@ -248,7 +253,13 @@ MODULES: tuple[Module, ...] = (
                      "activation checkpointing: same gradients, less activation memory")),
     # ---- Part 5 -----------------------------------------------------------------------------
     Module("rag", _P5, "01_rag", "Memory & RAG", "记忆与检索增强生成", "信息检索 Retrieval",
-           "RAG、Query 理解、向量检索与 Rerank 模型"),
+           "RAG、Query 理解、向量检索与 Rerank 模型", run="llmcore.agents.rag:run", package=True,
+           prerequisites=("data_eval",),
+           criteria=("BM25 scores equal rank_bm25.BM25Okapi (1e-9); mean pooling equals sentence-transformers",
+                     "exact dense top-10 equals faiss IndexFlatIP; HNSW recall@10 vs exact >= 0.9",
+                     "hybrid (RRF) recall@5 >= BM25's and dense's; reranking raises MRR@10",
+                     "BM25 wins lexical questions, dense wins paraphrased ones; decomposition helps compound ones",
+                     "long-term (vector) memory recalls facts older than the window that window memory loses")),
     Module("agents", _P5, "02_agent_orchestration", "Agent Orchestration", "智能体编排", "编排范式 Orchestration patterns",
            "ReAct、Plan-and-Execute 与 Self-Ask", prerequisites=("rag",),
            run="llmcore.agents.agent_orchestration:run", package=True,
@@ -259,7 +270,16 @@ MODULES: tuple[Module, ...] = (
                      "no episode exceeds its completion budget",
                      "the agent through the openai client on llmcore serve gives the in-process answers")),
     Module("mesh", _P5, "03_state_machine", "Mesh & State Machine", "异步编排与状态机", "系统架构 System architecture",
-           "异步编排、复杂状态机与条件路由", prerequisites=("agents",)),
+           "异步编排、复杂状态机与条件路由", prerequisites=("agents",),
+           run="llmcore.agents.graph:run", package=True, topic="graph",
+           criteria=("state trace, nodes per superstep, routing decisions and final state equal LangGraph's on the "
+                     "same graph (conditional loop + parallel fan-out)",
+                     "step limit stops a no-exit cycle where LangGraph's recursion_limit does",
+                     "interrupt + resume with the human's answer equals LangGraph (approve, reject, edit); a "
+                     "rejected call never runs",
+                     "resume from the SQLite checkpoint after an exception and after SIGKILL reproduces the "
+                     "uninterrupted trace and final state",
+                     "fan-out of N slow tools takes ~max not sum (wall / chain wall < 0.5)")),
     Module("multi_agent", _P5, "04_multi_agent", "Multi-Agent Systems", "多智能体协作", "多智能体协作 Multi-agent",
            "去中心化编排、通信协议与 Human-in-the-Loop", prerequisites=("mesh",)),
     # ---- Part 6 -----------------------------------------------------------------------------

@@ -56,6 +56,9 @@ from llmcore.exercises.inference import (
     check_block_slots,
     check_blocks_needed,
 )
+from llmcore.exercises.mesh import (
+    check_superstep_schedule,
+)
 from llmcore.exercises.moe import (
     check_capacity_keep,
     check_load_balancing_loss,
@@ -74,6 +77,10 @@ from llmcore.exercises.policy_gradient import (
     check_ppo_clip_loss,
     check_reinforce_returns,
 )
+from llmcore.exercises.rag import (
+    check_bm25_scores,
+    check_reciprocal_rank_fusion,
+)
 
 __all__ = [
     "check_allreduce_time",
@@ -81,6 +88,7 @@ __all__ = [
     "check_bellman_q",
     "check_block_slots",
     "check_blocks_needed",
+    "check_bm25_scores",
     "check_bradley_terry_loss",
     "check_calculator",
     "check_capacity_keep",
@@ -104,6 +112,7 @@ __all__ = [
     "check_pass_at_k",
     "check_pipeline_bubble",
     "check_ppo_clip_loss",
+    "check_reciprocal_rank_fusion",
     "check_reinforce_returns",
     "check_repeat_kv",
     "check_ring_allreduce_bytes",
@@ -112,6 +121,7 @@ __all__ = [
     "check_search_score",
     "check_sft_loss_mask",
     "check_speculative_accept",
+    "check_superstep_schedule",
     "check_ties_merge",
     "check_top_p_filter",
     "check_zero_memory",

@@ -7,9 +7,14 @@ Runs, all on the same pretrained book LM (:func:`~llmcore.architecture.book_lm.l
    utilisation over time, tokens/s;
 2. **static** batching of the same requests, each batch row reserving the model's whole context
    contiguously (as a pre-allocated cache must) -> tokens/s and utilisation of the reservation;
-3. continuous batching with a **tight pool**: requests are preempted and recomputed;
+3. continuous batching with a **tight pool**: requests are preempted and recomputed -- and the same again
+   with preemption by **swapping** to the host-side swap pool (swaps, blocks and bytes moved);
 4. a **shared-prefix** workload (few-shot prefixes + different questions) with and without the radix
-   prefix cache -> hit rate and prefill tokens saved.
+   prefix cache -> hit rate and prefill tokens saved;
+5. **parallel sampling**: ``n`` samples per prompt sharing the prompt's blocks (copy-on-write) vs the same
+   samples as independent requests with the same seeds -> equal tokens, peak blocks with and without sharing;
+6. **beam search** over forked block tables vs copying every beam's blocks -> the same beams as HF
+   ``generate(num_beams=...)``, peak blocks with and without sharing.
 
 Every greedy output of runs 1, 3 and 4 is compared with Hugging Face ``generate`` on the same weights
 (``LlamaForCausalLM``, batches of left-padded prompts), and every run must end with zero blocks leaked.
@@ -24,11 +29,14 @@ from dataclasses import dataclass, field, replace
 import torch
 
 from llmcore.architecture.book_lm import load_book_lm
+from llmcore.architecture.decoding import hf_beam
+from llmcore.architecture.generate import SamplerConfig
 from llmcore.core.corpus import book_corpus
 from llmcore.core.errors import LLMCoreError
 from llmcore.core.paths import output_dir
 from llmcore.core.progress import progress
 from llmcore.core.report import Report
+from llmcore.engineering.inference.beam import PagedBeamResult, beam_search_paged
 from llmcore.engineering.inference.plots import figures
 from llmcore.engineering.inference.scheduler import Engine, EngineConfig, Request
 
@@ -57,6 +65,13 @@ class InferenceConfig:
     prefix_blocks: int = 128  # pool of the prefix-cache runs: room for the live requests, not for every cached one
     prefix_seqs: int = 6  # running requests at most in the prefix-cache runs
     hf_batch: int = 16  # prompts per Hugging Face generate call
+    swap_blocks: int = 128  # host-side swap pool of the swap-preemption run
+    sample_prompts: int = 4  # parallel sampling: prompts (code windows of prefix_len tokens) ...
+    n_samples: int = 4  # ... each sampled n times ...
+    sample_out: int = 16  # ... for this many new tokens (temperature 1, top-p 0.9)
+    beam_prompts: int = 2  # beam search: prompts (docstring windows of 8-16 tokens) ...
+    num_beams: int = 4  # ... beams ...
+    beam_new: int = 12  # ... new tokens
 
     @classmethod
     def for_mode(cls, toy: bool) -> InferenceConfig:
@@ -64,7 +79,8 @@ class InferenceConfig:
         if toy:
             return cls()
         return cls(n_requests=256, prompt_len=(16, 256), long_out=(128, 240), num_blocks=4096, tight_blocks=1024,
-                   max_num_seqs=128, max_batched_tokens=1024, n_prefixes=8, per_prefix=32, prefix_blocks=1024, prefix_seqs=32)
+                   max_num_seqs=128, max_batched_tokens=1024, n_prefixes=8, per_prefix=32, prefix_blocks=1024, prefix_seqs=32,
+                   swap_blocks=1024, sample_prompts=16, n_samples=8, sample_out=64, beam_prompts=8, beam_new=32)
 
     def engine(self, **kw) -> EngineConfig:
         base = EngineConfig(num_blocks=self.num_blocks, block_size=self.block_size, max_num_seqs=self.max_num_seqs,
@@ -92,14 +108,19 @@ def corpus_ids(tokenizer, part: str = "docs_val", chars: int = 200_000) -> list[
     return tokenizer.encode(text[:chars])
 
 
+def random_window(rng: random.Random, ids: list[int], lengths: tuple[int, int]) -> list[int]:
+    """A window of ``ids`` whose length is drawn uniformly from ``lengths`` (inclusive) at a uniform start."""
+    n = rng.randint(*lengths)
+    s = rng.randrange(0, len(ids) - n)
+    return ids[s:s + n]
+
+
 def mixed_workload(cfg: InferenceConfig, ids: list[int], seed: int) -> Workload:
     """``n_requests`` windows of the corpus with uniform prompt lengths; half short, half long outputs."""
     rng = random.Random(seed)
     prompts, max_new = [], []
     for i in range(cfg.n_requests):
-        n = rng.randint(*cfg.prompt_len)
-        s = rng.randrange(0, len(ids) - n)
-        prompts.append(ids[s:s + n])
+        prompts.append(random_window(rng, ids, cfg.prompt_len))
         max_new.append(rng.randint(*(cfg.short_out if i % 2 else cfg.long_out)))
     order = list(range(cfg.n_requests))
     rng.shuffle(order)
@@ -112,17 +133,25 @@ def shared_prefix_workload(cfg: InferenceConfig, code_ids: list[int], question_i
     rng = random.Random(seed + 1)
     prefixes = []
     for _ in range(cfg.n_prefixes):
-        n = rng.randint(*cfg.prefix_len)
-        s = rng.randrange(0, len(code_ids) - n)
-        prefixes.append(code_ids[s:s + n])
+        prefixes.append(random_window(rng, code_ids, cfg.prefix_len))
     prompts, max_new = [], []
     for _ in range(cfg.per_prefix):
         for p in prefixes:
-            n = rng.randint(*cfg.question_len)
-            s = rng.randrange(0, len(question_ids) - n)
-            prompts.append(p + question_ids[s:s + n])
+            prompts.append(p + random_window(rng, question_ids, cfg.question_len))
             max_new.append(rng.randint(*cfg.prefix_out))
     return Workload(prompts, max_new)
+
+
+def sampling_prompts(cfg: InferenceConfig, code_ids: list[int], seed: int) -> list[list[int]]:
+    """``sample_prompts`` code windows of ``prefix_len`` tokens (long prompts, short outputs: where sharing pays)."""
+    rng = random.Random(seed + 2)
+    return [random_window(rng, code_ids, cfg.prefix_len) for _ in range(cfg.sample_prompts)]
+
+
+def beam_prompts(cfg: InferenceConfig, ids: list[int], seed: int) -> list[list[int]]:
+    """``beam_prompts`` windows of 8-16 tokens."""
+    rng = random.Random(seed + 3)
+    return [random_window(rng, ids, (8, 16)) for _ in range(cfg.beam_prompts)]
 
 
 # ---- the oracle ----------------------------------------------------------------------------------
@@ -191,6 +220,51 @@ def serve(model, work: Workload, ecfg: EngineConfig, name: str, eos_id: int | No
     return RunResult(name, done, eng, time.perf_counter() - t0, t0)
 
 
+SAMPLER = SamplerConfig(greedy=False, temperature=1.0, top_p=0.9)  # parallel sampling's sampler
+
+
+def sample_seed(seed: int, i: int) -> int:
+    """Seed of prompt ``i`` in the parallel-sampling run (its samples use ``+ 0 .. n - 1``)."""
+    return 1000 * seed + 100 * i
+
+
+def serve_samples(model, prompts: list[list[int]], cfg: InferenceConfig, seed: int, shared: bool, eos_id: int | None,
+                  bar=None) -> RunResult:
+    """Parallel sampling: ``n_samples`` per prompt, as one request with ``n`` (shared blocks) or as ``n``
+    independent requests with the samples' seeds. ``requests`` lists every sample, prompt by prompt."""
+    eng = Engine(model, cfg.engine())
+    reqs = []
+    for i, p in enumerate(prompts):
+        if shared:
+            reqs.append(eng.add_request(p, cfg.sample_out, SAMPLER, eos_id, sample_seed(seed, i), n=cfg.n_samples))
+        else:
+            reqs += [eng.add_request(p, cfg.sample_out, SAMPLER, eos_id, sample_seed(seed, i) + j)
+                     for j in range(cfg.n_samples)]
+    t0 = time.perf_counter()
+    eng.run(progress_cb=None if bar is None else bar.update)
+    samples = [s for r in reqs for s in r.samples] if shared else reqs
+    return RunResult("samples_shared" if shared else "samples_independent", samples, eng, time.perf_counter() - t0, t0)
+
+
+def peak_blocks(run: RunResult) -> int:
+    """Most KV blocks allocated at once during a run."""
+    return max(s.allocated_slots for s in run.engine.stats) // run.engine.cfg.block_size
+
+
+@dataclass
+class BeamCase:
+    """One beam-search prompt: the paged search with shared and with copied blocks, and HF's beams."""
+
+    prompt: list[int]
+    shared: PagedBeamResult
+    copied: PagedBeamResult
+    hf: torch.Tensor  # (num_beams, T + new), best first
+
+    @property
+    def equal_hf(self) -> bool:
+        return torch.equal(self.shared.sequences, self.hf) and torch.equal(self.copied.sequences, self.hf)
+
+
 @dataclass
 class InferenceResult:
     cfg: InferenceConfig
@@ -199,6 +273,13 @@ class InferenceResult:
     workloads: dict[str, Workload]
     wall_s: float = 0.0
     extra: dict[str, float] = field(default_factory=dict)
+    beams: list[BeamCase] = field(default_factory=list)
+
+    @property
+    def samples_equal(self) -> float:
+        """Fraction of parallel samples equal to the independent request with the same seed."""
+        a, b = self.runs["samples_shared"].outputs, self.runs["samples_independent"].outputs
+        return sum(x == y for x, y in zip(a, b)) / len(b)
 
     def equal_fraction(self, run: str, workload: str) -> float:
         ref = self.hf[workload]
@@ -217,19 +298,29 @@ def experiment(cfg: InferenceConfig, device: torch.device, seed: int, show_progr
     specs = [("continuous", "mixed", cfg.engine()),
              ("static", "mixed", cfg.engine(policy="static")),
              ("preempt", "mixed", cfg.engine(num_blocks=cfg.tight_blocks)),
+             ("swap", "mixed", cfg.engine(num_blocks=cfg.tight_blocks, preemption="swap", swap_blocks=cfg.swap_blocks)),
              ("prefix_off", "prefix", cfg.engine(num_blocks=cfg.prefix_blocks, max_num_seqs=cfg.prefix_seqs)),
              ("prefix_on", "prefix", cfg.engine(num_blocks=cfg.prefix_blocks, max_num_seqs=cfg.prefix_seqs,
                                                       prefix_cache=True))]
-    total = sum(sum(work[w].max_new) for _, w, _ in specs)
+    sample_prompts = sampling_prompts(cfg, corpus_ids(tok, "code"), seed)
+    total = sum(sum(work[w].max_new) for _, w, _ in specs) + 2 * cfg.sample_out * cfg.n_samples * len(sample_prompts)
     bar = progress(total=total, desc="engine runs (tokens)", **({} if show_progress else {"disable": True}))
     runs = {}
     for name, w, ecfg in specs:
         bar.set_postfix_str(name)
         runs[name] = serve(model, work[w], ecfg, name, eos, bar)
+    bar.set_postfix_str("parallel sampling")
+    for shared in (True, False):
+        r = serve_samples(model, sample_prompts, cfg, seed, shared, eos, bar)
+        runs[r.name] = r
     bar.close()
     hf_model = model.to_hf()
     hf = {w: hf_greedy(hf_model, work[w], eos, pad, cfg.hf_batch) for w in work}
-    return InferenceResult(cfg, runs, hf, work, time.perf_counter() - t_start)
+    beams = [BeamCase(p, beam_search_paged(model, p, cfg.beam_new, cfg.num_beams, cfg.block_size),
+                      beam_search_paged(model, p, cfg.beam_new, cfg.num_beams, cfg.block_size, share=False),
+                      hf_beam(hf_model, torch.tensor([p], device=device), cfg.beam_new, cfg.num_beams).cpu())
+             for p in beam_prompts(cfg, doc_ids, seed)]
+    return InferenceResult(cfg, runs, hf, work, time.perf_counter() - t_start, beams=beams)
 
 
 def percentile(xs: list[float], q: float) -> float:
@@ -253,6 +344,17 @@ def make_report(res: InferenceResult, toy: bool, device: str, seed: int) -> Repo
     rep.metric("continuous: TPOT p50 (s)", percentile([r.tpot for r in cont], 50))
     rep.metric("continuous: TPOT p99 (s)", percentile([r.tpot for r in cont], 99))
     rep.metric("preempt: preemptions", runs["preempt"].engine.preemptions)
+    sw = runs["swap"].engine
+    rep.metric("swap: preemptions by swapping", sw.swaps)
+    rep.metric("swap: preemptions by recompute (swap pool full)", sw.preemptions - sw.swaps)
+    rep.metric("swap: blocks swapped out / in", sw.m.swapped_out)
+    rep.metric("swap: bytes moved (both directions)", sw.m.swap_bytes)
+    shared, indep = runs["samples_shared"], runs["samples_independent"]
+    rep.metric("parallel sampling: peak KV blocks with sharing", peak_blocks(shared))
+    rep.metric("parallel sampling: peak KV blocks as independent requests", peak_blocks(indep))
+    rep.metric("parallel sampling: copy-on-write block copies", shared.engine.m.copies)
+    rep.metric("beam search: peak KV blocks with sharing (sum over prompts)", sum(b.shared.peak_blocks for b in res.beams))
+    rep.metric("beam search: peak KV blocks copying beams (sum over prompts)", sum(b.copied.peak_blocks for b in res.beams))
     on, off = runs["prefix_on"].engine, runs["prefix_off"].engine
     rep.metric("prefix cache: hit rate (prompt tokens)", on.radix.hit_rate)
     rep.metric("prefix cache: prefill tokens saved", off.computed_tokens - on.computed_tokens)
@@ -264,6 +366,21 @@ def make_report(res: InferenceResult, toy: bool, device: str, seed: int) -> Repo
     rep.check("with preemption by recompute: tokens equal HF generate (fraction)",
               res.equal_fraction("preempt", "mixed"), "==", 1.0)
     rep.check("tight pool preempts requests (count)", runs["preempt"].engine.preemptions, ">=", 1)
+    rep.check("with preemption by swapping: tokens equal HF generate (fraction)", res.equal_fraction("swap", "mixed"),
+              "==", 1.0)
+    rep.check("tight pool swaps requests out to the host pool and back (count)",
+              min(sw.swaps, sw.m.swapped_in), ">=", 1)
+    rep.check("swap traffic = 2 x blocks swapped out x bytes per block (|difference|)",
+              abs(sw.m.swap_bytes - 2 * sw.m.swapped_out * sw.m.bytes_per_block), "==", 0)
+    cfg = res.cfg
+    rep.check(f"parallel sampling (n={cfg.n_samples}): samples equal independent requests with the same seeds "
+              "(fraction)", res.samples_equal, "==", 1.0)
+    rep.check("parallel sampling: peak KV blocks shared / independent", peak_blocks(shared) / peak_blocks(indep),
+              "<=", 0.75)
+    rep.check(f"paged beam search (num_beams={cfg.num_beams}): beams equal HF generate (fraction of prompts)",
+              sum(b.equal_hf for b in res.beams) / len(res.beams), "==", 1.0)
+    rep.check("beam search: peak KV blocks forked / copied",
+              sum(b.shared.peak_blocks for b in res.beams) / sum(b.copied.peak_blocks for b in res.beams), "<", 1.0)
     rep.check("with the radix prefix cache: tokens equal HF generate (fraction)",
               res.equal_fraction("prefix_on", "prefix"), "==", 1.0)
     rep.check("without it: tokens equal HF generate (fraction)", res.equal_fraction("prefix_off", "prefix"), "==", 1.0)

@@ -12,6 +12,12 @@ so the only waste is the unfilled tail of each sequence's last block ($< b$ posi
 **reference counts**: a forked sequence (parallel sampling, beam search) or a cached prefix shares
 blocks; a shared block that is about to be written is first copied (**copy-on-write**).
 
+A second, smaller pool stands for **host memory** (``swap_blocks`` blocks; pinned CPU memory when the device
+pool is on a GPU, a separate preallocated tensor on CPU): :meth:`BlockManager.swap_out` copies a preempted
+sequence's blocks there and frees them on the device, :meth:`BlockManager.swap_in` brings them back into
+fresh device blocks (vLLM's swap preemption). A shared block is copied out like any other and keeps its
+other owners on the device, so a swapped-in sequence owns all its blocks.
+
 :class:`PagedKVCache` implements the model kit's cache protocol
 (:class:`~llmcore.architecture.kv_cache.KVCacheProtocol`) over such a pool, so the kit's ``Llama`` and
 its :func:`~llmcore.architecture.generate.generate` run on it unchanged. For a batch of rows with
@@ -44,6 +50,7 @@ class BlockTable:
 
     blocks: list[int] = field(default_factory=list)
     num_tokens: int = 0
+    swapped: bool = False  # True: ``blocks`` are host (swap pool) blocks
 
 
 class BlockManager:
@@ -55,9 +62,10 @@ class BlockManager:
     """
 
     def __init__(self, num_blocks: int, block_size: int, n_layers: int, n_kv_heads: int, head_dim: int,
-                 dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu") -> None:
-        if num_blocks < 1 or block_size < 1:
-            raise LLMCoreError(f"need num_blocks >= 1 and block_size >= 1, got {num_blocks}, {block_size}")
+                 dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu", swap_blocks: int = 0) -> None:
+        if num_blocks < 1 or block_size < 1 or swap_blocks < 0:
+            raise LLMCoreError(f"need num_blocks >= 1, block_size >= 1 and swap_blocks >= 0, got {num_blocks}, "
+                               f"{block_size}, {swap_blocks}")
         self.num_blocks, self.block_size = num_blocks, block_size
         shape = (n_layers, num_blocks * block_size, n_kv_heads, head_dim)
         self.k = torch.zeros(shape, dtype=dtype, device=device)
@@ -66,12 +74,21 @@ class BlockManager:
         self.free: deque[int] = deque(range(num_blocks))
         self.evictor: Callable[[int], int] | None = None
         self.copies = 0  # copy-on-write block copies made
+        # the host-side swap pool (L, Ns * b, K, D): pinned CPU memory under a GPU pool, plain CPU memory here
+        pin = torch.device(device).type == "cuda"
+        host = (n_layers, swap_blocks * block_size, n_kv_heads, head_dim)
+        self.host_k = torch.zeros(host, dtype=dtype, pin_memory=pin)
+        self.host_v = torch.zeros(host, dtype=dtype, pin_memory=pin)
+        self.swap_blocks = swap_blocks
+        self.host_free: deque[int] = deque(range(swap_blocks))
+        self.swapped_out = self.swapped_in = 0  # blocks moved device -> host, host -> device
+        self.swap_bytes = 0  # bytes moved by swapping, both directions
 
     @classmethod
-    def for_model(cls, model, num_blocks: int, block_size: int) -> BlockManager:
+    def for_model(cls, model, num_blocks: int, block_size: int, swap_blocks: int = 0) -> BlockManager:
         """A pool sized for ``model`` (the kit's ``Llama``): its layers, KV heads, head size, dtype, device."""
         c, p = model.config, next(model.parameters())
-        return cls(num_blocks, block_size, c.n_layers, c.n_kv_heads, c.head_dim, p.dtype, p.device)
+        return cls(num_blocks, block_size, c.n_layers, c.n_kv_heads, c.head_dim, p.dtype, p.device, swap_blocks)
 
     # ---- accounting ------------------------------------------------------------------------------
     @property
@@ -147,17 +164,72 @@ class BlockManager:
         self.v[:, dst * b:(dst + 1) * b] = self.v[:, src * b:(src + 1) * b]
         self.copies += 1
 
+    def _block_slots(self, blocks: list[int]) -> torch.Tensor:
+        """Flat slots of whole blocks ``(len(blocks) * b,)``."""
+        b = self.block_size
+        return (torch.tensor(blocks, dtype=torch.long)[:, None] * b + torch.arange(b)).reshape(-1)
+
+    def can_swap_out(self, table: BlockTable) -> bool:
+        return not table.swapped and len(table.blocks) <= len(self.host_free)
+
+    def swap_out(self, table: BlockTable) -> None:
+        """Copy ``table``'s blocks to the host pool and drop their device references; ``table.blocks`` then names
+        host blocks. Raises :class:`OutOfBlocks` (table unchanged) when the host pool is too small."""
+        if not self.can_swap_out(table):
+            raise OutOfBlocks(f"swap pool: need {len(table.blocks)} host blocks, {len(self.host_free)} free")
+        host = [self.host_free.popleft() for _ in table.blocks]
+        src, dst = self._block_slots(table.blocks).to(self.k.device), self._block_slots(host)
+        self.host_k[:, dst] = self.k[:, src].cpu()
+        self.host_v[:, dst] = self.v[:, src].cpu()
+        for blk in table.blocks:
+            self.decref(blk)
+        self.swapped_out += len(host)
+        self.swap_bytes += len(host) * self.bytes_per_block
+        table.blocks, table.swapped = host, True
+
+    def swap_in(self, table: BlockTable) -> None:
+        """Copy a swapped-out ``table``'s blocks back into fresh device blocks and free its host blocks. Raises
+        :class:`OutOfBlocks` (table unchanged) when the device pool cannot supply them."""
+        if not table.swapped:
+            raise LLMCoreError("swap_in: the sequence is not swapped out")
+        if not self.can_allocate(len(table.blocks)):
+            raise OutOfBlocks(f"swap in: need {len(table.blocks)} blocks, {self.num_free} free")
+        dev = [self.allocate() for _ in table.blocks]
+        src, dst = self._block_slots(table.blocks), self._block_slots(dev).to(self.k.device)
+        self.k[:, dst] = self.host_k[:, src].to(self.k.device, non_blocking=True)
+        self.v[:, dst] = self.host_v[:, src].to(self.k.device, non_blocking=True)
+        self.host_free.extend(table.blocks)
+        self.swapped_in += len(dev)
+        self.swap_bytes += len(dev) * self.bytes_per_block
+        table.blocks, table.swapped = dev, False
+
     def fork(self, table: BlockTable) -> BlockTable:
         """A child sequence sharing every block of ``table`` (reference counts + 1; copied on write)."""
+        if table.swapped:
+            raise LLMCoreError("cannot fork a swapped-out sequence")
         for blk in table.blocks:
             self.incref(blk)
         return BlockTable(list(table.blocks), table.num_tokens)
 
+    def duplicate(self, table: BlockTable) -> BlockTable:
+        """A child with its own copy of every block: what forking costs without reference counts (the baseline
+        that :meth:`fork` is measured against). Raises :class:`OutOfBlocks` when the pool is too small."""
+        if not self.can_allocate(len(table.blocks)):
+            raise OutOfBlocks(f"need {len(table.blocks)} blocks, {self.num_free} free")
+        child = BlockTable([self.allocate() for _ in table.blocks], table.num_tokens)
+        for src, dst in zip(table.blocks, child.blocks):
+            self.copy_block(src, dst)
+        return child
+
     def release(self, table: BlockTable) -> None:
-        """Drop ``table``'s references; blocks nobody else holds return to the free list."""
-        for blk in table.blocks:
-            self.decref(blk)
-        table.blocks, table.num_tokens = [], 0
+        """Drop ``table``'s references; blocks nobody else holds return to the free list (a swapped-out
+        table's host blocks return to the swap pool)."""
+        if table.swapped:
+            self.host_free.extend(table.blocks)
+        else:
+            for blk in table.blocks:
+                self.decref(blk)
+        table.blocks, table.num_tokens, table.swapped = [], 0, False
 
     def truncate(self, table: BlockTable, n: int) -> None:
         """Keep the first ``n`` positions of ``table``; whole blocks past them are released."""

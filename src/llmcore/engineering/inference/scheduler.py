@@ -8,11 +8,22 @@ batch at **every step**:
 1. running requests first (FCFS): each gets the tokens it still has to feed -- 1 for a decoding
    request, a *chunk* of its prompt for one still prefilling -- within a per-step **token budget**
    (chunked prefill, Sarathi; a long prompt cannot stall everyone's decode);
-2. if the pool cannot hold those tokens, the most recently arrived running request is **preempted by
-   recompute**: its blocks are freed and it goes back to the head of the waiting queue, to be prefilled
-   again later (prompt + the tokens it already produced; greedy output is unchanged);
-3. waiting requests are admitted while the budget, ``max_num_seqs`` and free blocks allow (a prefix
+2. if the pool cannot hold those tokens, the most recently arrived running request is **preempted**:
+   *by recompute* (``preemption="recompute"``): its blocks are freed and it goes back to the head of the
+   waiting queue, to be prefilled again later (prompt + the tokens it already produced; output unchanged);
+   or *by swapping* (``preemption="swap"``): its blocks are copied to the host-side swap pool
+   (:meth:`~.paged.BlockManager.swap_out`) and it joins the **swapped** queue (recompute when the swap pool
+   is full, as a fallback);
+3. swapped requests come back first (FCFS, :meth:`~.paged.BlockManager.swap_in`) when their blocks fit;
+   while any request is swapped out no new request is admitted (vLLM's rule);
+4. waiting requests are admitted while the budget, ``max_num_seqs`` and free blocks allow (a prefix
    cache hit, :mod:`.radix`, skips the cached part of the prompt).
+
+So a request lives in one of three queues, **waiting -> running <-> swapped** (and back to waiting when
+recomputed). **Parallel sampling**: a request with ``n > 1`` is prefilled once; when its first token is
+sampled it forks ``n - 1`` sibling sequences (:meth:`~.paged.BlockManager.fork`) that share the prompt's
+blocks by reference count, each with its own generator (seed ``seed + i``); the first write into the
+shared, partly filled last block copies it (copy-on-write).
 
 One step then runs the kit's ``Llama`` on the scheduled rows (:func:`~.paged.forward_paged`): one
 forward for the decoding rows and one for the prefill chunks (the kit's model takes a padded batch,
@@ -32,7 +43,10 @@ import torch
 
 from llmcore.architecture.generate import SamplerConfig, next_token
 from llmcore.core.errors import LLMCoreError
+from llmcore.core.triton_env import available as triton_available
+from llmcore.core.triton_env import why_unavailable
 from llmcore.engineering.inference.paged import BlockManager, BlockTable, forward_paged
+from llmcore.engineering.inference.paged_attention import forward_decode, paged_attention_triton
 from llmcore.engineering.inference.radix import RadixCache
 
 
@@ -48,12 +62,19 @@ class EngineConfig:
     policy: str = "continuous"  # "continuous" | "static"
     static_batch: int = 8  # static: requests per batch
     static_reserve: int = 512  # static: contiguous positions reserved per request (for the utilisation figure)
+    preemption: str = "recompute"  # "recompute" | "swap" (to the host-side swap pool)
+    swap_blocks: int = 256  # blocks of the host-side swap pool (used with preemption="swap")
+    attention: str = "auto"  # decode attention: "torch" (gather + SDPA) | "triton" (paged kernel) | "auto" (triton on CUDA)
 
     def __post_init__(self) -> None:
         if self.policy not in ("continuous", "static"):
             raise LLMCoreError(f"policy must be 'continuous' or 'static', got {self.policy!r}")
+        if self.preemption not in ("recompute", "swap"):
+            raise LLMCoreError(f"preemption must be 'recompute' or 'swap', got {self.preemption!r}")
+        if self.attention not in ("auto", "torch", "triton"):
+            raise LLMCoreError(f"attention must be 'auto', 'torch' or 'triton', got {self.attention!r}")
         for name in ("num_blocks", "block_size", "max_num_seqs", "max_batched_tokens", "static_batch",
-                     "static_reserve"):
+                     "static_reserve", "swap_blocks"):
             if getattr(self, name) < 1:
                 raise LLMCoreError(f"{name} must be >= 1, got {getattr(self, name)}")
 
@@ -70,7 +91,7 @@ class Request:
     generator: torch.Generator | None = None
     output: list[int] = field(default_factory=list)
     table: BlockTable = field(default_factory=BlockTable)
-    status: str = "waiting"  # waiting | running | finished | aborted
+    status: str = "waiting"  # waiting | running | swapped | finished | aborted
     finish_reason: str | None = None  # "stop" (eos) | "length"
     t_arrival: float = 0.0
     t_scheduled: float | None = None
@@ -79,6 +100,16 @@ class Request:
     token_times: list[float] = field(default_factory=list)
     preempted: int = 0
     cached_tokens: int = 0  # prompt tokens served by the prefix cache (last admission)
+    n: int = 1  # parallel samples (the parent of a group); 1 for each sample once forked
+    seed: int | None = None
+    parent: Request | None = None  # the request a forked sample belongs to
+    index: int = 0  # this sample's index in its group (OpenAI's choices[index])
+    samples: list[Request] = field(default_factory=list)  # the group (parent first) once forked
+
+    @property
+    def width(self) -> int:
+        """Batch rows this request will take: ``n`` before it forks, 1 after."""
+        return 1 if self.samples else self.n
 
     @property
     def tokens(self) -> list[int]:
@@ -114,32 +145,47 @@ class StepStats:
 class Engine:
     """The serving engine: requests in, tokens out, one :meth:`step` at a time (``run`` drives it to the end).
 
-    Holds the kit's model, a :class:`~.paged.BlockManager` pool and, with ``prefix_cache``, a
-    :class:`~.radix.RadixCache`. ``max_len`` caps prompt + output (the model's context)."""
+    Holds the kit's model, a :class:`~.paged.BlockManager` pool (and its host-side swap pool with
+    ``preemption="swap"``) and, with ``prefix_cache``, a :class:`~.radix.RadixCache`. ``max_len`` caps
+    prompt + output (the model's context). Decode rows run through the paged Triton kernel
+    (:mod:`.paged_attention`) when ``attention`` resolves to ``"triton"``, else through the kit's model on
+    the gathered keys."""
 
     def __init__(self, model, cfg: EngineConfig) -> None:
         self.model, self.cfg = model, cfg
         self.max_len = model.config.max_seq_len
-        self.m = BlockManager.for_model(model, cfg.num_blocks, cfg.block_size)
+        self.m = BlockManager.for_model(model, cfg.num_blocks, cfg.block_size,
+                                        cfg.swap_blocks if cfg.preemption == "swap" else 0)
         self.radix = RadixCache(self.m) if cfg.prefix_cache else None
+        on_cuda = self.m.k.device.type == "cuda"
+        self.attention = cfg.attention if cfg.attention != "auto" else \
+            ("triton" if on_cuda and triton_available() else "torch")
+        if self.attention == "triton" and not triton_available():
+            raise LLMCoreError(why_unavailable())
         self.waiting: deque[Request] = deque()
         self.running: list[Request] = []
+        self.swapped: deque[Request] = deque()
         self.finished: list[Request] = []
         self.stats: list[StepStats] = []
         self.ids = itertools.count()
         self.preemptions = 0
+        self.swaps = 0  # preemptions by swapping (each one later swapped back in)
         self.aborted = 0  # requests cancelled by abort()
         self.computed_tokens = 0  # tokens run through the model (prompts, recomputed tokens, decode inputs)
         self._batch: list[Request] = []  # static: the current batch, finished rows included
 
     # ---- requests --------------------------------------------------------------------------------
     def add_request(self, prompt: list[int], max_new_tokens: int, sampler: SamplerConfig | None = None,
-                    eos_id: int | None = None, seed: int | None = None) -> Request:
-        """Queue a request; bad input (empty/oversized prompt, non-positive length) is one clear error."""
+                    eos_id: int | None = None, seed: int | None = None, n: int = 1) -> Request:
+        """Queue a request for ``n`` samples (sample ``i`` draws with seed ``seed + i``); bad input (empty or
+        oversized prompt, non-positive length, ``n`` beyond the batch) is one clear error."""
         if not prompt:
             raise LLMCoreError("the prompt is empty")
         if max_new_tokens < 1:
             raise LLMCoreError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
+        if not 1 <= n <= self.cfg.max_num_seqs or (n > 1 and self.cfg.policy == "static"):
+            raise LLMCoreError(f"n must be in 1..{self.cfg.max_num_seqs} (max_num_seqs; 1 with static batching), "
+                               f"got {n}")
         if len(prompt) + 1 > self.max_len:
             raise LLMCoreError(f"prompt of {len(prompt)} tokens leaves no room in the {self.max_len}-token context")
         worst = -(-(min(len(prompt) + max_new_tokens, self.max_len)) // self.cfg.block_size)
@@ -150,33 +196,42 @@ class Engine:
             raise LLMCoreError(f"prompt has token ids outside [0, {vocab})")
         gen = None if seed is None else torch.Generator().manual_seed(seed)
         req = Request(next(self.ids), list(prompt), max_new_tokens, sampler or SamplerConfig(), eos_id, gen,
-                      t_arrival=time.perf_counter())
+                      t_arrival=time.perf_counter(), n=n, seed=seed)
         self.waiting.append(req)
         return req
 
     def abort(self, req: Request) -> None:
-        """Cancel a request now (a client went away): its blocks return to the pool."""
+        """Cancel a request now (a client went away): its blocks (and its samples' blocks) return to the pool."""
+        for sample in req.samples[1:]:
+            self.abort(sample)
         if req.status in ("finished", "aborted"):
             return
-        if req in self.running:
-            self.running.remove(req)
-        if req in self.waiting:
-            self.waiting.remove(req)
+        for q in (self.running, self.waiting, self.swapped):
+            if req in q:
+                q.remove(req)
         self.m.release(req.table)
         req.status, req.finish_reason, req.t_done = "aborted", "abort", time.perf_counter()
         self.aborted += 1
 
     @property
     def has_work(self) -> bool:
-        return bool(self.waiting or self.running)
+        return bool(self.waiting or self.running or self.swapped)
 
     # ---- scheduling ------------------------------------------------------------------------------
     def _preempt(self, req: Request) -> None:
+        """Swap ``req`` out to the host pool (``preemption="swap"`` and room there), else free it to recompute."""
         self.running.remove(req)
-        self.m.release(req.table)
-        req.status, req.preempted = "waiting", req.preempted + 1
-        self.waiting.appendleft(req)
+        req.preempted += 1
         self.preemptions += 1
+        if self.cfg.preemption == "swap" and self.m.can_swap_out(req.table):
+            self.m.swap_out(req.table)
+            req.status = "swapped"
+            self.swapped.appendleft(req)  # victims go latest arrival first: the queue stays in arrival order
+            self.swaps += 1
+            return
+        self.m.release(req.table)
+        req.status = "waiting"
+        self.waiting.appendleft(req)
 
     def _admit(self, req: Request) -> None:
         req.cached_tokens = 0
@@ -207,7 +262,23 @@ class Engine:
             else:
                 plan.append((req, n))
                 budget, reserved = budget - n, reserved + need
-        while self.waiting and budget > 0 and len(self.running) < self.cfg.max_num_seqs and not preempted:
+        b = self.cfg.block_size
+        while (self.swapped and budget > 0 and len(self.running) + self.swapped[0].width <= self.cfg.max_num_seqs
+               and not preempted):
+            req = self.swapped[0]  # swapped requests come back before any new one is admitted
+            n = min(len(req.tokens) - req.table.num_tokens, budget)
+            held = len(req.table.blocks)  # host blocks: as many device blocks to swap in, then the growth
+            grow = max(0, -(-(req.table.num_tokens + n) // b) - held)
+            if not self.m.can_allocate(reserved + held + grow):
+                break
+            self.swapped.popleft()
+            self.m.swap_in(req.table)
+            req.status = "running"
+            self.running.append(req)
+            plan.append((req, n))
+            budget, reserved = budget - n, reserved + grow
+        while (self.waiting and budget > 0 and len(self.running) + self.waiting[0].width <= self.cfg.max_num_seqs
+               and not preempted and not self.swapped):
             req = self.waiting[0]
             self._admit(req)
             n = min(len(req.tokens) - req.table.num_tokens, budget)
@@ -255,16 +326,40 @@ class Engine:
             new = [r.tokens[r.table.num_tokens:r.table.num_tokens + n] if r.status == "running" else [pad]
                    for r, n in group]
             self.computed_tokens += sum(n for _, n in group)
-            logits = forward_paged(self.model, self.m, [r.table for r, _ in group], new)
+            tables = [r.table for r, _ in group]
+            if self.attention == "triton" and group is groups[0]:  # one token per row: the paged kernel
+                logits = forward_decode(self.model, self.m, tables, [t[0] for t in new], paged_attention_triton)
+            else:
+                logits = forward_paged(self.model, self.m, tables, new)
             greedy = logits.argmax(-1).tolist()
             for (req, _), row, g in zip(group, logits, greedy):
                 if req.status == "running" and req.table.num_tokens == len(req.tokens):  # fed all it has: a new token
-                    tok = g if req.sampler.greedy and req.sampler.repetition_penalty == 1.0 else \
-                        int(next_token(row[None], torch.tensor([req.tokens]), req.sampler, req.generator)[0])
-                    self._append(req, tok)
-                    events.append((req, tok))
+                    siblings = self._fork(req) if req.n > 1 and not req.samples else []
+                    for sample in [req, *siblings]:  # forked samples draw their first token from the same logits
+                        tok = self._sample(sample, row, g)
+                        self._append(sample, tok)
+                        events.append((sample, tok))
         self._record(sum(1 for p in plan if p[1] == 1), sum(n for _, n in plan if n > 1))
         return events
+
+    @staticmethod
+    def _sample(req: Request, row: torch.Tensor, greedy: int) -> int:
+        if req.sampler.greedy and req.sampler.repetition_penalty == 1.0:
+            return greedy
+        return int(next_token(row[None], torch.tensor([req.tokens]), req.sampler, req.generator)[0])
+
+    def _fork(self, req: Request) -> list[Request]:
+        """Parallel sampling: ``n - 1`` samples sharing ``req``'s prompt blocks (reference counts, no copy yet);
+        sample ``i`` gets its own generator seeded ``seed + i`` (the global RNG without a seed)."""
+        req.samples = [req]
+        for i in range(1, req.n):
+            gen = None if req.seed is None else torch.Generator().manual_seed(req.seed + i)
+            child = Request(next(self.ids), req.prompt, req.max_new_tokens, req.sampler, req.eos_id, gen,
+                            table=self.m.fork(req.table), status="running", t_arrival=req.t_arrival,
+                            t_scheduled=req.t_scheduled, seed=req.seed, parent=req, index=i)
+            req.samples.append(child)
+            self.running.append(child)
+        return req.samples[1:]
 
     def _append(self, req: Request, tok: int) -> None:
         now = time.perf_counter()
@@ -313,7 +408,8 @@ class Engine:
         return sum(fill.values()), allocated
 
     def run(self, progress_cb=None) -> list[Request]:
-        """Step until every request is finished; returns them in arrival order."""
+        """Step until every request is finished; returns them in arrival order (a parallel-sampling request once:
+        its samples are in ``req.samples``)."""
         while self.has_work:
             events = self.step()
             if progress_cb is not None:
@@ -321,9 +417,11 @@ class Engine:
         for req in self._batch:  # static: the last batch's memory
             self.m.release(req.table)
         self._batch = []
-        return sorted(self.finished, key=lambda r: r.rid)
+        return sorted((r for r in self.finished if r.parent is None), key=lambda r: r.rid)
 
     def leaked_blocks(self) -> int:
-        """Blocks still referenced after every request ended, minus those the prefix cache holds (should be 0)."""
+        """Blocks still referenced after every request ended, minus those the prefix cache holds, plus host blocks
+        still taken in the swap pool (should be 0)."""
         held = self.cfg.num_blocks - self.m.num_free
-        return held - (self.radix.cached_blocks if self.radix is not None else 0)
+        host = self.m.swap_blocks - len(self.m.host_free)
+        return held - (self.radix.cached_blocks if self.radix is not None else 0) + host

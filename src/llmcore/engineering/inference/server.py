@@ -4,7 +4,8 @@ Endpoints (the subset of the OpenAI API the book's agents use):
 
 * ``GET /v1/models`` -- the one served model;
 * ``POST /v1/completions`` -- ``prompt`` (a string), ``max_tokens``, ``temperature`` (0 = greedy),
-  ``top_p``, ``seed``, ``stream``;
+  ``top_p``, ``seed``, ``n`` (parallel samples sharing the prompt's KV blocks; choice ``i`` samples with seed
+  ``seed + i``), ``stream``;
 * ``POST /v1/chat/completions`` -- ``messages`` rendered with the book's chat tokens
   (``<bos><|system|>...<|user|>...<|assistant|>``), same sampling fields, ``stream``;
 * ``GET /stats`` (not OpenAI) -- free/total KV blocks, running and waiting requests.
@@ -59,6 +60,7 @@ class _Stream:
     loop: asyncio.AbstractEventLoop
     q: asyncio.Queue
     req: object = None
+    open_samples: int = 1  # samples (choices) not finished yet
 
     def put(self, item) -> None:
         self.loop.call_soon_threadsafe(self.q.put_nowait, item)
@@ -76,8 +78,8 @@ class EngineThread:
         self.thread.start()
 
     def submit(self, stream: _Stream, prompt: list[int], max_tokens: int, sampler: SamplerConfig,
-               seed: int | None) -> None:
-        self.inbox.put(("add", stream, prompt, max_tokens, sampler, seed))
+               seed: int | None, n: int = 1) -> None:
+        self.inbox.put(("add", stream, prompt, max_tokens, sampler, seed, n))
 
     def abort(self, stream: _Stream) -> None:
         self.inbox.put(("abort", stream))
@@ -85,7 +87,8 @@ class EngineThread:
     def stats(self) -> dict:
         e = self.engine
         return {"num_blocks": e.cfg.num_blocks, "free_blocks": e.m.num_free, "running": len(e.running),
-                "waiting": len(e.waiting), "finished": len(e.finished), "preemptions": e.preemptions,
+                "waiting": len(e.waiting), "swapped": len(e.swapped), "finished": len(e.finished),
+                "preemptions": e.preemptions, "swaps": e.swaps, "cow_copies": e.m.copies,
                 "leaked_blocks": e.leaked_blocks() if not e.has_work else None}
 
     def close(self) -> None:
@@ -95,10 +98,11 @@ class EngineThread:
 
     def _handle(self, cmd) -> None:
         if cmd[0] == "add":
-            _, stream, prompt, max_tokens, sampler, seed = cmd
+            _, stream, prompt, max_tokens, sampler, seed, n = cmd
             try:
                 stream.req = self.engine.add_request(prompt, max_tokens, sampler,
-                                                     eos_id=self.engine.model.config.eos_id, seed=seed)
+                                                     eos_id=self.engine.model.config.eos_id, seed=seed, n=n)
+                stream.open_samples = n
                 self.streams[stream.req.rid] = stream
             except LLMCoreError as e:
                 stream.put(("error", str(e)))
@@ -121,11 +125,14 @@ class EngineThread:
                 break
             if self.engine.has_work:
                 for req, tok in self.engine.step():
-                    stream = self.streams.get(req.rid)
+                    root = req.parent or req  # parallel samples report to their request's stream
+                    stream = self.streams.get(root.rid)
                     if stream is not None:
-                        stream.put(("token", tok, req.finish_reason))
+                        stream.put(("token", req.index, tok, req.finish_reason))
                         if req.finish_reason is not None:
-                            self.streams.pop(req.rid, None)
+                            stream.open_samples -= 1
+                            if stream.open_samples == 0:
+                                self.streams.pop(root.rid, None)
 
 
 # ---- request bodies --------------------------------------------------------------------------------
@@ -135,6 +142,7 @@ class _Sampling(BaseModel):
     temperature: float = Field(1.0, ge=0.0, le=2.0)
     top_p: float = Field(1.0, gt=0.0, le=1.0)
     seed: int | None = None
+    n: int = Field(1, ge=1, le=16)
     stream: bool = False
 
 
@@ -222,29 +230,32 @@ def create_app(model, tokenizer, engine_cfg: EngineConfig | None = None, model_n
             return SamplerConfig(greedy=True)
         return SamplerConfig(greedy=False, temperature=body.temperature, top_p=body.top_p)
 
-    async def _tokens(prompt: list[int], body: _Sampling, sampler: SamplerConfig) -> AsyncIterator[tuple[str, str]]:
-        """Yield ``(text piece, finish reason or "")``; aborts the request if the consumer goes away."""
+    async def _tokens(prompt: list[int], body: _Sampling,
+                      sampler: SamplerConfig) -> AsyncIterator[tuple[int, str, str]]:
+        """Yield ``(choice index, text piece, finish reason or "")`` for the ``n`` samples; aborts the request if
+        the consumer goes away."""
         loop = asyncio.get_running_loop()
         stream = _Stream(loop, asyncio.Queue())
         eng = state["engine"]
-        eng.submit(stream, prompt, min(body.max_tokens, max_len - len(prompt)), sampler, body.seed)
-        out, sent, done = [], "", False
+        eng.submit(stream, prompt, min(body.max_tokens, max_len - len(prompt)), sampler, body.seed, body.n)
+        out, sent, finished = [[] for _ in range(body.n)], [""] * body.n, set()
         try:
-            while not done:
+            while len(finished) < body.n:
                 item = await stream.q.get()
                 if item[0] == "error":
                     raise APIError(400, item[1])
-                _, tok, reason = item
-                done = reason is not None
+                _, i, tok, reason = item
+                if reason is not None:
+                    finished.add(i)
                 if tok != model.config.eos_id:
-                    out.append(tok)
-                text = tokenizer.decode(out)
-                if text.endswith("\ufffd") and not done:  # half of a multi-byte character: wait for the rest
+                    out[i].append(tok)
+                text = tokenizer.decode(out[i])
+                if text.endswith("\ufffd") and reason is None:  # half of a multi-byte character: wait for the rest
                     continue
-                piece, sent = text[len(sent):], text
-                yield piece, (reason or "")
+                piece, sent[i] = text[len(sent[i]):], text
+                yield i, piece, (reason or "")
         finally:
-            if not done:
+            if len(finished) < body.n:
                 eng.abort(stream)
 
     def _usage(prompt: list[int], n: int) -> dict:
@@ -256,27 +267,29 @@ def create_app(model, tokenizer, engine_cfg: EngineConfig | None = None, model_n
         obj = "chat.completion" if kind == "chat" else "text_completion"
         if body.stream:
             async def events():
-                n = 0
-                async for piece, reason in _tokens(prompt, body, sampler):
-                    n += 1
+                seen = set()
+                async for i, piece, reason in _tokens(prompt, body, sampler):
                     if kind == "chat":
-                        delta = {"content": piece} if n > 1 else {"role": "assistant", "content": piece}
-                        choice = {"index": 0, "delta": delta, "finish_reason": reason or None}
+                        delta = {"content": piece} if i in seen else {"role": "assistant", "content": piece}
+                        choice = {"index": i, "delta": delta, "finish_reason": reason or None}
                     else:
-                        choice = {"index": 0, "text": piece, "finish_reason": reason or None, "logprobs": None}
+                        choice = {"index": i, "text": piece, "finish_reason": reason or None, "logprobs": None}
+                    seen.add(i)
                     chunk = {"id": rid, "object": obj + (".chunk" if kind == "chat" else ""), "created": created,
                              "model": model_name, "choices": [choice]}
                     yield f"data: {json.dumps(chunk)}\n\n"
                 yield "data: [DONE]\n\n"
             return StreamingResponse(events(), media_type="text/event-stream")
-        text, reason, n = "", "", 0
-        async for piece, r in _tokens(prompt, body, sampler):
-            text, reason, n = text + piece, r, n + 1
+        text, reason, n = [""] * body.n, [""] * body.n, 0
+        async for i, piece, r in _tokens(prompt, body, sampler):
+            text[i], reason[i], n = text[i] + piece, r, n + 1
         if kind == "chat":
-            choice = {"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": reason}
+            choices = [{"index": i, "message": {"role": "assistant", "content": t}, "finish_reason": r}
+                       for i, (t, r) in enumerate(zip(text, reason))]
         else:
-            choice = {"index": 0, "text": text, "finish_reason": reason, "logprobs": None}
-        return {"id": rid, "object": obj, "created": created, "model": model_name, "choices": [choice],
+            choices = [{"index": i, "text": t, "finish_reason": r, "logprobs": None}
+                       for i, (t, r) in enumerate(zip(text, reason))]
+        return {"id": rid, "object": obj, "created": created, "model": model_name, "choices": choices,
                 "usage": _usage(prompt, n)}
 
     @app.post("/v1/completions")
@@ -436,6 +449,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--block-size", type=int, default=8, help="positions per KV block (default: 8)")
     p.add_argument("--max-num-seqs", type=int, default=32, help="running requests at most (default: 32)")
     p.add_argument("--prefix-cache", action="store_true", help="enable the radix prefix cache")
+    p.add_argument("--preemption", choices=("recompute", "swap"), default="recompute",
+                   help="how a request is preempted when blocks run out (default: recompute)")
+    p.add_argument("--swap-blocks", type=int, default=256, help="host-side swap pool, in blocks (default: 256)")
     return p
 
 
@@ -449,7 +465,7 @@ def serve_main(argv: list[str] | None = None) -> int:
     if not 0 < args.port < 65536:
         raise LLMCoreError(f"--port must be in 1..65535, got {args.port}")
     cfg = EngineConfig(num_blocks=args.num_blocks, block_size=args.block_size, max_num_seqs=args.max_num_seqs,
-                       prefix_cache=args.prefix_cache)
+                       prefix_cache=args.prefix_cache, preemption=args.preemption, swap_blocks=args.swap_blocks)
     with closing(socket.socket(socket.AF_INET, socket.SOCK_STREAM)) as s:
         try:
             s.bind((args.host, args.port))
