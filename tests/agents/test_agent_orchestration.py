@@ -102,7 +102,9 @@ def test_unknown_pattern_and_bad_config():
     with pytest.raises(LLMCoreError, match="steps must be >= 1"):
         orch.AgentConfig(steps=0)
     with pytest.raises(LLMCoreError, match="unknown patterns"):
-        orch.AgentConfig(train_patterns=("react", "reflexion"))
+        orch.AgentConfig(trace_shares=(("react", 1.0), ("reflexion", 1.0)))
+    with pytest.raises(LLMCoreError, match="must be in"):
+        orch.AgentConfig(trace_shares=(("react", 1.5),))
 
 
 # ---- traces --------------------------------------------------------------------------------------------------
@@ -134,11 +136,12 @@ def agent():
 def test_fine_tuned_agent_solves_heldout_tasks_direct_does_not(agent):
     cfg, model, metrics = agent
     w, tasks = orch.heldout(cfg)
-    tasks = tasks[:12]
+    tasks = tasks[:20]
     lm = orch.agent_llm(model, cfg)
     react = patterns.run_episodes(lm, "react", tasks, w, max_steps=cfg.max_steps)
     direct = patterns.run_episodes(lm, "direct", tasks, w)
-    assert sum(e.correct for e in react) >= 10 and sum(e.correct for e in direct) <= 3
+    assert sum(e.correct for e in react) >= 4 and sum(e.correct for e in direct) <= 1
+    assert all(e.failure in ("", "wrong answer") for e in react)  # the protocol is learned: errors are copies
     assert metrics["loss"][-1] < 0.2 * metrics["loss"][0]
 
 

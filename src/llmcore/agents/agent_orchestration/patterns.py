@@ -92,11 +92,12 @@ def _tool_msg(reply: Reply, content: str) -> Message:
 
 
 def _gold_calls(task: Task) -> list[tuple[str, str]]:
-    """The gold tool path: ``(thought, action line)`` per hop."""
-    out = [(f'find the capital of "{task.country}"', _act("search", query=f"{task.country} capital")),
-           (f'look up "{task.capital}"', _act("lookup", key=task.capital))]
+    """The gold tool path: ``(thought, action line)`` per hop. Thoughts name the step, never a name or a
+    number: every name is copied once (into the action's JSON), not twice, and each copy is a chance of error."""
+    out = [("find the capital", _act("search", query=f"{task.country} capital")),
+           ("look up its population", _act("lookup", key=task.capital))]
     if task.op:
-        out.append((f"compute {task.expression}", _act("calculator", expression=task.expression)))
+        out.append(("compute the result", _act("calculator", expression=task.expression)))
     return out
 
 

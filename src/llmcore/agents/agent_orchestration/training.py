@@ -68,15 +68,17 @@ def encode_trace(tokenizer, messages: Sequence[Message], reply: str) -> tuple[li
 
 
 def trace_set(cfg, tokenizer=None) -> list[tuple[list[int], list[int]]]:
-    """Encoded training traces of every pattern in ``cfg.train_patterns`` (``cfg``: an
-    :class:`~llmcore.agents.agent_orchestration.AgentConfig`), on ``cfg.n_train_worlds`` training worlds."""
+    """Encoded training traces on ``cfg.n_train_worlds`` training worlds (``cfg``: an
+    :class:`~llmcore.agents.agent_orchestration.AgentConfig`): for each ``(pattern, share)`` of
+    ``cfg.trace_shares``, the pattern's gold episode of each task kept with probability ``share``."""
     tokenizer = tokenizer or book_tokenizer()
     out = []
     for w in range(cfg.n_train_worlds):
         world = make_world(cfg.countries_per_world, "train", seed=cfg.data_seed * 10_000 + w)
         tasks = make_tasks(world, cfg.tasks_per_world, seed=cfg.data_seed * 10_000 + w)
-        for pattern in cfg.train_patterns:
-            sub = tasks if pattern != "direct" else tasks[: max(1, round(cfg.direct_share * len(tasks)))]
+        for pattern, share in cfg.trace_shares:
+            pick = random.Random(f"share-{cfg.data_seed}-{w}-{pattern}")  # each task kept with probability share
+            sub = [t for t in tasks if pick.random() < share]
             for ep in run_episodes(None, pattern, sub, world):
                 out += [encode_trace(tokenizer, m, r) for m, r in maximal_pairs(ep)]
     return out
@@ -152,7 +154,7 @@ def agent_model(cfg, device: str | torch.device = "cpu", refresh: bool = False) 
 
 
 #: the AgentConfig fields that change the fine-tuned model (the cache key); evaluation knobs are not among them
-TRAIN_FIELDS = ("n_train_worlds", "countries_per_world", "tasks_per_world", "train_patterns", "direct_share",
+TRAIN_FIELDS = ("n_train_worlds", "countries_per_world", "tasks_per_world", "trace_shares",
                 "data_seed", "steps", "seq_len", "batch_rows", "lr", "warmup_steps", "min_lr_ratio", "weight_decay", "grad_clip",
                 "seed")
 __all__ = ["PATTERNS", "agent_model", "encode_trace", "finetune_agent", "maximal_pairs", "pack_traces", "trace_set"]
