@@ -263,7 +263,7 @@ MODULES: tuple[Module, ...] = (
     Module("agents", _P5, "02_agent_orchestration", "Agent Orchestration", "智能体编排", "编排范式 Orchestration patterns",
            "ReAct、Plan-and-Execute 与 Self-Ask", prerequisites=("rag",),
            run="llmcore.agents.agent_orchestration:run", package=True,
-           criteria=("the ReAct agent with tools solves >= 20% of held-out multi-hop tasks after a ~40-s fine-tune "
+           criteria=("the ReAct agent with tools solves >= 20% of held-out multi-hop tasks after a one-minute fine-tune "
                      "(Plan-and-Execute and Self-Ask compared: success, model calls, tokens, failures)",
                      "the same model answering directly (no tools) solves <= 15% (chance: ~1%)",
                      "malformed output of the un-fine-tuned book LM is caught, retried within the budget and reported; "
