@@ -343,12 +343,16 @@ class LocalLM(ChatLLM):
     def complete(self, conversations, tools, temperature, seed):
         gen = torch.Generator().manual_seed(seed)
         ids = [chat_ids(self.tokenizer, c) for c in conversations]
-        out: list[Completion] = []
-        for s in range(0, len(ids), self.batch_size):
-            chunk = ids[s:s + self.batch_size]
+        limit = self.model.config.max_seq_len - 1
+        fits = [i for i, p in enumerate(ids) if len(p) <= limit]
+        # a conversation past the context gets an empty completion: malformed, so the episode ends reported
+        out: list[Completion] = [Completion("", len(p), 0) for p in ids]
+        for s in range(0, len(fits), self.batch_size):
+            chunk = [ids[i] for i in fits[s:s + self.batch_size]]
             new = generate_padded(self.model, chunk, self.max_new_tokens, self.tokenizer.eos_id,
                                   self.tokenizer.pad_id, temperature, gen)
-            out += [Completion(self.tokenizer.decode(n), len(p), len(n) + 1) for p, n in zip(chunk, new)]
+            for i, p, n in zip(fits[s:s + self.batch_size], chunk, new):
+                out[i] = Completion(self.tokenizer.decode(n), len(p), len(n) + 1)
         return out
 
 

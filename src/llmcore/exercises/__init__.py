@@ -7,6 +7,10 @@ what was expected and what came back.
     PASS check_gae: 6 hidden cases agree with the book's reference implementation
 """
 
+from llmcore.exercises.agents import (
+    check_calculator,
+    check_search_score,
+)
 from llmcore.exercises.alignment import (
     check_bradley_terry_loss,
     check_dpo_loss,
@@ -93,6 +97,7 @@ __all__ = [
     "check_blocks_needed",
     "check_bm25_scores",
     "check_bradley_terry_loss",
+    "check_calculator",
     "check_capacity_keep",
     "check_cfg",
     "check_clip_loss",
@@ -123,6 +128,7 @@ __all__ = [
     "check_ring_allreduce_bytes",
     "check_rmsnorm",
     "check_rope",
+    "check_search_score",
     "check_sft_loss_mask",
     "check_speculative_accept",
     "check_superstep_schedule",
