@@ -31,7 +31,7 @@
 # - pause for a human with `interrupt`, resume with the human's answer; a rejected tool call never runs;
 # - check all of it against LangGraph, the production library, on the same graph.
 #
-# **Prerequisites:** what the nodes of an agent do (the Agent Orchestration chapter, not in the book yet);
+# **Prerequisites:** what the nodes of an agent do ([Agent Orchestration](02_agent_orchestration.ipynb));
 # Python `async`/`await`; the idea of a finite-state machine.
 
 # %% tags=["parameters"]
