@@ -85,15 +85,14 @@ def batch_and_weights(data, hp: dict, n: int = 128) -> tuple[dict, dict]:
         q = online(S)
         delta = q.gather(1, A[:, None]).squeeze(1) - y
         small = delta.abs() < 1.0
-        loss_all, parts = cql_loss(q, A, y, hp["alpha"])
-        loss_small, parts_small = cql_loss(q[small], A[small], y[small], hp["alpha"])
+        _, parts = cql_loss(q, A, y, hp["alpha"])
+        loss_small, _ = cql_loss(q[small], A[small], y[small], hp["alpha"])
         huber = F.huber_loss(q.gather(1, A[:, None]).squeeze(1), y, delta=1.0)
     arrays = {f"batch_{k}": v for k, v in rows.items()}
     arrays["small_td"] = small.numpy()
     arrays.update({f"online.{k}": v.numpy() for k, v in online.state_dict().items()})
     arrays.update({f"target.{k}": v.numpy() for k, v in target.state_dict().items()})
-    ours = {"target": y.numpy(), "loss_all": float(loss_all), "parts": parts,
-            "loss_small": float(loss_small), "parts_small": parts_small, "huber_td": float(huber),
+    ours = {"target": y.numpy(), "parts": parts, "loss_small": float(loss_small), "huber_td": float(huber),
             "rows_small": int(small.sum()), "rows": n}
     return arrays, ours
 
