@@ -34,7 +34,7 @@
 # and [PEFT](../03_alignment/02_peft.ipynb) (LoRA).
 
 # %% tags=["parameters"]
-toy = True  # True: 16x16 scenes, 150 CLIP + 200 VQA steps per connector (CPU, about 1 min); False: 32x32, GPU
+toy = True  # True: 16x16 scenes, 150 CLIP + 300 VQA steps per connector (CPU, about 1 min); False: 32x32, GPU
 device = "auto"
 seed = 0
 
@@ -181,8 +181,8 @@ print(f"|CLIP loss - HF CLIPModel loss| = {clip_gap:.1e}, max |projector - HF pr
 # One run: generate 4000 training scenes (one question each) and two test splits of 400; pretrain CLIP
 # (150 steps of 128 pairs); freeze the ViT. Then, on the frozen book LM (2M parameters, trained on Python's
 # documentation — it has never seen the word *triangle* next to an image): LLaVA stage 1 (projector, 40 steps)
-# and stage 2 (+ LoRA rank 4, 200 steps); Flamingo (resampler + 4 gated layers, LM frozen, 200 steps); BLIP-2
-# (Q-Former with 8 queries, ITC 100 steps, then Q-Former + projection + the same LoRA, 200 steps). Every model trains in the
+# and stage 2 (+ LoRA rank 4, 300 steps); Flamingo (resampler + 4 gated layers, LM frozen, 300 steps); BLIP-2
+# (Q-Former with 8 queries, ITC 100 steps, then Q-Former + projection + the same LoRA, 300 steps). Every model trains in the
 # kit's loop (`llmcore.architecture.training.train`) on the same batches of 16.
 
 # %%
@@ -280,7 +280,7 @@ widgets.interact(play, colour1=list(COLOURS), shape1=list(SHAPES), colour2=list(
 #   documentation; the papers use CLIP ViT-L/14 (300M), Chinchilla (70B) or Vicuna (7–13B) and millions of
 #   image-text pairs. Our LLaVA uses the last layer's patch features (LLaVA takes the penultimate layer's).
 # - **LoRA in BLIP-2.** BLIP-2 keeps the LLM frozen. Our book LM is too small and too far from the task for eight
-#   soft tokens alone to make it answer in 200 steps (LLaVA stage 1 shows the same: exact match 0), so BLIP-2's
+#   soft tokens alone to make it answer (measured: exact match 0 after 200 steps; LLaVA stage 1 shows the same), so BLIP-2's
 #   stage 2 gets the same rank-4 LoRA as LLaVA's stage 2. Flamingo needs none.
 # - **Q-Former, partly.** Its three masks are implemented and tested, but stage 1 trains ITC only (no ITM head
 #   with hard negatives, no ITG language-modelling head), and the Q-Former is initialised randomly (BLIP-2 starts
