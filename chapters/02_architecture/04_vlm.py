@@ -292,8 +292,8 @@ widgets.interact(play, colour1=list(COLOURS), shape1=list(SHAPES), colour2=list(
 #
 # ```{admonition} Hardware and cost card · 硬件与成本
 # :class: tip
-# - **Toy:** the closed loop took 54 s on the shared 2-core CPU (CLIP 9 s, each connector 11–16 s); the page
-#   executed in 62 s, peak RAM 0.86 GB (`/usr/bin/time`); `run.py --module vlm --toy` took 55–62 s per seed.
+# - **Toy:** 300 VQA steps per connector: the page executed in 78 s on the shared 2-core CPU (CLIP 8 s, each
+#   connector 16–19 s), peak RAM 0.88 GB (`/usr/bin/time`). At 200 steps it took 62 s.
 # - **Full (`toy=False`):** $32 \times 32$ scenes (64 patches), a 4-layer ViT of width 128, 40k scenes,
 #   3000 CLIP and 3000 VQA steps of batch 64 per connector: roughly $150\times$ the toy's compute, a few
 #   minutes on one GPU.
