@@ -21,7 +21,8 @@
 # 失败时重新规划）与 Self-Ask（追问子问题）——并在留出的多跳任务上比较成功率、步数与词元数。事实是随机生成的，
 # 模型不可能"记住"，所以同一模型直接作答只有随机水平（约 1%，验收线 ≤ 15%）；带工具的 ReAct 智能体在约一分钟的玩具微调后解出
 # 约四成任务（验收线 ≥ 20%，在所有种子上留有余量）——一个 200 万参数的模型复制未见过的名字还不可靠，本章如实报告
-# 这个数字与失败分类，并说明更长的训练（GPU 上的完整模式）把它推到多高。
+# 这个数字与失败分类；随包发布的配方模型（训练世界 8 倍、步数 2000，CPU 上约 12 分钟）在 100 个留出任务上用 ReAct
+# 解出 ≥ 90%（验收线），直接作答 ≤ 30%。
 #
 # **Learning goals**
 # - define one LLM interface for agents: OpenAI chat messages in, text or an OpenAI function call out; parse
@@ -306,13 +307,22 @@ print(f"{len(res.served)} tasks through openai -> llmcore serve: answers equal i
 # capital) or a city name garbled in the lookup key; the rest are the operator word mapped to the wrong symbol
 # (`plus` -> `*`) and the final number copied with a wrong digit.
 #
-# **Honest figures.** The issue asks for >= 90% with tools at toy scale. This model does not get there within a
-# page's budget: an earlier recipe with four times the training (500 steps, 2.4 passes over 2.9k traces, 160 s on
-# this CPU) measured ReAct 0.92, 0.78 and 0.83 on seeds 0, 1 and 2 (60 tasks), so even that does not hold 0.9 on
-# every seed, and the page must execute in about a minute. The toy gate is therefore the measured effect with a margin on every seed and
-# kernel (the robustness page): ReAct with tools >= 0.2 while the direct answer stays near chance (<= 0.15; chance is ~1% per task). The
-# full mode (`toy=False`, a GPU) trains 24 times longer on equal shares of all patterns. In cost, Plan-and-Execute's
+# **Two budgets, two gates.** A one-minute fine-tune does not reach 90% with tools: an earlier 500-step recipe
+# (160 s) measured ReAct 0.92, 0.78 and 0.83 on seeds 0, 1 and 2, and the page must execute in about a minute. So
+# the live fine-tune is gated on the measured effect with a margin on every seed and kernel (the robustness page):
+# ReAct with tools >= 0.2 while the direct answer stays near chance (<= 0.15; chance is ~1% per task). The 90% bar
+# is held by the **recipe model shipped with the package** (`src/llmcore/data/agent_lm`, trained by
+# `python -m llmcore.agents.agent_orchestration.training`: the same loop with 8x the training worlds — 14,101
+# traces — and 2000 steps, 11.8 min on this CPU): on 100 held-out tasks of this seed's world it must solve >= 90%
+# with ReAct and <= 30% answering directly. What the extra budget buys is exactly what the error analysis above
+# predicts: more distinct names to copy from, more passes to copy them exactly. In cost, Plan-and-Execute's
 # executor calls read short contexts, while ReAct and Self-Ask re-read the whole history at every call.
+
+# %% tags=["nbval-ignore-output"]
+recipe = orch.RECIPE
+print(f"recipe model ({recipe['n_train_worlds']} training worlds, {recipe['steps']} steps), {len(res.shipped['react'])} "
+      f"held-out tasks: ReAct {res.shipped_success('react'):.3f}, direct answer {res.shipped_success('direct'):.3f}; "
+      f"the one-minute fine-tune above: ReAct {res.success('react'):.3f}")
 
 # %% tags=["nbval-ignore-output"]
 report = orch.make_report(res, toy, str(dev), seed)
@@ -352,9 +362,10 @@ widgets.interact(play, pattern=widgets.Dropdown(options=list(patterns.PATTERNS),
 # %% [markdown]
 # ```{admonition} Where this differs from the paper / production · 与论文和生产系统的差别
 # :class: note
-# - **Scale.** Our toy agent solves well under half of the held-out tasks after a one-minute fine-tune; a production
-#   agent built on a large pretrained model copies names and numbers almost perfectly. What transfers is the
-#   *gap* to the direct answer and the cost structure of the patterns, not the absolute success rate.
+# - **Scale.** Our toy agent solves about half of the held-out tasks after a one-minute fine-tune and the shipped
+#   recipe model (12 CPU minutes) over 90%; a production agent built on a large pretrained model copies names and
+#   numbers almost perfectly. What transfers is the *gap* to the direct answer and the cost structure of the
+#   patterns, not the absolute success rate.
 # - **Model.** The papers prompt large models (PaLM-540B, GPT-3) with a few examples; a ~2M-parameter model
 #   cannot learn a protocol from a prompt, so ours is *fine-tuned* on gold traces of each pattern
 #   (Toolformer-style training, with traces written by a program instead of self-annotated). Its "thoughts"

@@ -274,7 +274,9 @@ MODULES: tuple[Module, ...] = (
                      "the same model answering directly (no tools) solves <= 15% (chance: ~1%)",
                      "malformed output of the un-fine-tuned book LM is caught, retried within the budget and reported; "
                      "no episode exceeds its completion budget",
-                     "the agent through the openai client on llmcore serve gives the in-process answers")),
+                     "the agent through the openai client on llmcore serve gives the in-process answers",
+                     "the recipe model shipped with the package (8x the worlds, 11x the steps) solves >= 90% of held-out "
+                     "multi-hop tasks with ReAct and <= 30% answering directly")),
     Module("mesh", _P5, "03_state_machine", "Mesh & State Machine", "异步编排与状态机", "系统架构 System architecture",
            "异步编排、复杂状态机与条件路由", prerequisites=("agents",),
            run="llmcore.agents.graph:run", package=True, topic="graph",

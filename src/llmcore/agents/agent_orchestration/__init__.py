@@ -25,13 +25,21 @@ model can only guess a number (chance is about 1 in 100 for two-hop and lower fo
 from __future__ import annotations
 
 import collections
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 
 import torch
 
 from llmcore.agents.agent_orchestration.patterns import PATTERNS, SYSTEM, Episode, run_episodes
 from llmcore.agents.agent_orchestration.plots import plot_pattern_traces, plot_results
-from llmcore.agents.agent_orchestration.training import TRAIN_FIELDS, agent_model, encode_trace, trace_set
+from llmcore.agents.agent_orchestration.training import (
+    RECIPE,
+    TRAIN_FIELDS,
+    agent_model,
+    encode_trace,
+    load_shipped_agent,
+    recipe_config,
+    trace_set,
+)
 from llmcore.agents.agent_orchestration.world import (
     TOOL_SCHEMAS,
     Task,
@@ -84,6 +92,7 @@ class AgentConfig:
     max_replans: int = 1  # Plan-and-Execute: replans after a failed step
     n_untrained: int = 12  # tasks the un-fine-tuned book LM attempts (the malformed-output demonstration)
     n_served: int = 6  # tasks run through the openai client against llmcore serve (0: skip)
+    n_shipped: int = 100  # held-out tasks (same world) for the recipe model shipped in data/agent_lm (0: skip)
 
     def __post_init__(self) -> None:
         bad = {p for p, _ in self.trace_shares} - set(PATTERNS)
@@ -118,6 +127,11 @@ class AgentResult:
     untrained: list[Episode]  # the un-fine-tuned book LM running ReAct
     served_agree: float  # share of served tasks whose answers equal the in-process answers (nan: skipped)
     served: list[Episode]
+    shipped: dict[str, list[Episode]] = field(default_factory=dict)  # the recipe model: "react", "direct" episodes
+
+    def shipped_success(self, pattern: str) -> float:
+        eps = self.shipped[pattern]
+        return sum(e.correct for e in eps) / len(eps)
 
     def success(self, pattern: str) -> float:
         eps = self.episodes[pattern]
@@ -179,7 +193,13 @@ def experiment(cfg: AgentConfig, device: torch.device = CPU) -> AgentResult:
         served = served_episodes(model, cfg, world, tasks[:cfg.n_served])
         local = episodes["react"][:cfg.n_served]
         agree = sum(s.answer == e.answer for s, e in zip(served, local)) / len(served)
-    return AgentResult(cfg, model, metrics, world, tasks, episodes, untrained, agree, served)
+    shipped = {}
+    if cfg.n_shipped:  # the recipe's model (8x the worlds, 11x the steps): what the toy fine-tune grows into
+        recipe_model, _ = load_shipped_agent(device)
+        s_world, s_tasks = heldout(replace(cfg, n_test=cfg.n_shipped))
+        shipped = {p: run_episodes(agent_llm(recipe_model, cfg), p, s_tasks, s_world, **pattern_kwargs(p, cfg))
+                   for p in ("react", "direct")}
+    return AgentResult(cfg, model, metrics, world, tasks, episodes, untrained, agree, served, shipped)
 
 
 def make_report(res: AgentResult, toy: bool, device: str, seed: int) -> Report:
@@ -208,6 +228,9 @@ def make_report(res: AgentResult, toy: bool, device: str, seed: int) -> Report:
     rep.check("untrained book LM: malformed replies caught and retried", sum(e.retries for e in u), ">", 0)
     if res.served:
         rep.check("openai client on llmcore serve: answers equal in-process", res.served_agree, "==", 1.0)
+    if res.shipped:  # the bar, on the recipe model (data/agent_lm): >= 90% with tools, <= 30% without
+        rep.check("recipe model (shipped): ReAct held-out multi-hop success", res.shipped_success("react"), ">=", 0.9)
+        rep.check("recipe model (shipped): direct answer held-out success", res.shipped_success("direct"), "<=", 0.3)
     return rep
 
 
@@ -221,6 +244,6 @@ def run(toy: bool = True, device: torch.device = CPU, seed: int = 0) -> Report:
 
 
 __all__ = ["AGENT_PATTERNS", "PATTERNS", "SYSTEM", "TOOL_SCHEMAS", "TRAIN_FIELDS", "AgentConfig", "AgentResult",
-           "Episode", "Task", "Toolbox", "World", "agent_llm", "agent_model", "calculate", "encode_trace", "experiment",
-           "heldout", "make_report", "make_tasks", "make_world", "pattern_kwargs", "plot_pattern_traces", "plot_results",
-           "run", "run_episodes", "served_episodes", "trace_set"]
+           "Episode", "RECIPE", "Task", "Toolbox", "World", "agent_llm", "agent_model", "calculate", "encode_trace", "experiment",
+           "heldout", "load_shipped_agent", "make_report", "make_tasks", "make_world", "pattern_kwargs", "plot_pattern_traces", "plot_results",
+           "recipe_config", "run", "run_episodes", "served_episodes", "trace_set"]
