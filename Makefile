@@ -51,7 +51,7 @@ TESTENV := LLMCORE_NO_PROGRESS=1 $(if $(filter 0,$(JOBS)),,OMP_WAIT_POLICY=PASSI
 SELECT := $(if $(CHAPTERS),$(CHAPTERS),$(if $(MODULES),--modules $(MODULES),))
 
 .PHONY: help prereqs prereqs-book prereqs-execute prereqs-test install torch-cpu book execute html widgets-js \
-        test lint unit nbval pytest-all check-pages chromium smoke pretrain robust clean
+        test lint unit nbval check-pages chromium smoke pretrain robust clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN{FS=":.*## "}{printf "  make %-12s %s\n", $$1, $$2}'
@@ -143,14 +143,7 @@ chromium: ## find Chromium/Chrome; as root on Debian, install chromium + CJK fon
 	  echo "note: no Noto Sans CJK font: Chinese text in the page screenshots may show as boxes (sudo apt-get install fonts-noto-cjk)"; \
 	fi
 
-# make test runs the unit tests and the notebooks in ONE pytest session: the notebooks first, in file order
-# (--no-loadscope-reorder; xdist would otherwise sort scopes by their number of tests), then ~1100 short unit
-# tests that fill the end, so neither worker idles behind the other's last long notebook twice (once per
-# session) and the heavy unit tests find the models the notebooks trained (measured: book/benchmarks.md)
-pytest-all: install ## make unit + make nbval in one pytest session (what make test runs)
-	$(TESTENV) $(VENV)/bin/pytest -q -p no:cacheprovider $(XDIST) $(if $(XDIST),--no-loadscope-reorder,) --nbval-lax --nbval-current-env --nbval-cell-timeout=900 $(NBVAL_PATHS) tests --ignore-glob='*/chapters/*.py' --durations=30
-
-test: prereqs-test lint pytest-all check-pages ## everything CI runs: ruff, pytest + nbval in one session, HTML build, page checks
+test: prereqs-test lint unit nbval check-pages ## everything CI runs: ruff, pytest, nbval, HTML build, page checks
 	@if [ -n "$$($(FIND_BROWSER))" ]; then echo "make test: all checks passed"; \
 	else echo "make test: all checks passed except the page checks (skipped: no browser)"; fi
 
