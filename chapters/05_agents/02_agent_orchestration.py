@@ -200,10 +200,11 @@ for t in heldout_tasks[:4]:
 #
 # Each pattern is a generator: it yields a request (a conversation and the validator of a text reply), receives
 # the reply, calls tools, and returns `(answer, failure)`. The driver `run_episodes` advances all episodes in
-# lockstep and sends the pending requests of a kind as one batch.
+# lockstep and sends the pending requests of a kind as one batch. ReAct and Self-Ask share one loop
+# (`_tool_loop`): they differ in their prompts, their gold turns and how an observation is worded.
 
 # %%
-show_source(patterns.react, patterns.plan_execute)
+show_source(patterns.react, patterns._tool_loop, patterns.plan_execute)
 
 # %%
 show_source(patterns.self_ask)

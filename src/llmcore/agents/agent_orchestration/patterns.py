@@ -105,13 +105,20 @@ def react(task: Task, box: Toolbox, max_steps: int = 6) -> Pattern:
     """ReAct: one conversation of thought/action/observation turns, ended by ``Answer:``."""
     msgs: list[Message] = [{"role": "system", "content": SYSTEM["react"]}, {"role": "user", "content": task.question}]
     gold = [f"Thought: {t}\n{a}" for t, a in _gold_calls(task)] + [f"Thought: done\n{REACT_DONE} {task.answer}"]
+    return (yield from _tool_loop(msgs, "react", gold, REACT_DONE, box, max_steps))
+
+
+def _tool_loop(msgs: list[Message], kind: str, gold: list[str], done: str, box: Toolbox, max_steps: int,
+               observation_prefix: str = "") -> Pattern:
+    """The loop ReAct and Self-Ask share: each reply is a tool call (its observation, after
+    ``observation_prefix``, joins the conversation) or the final answer after ``done``."""
     for step in range(max_steps):
-        reply = yield Request(list(msgs), "react", gold[min(step, len(gold) - 1)])
+        reply = yield Request(list(msgs), kind, gold[min(step, len(gold) - 1)])
         if reply.failed:
             return "", "malformed output"
         if reply.tool_call is None:
-            return normalize_answer(reply.text.split(REACT_DONE, 1)[1]), ""
-        msgs += [reply.message(), _tool_msg(reply, box.call(reply.tool_call))]
+            return normalize_answer(reply.text.split(done, 1)[1]), ""
+        msgs += [reply.message(), _tool_msg(reply, observation_prefix + box.call(reply.tool_call))]
     return "", "step budget"
 
 
@@ -124,14 +131,7 @@ def self_ask(task: Task, box: Toolbox, max_steps: int = 6) -> Pattern:
         follow.append(f"what is {task.population} {task.op} {task.k}?")
     gold = [("Are follow up questions needed here: Yes.\n" if i == 0 else "") + f"Follow up: {q}\n{a}"
             for i, (q, (_, a)) in enumerate(zip(follow, _gold_calls(task)))] + [f"{SELF_ASK_DONE} {task.answer}"]
-    for step in range(max_steps):
-        reply = yield Request(list(msgs), "self_ask", gold[min(step, len(gold) - 1)])
-        if reply.failed:
-            return "", "malformed output"
-        if reply.tool_call is None:
-            return normalize_answer(reply.text.split(SELF_ASK_DONE, 1)[1]), ""
-        msgs += [reply.message(), _tool_msg(reply, "Intermediate answer: " + box.call(reply.tool_call))]
-    return "", "step budget"
+    return (yield from _tool_loop(msgs, "self_ask", gold, SELF_ASK_DONE, box, max_steps, "Intermediate answer: "))
 
 
 def plan_execute(task: Task, box: Toolbox, max_replans: int = 1) -> Pattern:
