@@ -76,8 +76,11 @@ class VLMConfig:
     # under ATEN_CPU_CAPABILITY=default (threshold 0.6); 300 lifts its seeds 0-4 to 0.69-0.75 (book/benchmarks.md)
     steps: int = 300
     batch: int = 16  # VQA examples per step
-    lr: float = 1e-2  # peak learning rate of the projector / Q-Former + LoRA runs
-    flamingo_lr: float = 5e-3  # peak learning rate of the resampler + gated cross-attention
+    # peak learning rates. At 1e-2 / 5e-3 BLIP-2 sat at 0.608 (seed 4) and Flamingo fell into a plateau that never
+    # learned colour (0.458, seed 3) under ATEN_CPU_CAPABILITY=default; 5e-3 / 2e-3 (full mode's Flamingo rate)
+    # gave 0.702 / 0.733 in those cells (book/benchmarks.md, "VLM learning rates")
+    lr: float = 5e-3  # the projector / Q-Former + LoRA runs (LLaVA, BLIP-2)
+    flamingo_lr: float = 2e-3  # the resampler + gated cross-attention
     n_latents: int = 4  # Flamingo resampler latents = visual tokens
     resampler_layers: int = 1  # Perceiver resampler layers
     n_query: int = 8  # BLIP-2 Q-Former queries = visual tokens
