@@ -17,8 +17,8 @@
 # 其中模型自己生成的词元（提问、调用工具、下单）与环境产生的词元（用户回答、工具输出）交替出现。本章先写
 # 一个“脚本化但带随机性”的用户模拟器：用户要订一张桌子，只有被问到才透露日期和人数，有时回答“不确定”，
 # 超过轮数上限就结束对话；奖励是任务成功减去每轮的轮次惩罚，并通过 gymnasium 的 `check_env` 检查。
-# 然后让本书的语言模型先在一批“好坏参半”的示范对话上做 SFT（示范者有时重复提问、有时多余确认、有时在
-# 用户不确定时瞎猜），再分别用两种方式做强化学习：对整条轨迹打分的 GRPO，以及带逐轮价值头、按轮做 GAE
+# 然后让本书的语言模型先在一批“好坏参半”的示范对话上做 SFT（示范者有时重复提问、有时多余确认、有时
+# 不调用工具就编造桌号下单），再分别用两种方式做强化学习：对整条轨迹打分的 GRPO，以及带逐轮价值头、按轮做 GAE
 # 信用分配的 PPO；工具调用（查询空桌）就在回合里。损失只作用在智能体自己的词元上——我们验证环境词元上的
 # 梯度严格为零。结果：两种方法都把留出用户上的成功率提高、把“每次成功所用轮数”降低。多智能体部分（MAPPO
 # 对比 IPPO）见本章后半。
@@ -51,7 +51,7 @@ import sys
 
 if importlib.util.find_spec("llmcore") is None:
     subprocess.check_call([sys.executable, "-m", "pip", "install", "-q",
-                           "llmcore @ git+https://github.com/llm-core/llm-core@main"])
+                           "llmcore[hf] @ git+https://github.com/llm-core/llm-core@main"])
 
 # %%
 import dataclasses
@@ -162,8 +162,9 @@ show_source(user_sim.BookingUser.respond)
 # %% [markdown]
 # The SFT data come from a scripted **demonstrator** with three habits, each on in a share of its dialogues:
 # it re-asks a slot the user already volunteered (50 %), confirms before searching (50 %) — both cost a turn —
-# and after a `not sure` it guesses the slot instead of asking again (70 %), which usually books the wrong
-# table. The optimal script has none of them. The simulator's statistics under both (2000 dialogues each):
+# and it skips the tool and books a made-up table code (30 %), which always fails: the agentic version of a
+# hallucinated tool result. After a `not sure` it always asks again. The optimal script has none of the
+# habits. The simulator's statistics under both (2000 dialogues each):
 
 # %% tags=["nbval-ignore-output"]
 sim_demo = user_sim.simulator_stats(cfg.sim, cfg.demonstrator(), seed=seed)
@@ -284,6 +285,18 @@ fig.tight_layout()
 plt.show()
 
 # %% [markdown]
+# Where the turns and the failures come from: the habits, counted per dialogue in the held-out evaluations
+# (`multiturn.habits`), next to the script the SFT data came from. "Moves on after 'not sure'" is any turn
+# other than asking the same question again (the demonstrator never does it; a policy that does is usually
+# guessing), "invalid turns" are sampled token strings that are no action at all.
+
+# %% tags=["nbval-ignore-output"]
+hkeys = list(next(iter(res.habits.values())))
+print(f"{'policy':<24}" + "".join(f"{k:>27}" for k in hkeys))
+for name, h in res.habits.items():
+    print(f"{name:<24}" + "".join(f"{h[k]:>27.3f}" for k in hkeys))
+
+# %% [markdown]
 # What the policies learned shows in their dialogues with the same held-out user (the first one; sampled):
 
 # %% tags=["nbval-ignore-output"]
@@ -328,9 +341,9 @@ assert report.passed, report.failures()
 import ipywidgets as widgets
 
 
-def show_sim(p_reveal: float = 0.5, p_ambiguous: float = 0.3, p_hasty: float = 0.7) -> None:
+def show_sim(p_reveal: float = 0.5, p_ambiguous: float = 0.3, p_skip: float = 0.3) -> None:
     sim = dataclasses.replace(cfg.sim, p_reveal=p_reveal, p_ambiguous=p_ambiguous)
-    agents = {"demonstrator": dataclasses.replace(cfg.demonstrator(), p_hasty=p_hasty),
+    agents = {"demonstrator": dataclasses.replace(cfg.demonstrator(), p_skip=p_skip),
               "optimal": user_sim.ScriptedAgent()}
     stats = {k: user_sim.simulator_stats(sim, a, n=1000, seed=seed) for k, a in agents.items()}
     fig, ax = plt.subplots(figsize=(7, 2.8))
@@ -345,7 +358,7 @@ def show_sim(p_reveal: float = 0.5, p_ambiguous: float = 0.3, p_hasty: float = 0
 
 widgets.interact(show_sim, p_reveal=widgets.FloatSlider(value=0.5, min=0.0, max=1.0, step=0.1),
                  p_ambiguous=widgets.FloatSlider(value=0.3, min=0.0, max=0.8, step=0.1),
-                 p_hasty=widgets.FloatSlider(value=0.7, min=0.0, max=1.0, step=0.1));
+                 p_skip=widgets.FloatSlider(value=0.3, min=0.0, max=1.0, step=0.1));
 
 # %% [markdown]
 # ```{admonition} Where this differs from the paper / production · 与论文和生产系统的差别
@@ -430,8 +443,9 @@ widgets.interact(show_sim, p_reveal=widgets.FloatSlider(value=0.5, min=0.0, max=
 #    it learns which answers "pay" — e.g. raises the probability of the table code that led to success — which
 #    the environment will never follow; the gradient on environment logits is no longer zero, and the mask
 #    check fails.
-# 4. Both scripts need more turns; the hasty demonstrator fails more often (more chances to guess), so the
-#    gap in success grows and RL has more to gain, while the turn limit caps the optimal script's success.
+# 4. Both scripts need more turns (every `not sure` costs a question), and the turn limit starts to cap the
+#    optimal script's success; the demonstrator's tool-skipping failures do not depend on it, so the gap in
+#    success stays, while the gap in turns grows.
 # 5. Train it like the agent's SFT with the complementary mask; compare reveal rates and the `not sure` rate
 #    with `simulator_stats` — an LM user drifts from the script where its data are thin.
 # :::

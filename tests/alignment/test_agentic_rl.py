@@ -89,7 +89,7 @@ def test_simulator_is_deterministic_per_seed():
 
 def test_scripted_agents_statistics():
     opt = U.simulator_stats(CFG, U.ScriptedAgent(), n=500)
-    demo = U.simulator_stats(CFG, U.ScriptedAgent(0.5, 0.5, 0.7), n=500)
+    demo = U.simulator_stats(CFG, L.AgenticConfig().demonstrator(), n=500)
     assert opt["success"] > 0.9 and demo["success"] < opt["success"] - 0.1
     assert demo["turns of a successful dialogue"] > opt["turns of a successful dialogue"] + 0.4
     assert opt["'not sure' answers"] > 0.2 and 0.9 < opt["tool calls"] <= 1.0
@@ -187,3 +187,22 @@ def test_config_modes():
     assert full.rounds > toy.rounds and full.users_per_round > toy.users_per_round
     with pytest.raises(LLMCoreError):
         L.train_rl("dpo", tiny_lm(), toy, 0)
+
+
+def test_habits_count_the_demonstrators_habits():
+    for agent, key, want in [(U.ScriptedAgent(p_check=1.0), "confirmations", 1.0),
+                             (U.ScriptedAgent(p_reask=1.0), "re-asks of a known slot", None),
+                             (U.ScriptedAgent(p_hasty=1.0), "moves on after 'not sure'", None),
+                             (U.ScriptedAgent(p_skip=1.0), "bookings without a search", 1.0)]:
+        d = U.demo_dialogues(agent, CFG, 300, seed=0)
+        h = M.habits([x["ids"] for x in d], [x["turns"] for x in d])
+        assert h["invalid turns"] == 0 and all(v == 0 for k, v in h.items() if k != key)
+        if key == "re-asks of a known slot":  # one per dialogue whose opening gave a slot
+            want = np.mean([x["revealed"] > 0 for x in d])
+        if key == "moves on after 'not sure'":  # it only asks unknown slots, and guesses after every 'not sure'
+            want = np.mean([x["ambiguous"] for x in d])
+        assert h[key] == pytest.approx(want, abs=0.02)
+    assert M.habits([x["ids"] for x in U.demo_dialogues(U.ScriptedAgent(), CFG, 50, 0)],
+                    [x["turns"] for x in U.demo_dialogues(U.ScriptedAgent(), CFG, 50, 0)]) == \
+        {"re-asks of a known slot": 0, "confirmations": 0, "bookings without a search": 0,
+         "moves on after 'not sure'": 0, "invalid turns": 0}

@@ -201,6 +201,38 @@ def summary(r: Rollouts) -> dict[str, float]:
             "return": float(r.returns.mean()), "tool calls": float(r.tool_calls.float().mean())}
 
 
+def habits(ids, turns) -> dict[str, float]:
+    """The demonstrator's three habits, counted in finished dialogues ``ids (B, L)`` with ``turns (B,)``
+    agent turns; means per dialogue of: re-asks of a slot already known, ``check`` confirmations, bookings
+    with no search before them (a made-up code), moving on after a ``not sure`` about an unknown slot (any
+    turn but the same question again: a guess, unless the agent comes back to it), and invalid turns."""
+    counts = {"re-asks of a known slot": 0, "confirmations": 0, "bookings without a search": 0,
+              "moves on after 'not sure'": 0, "invalid turns": 0}
+    ids = ids.tolist() if hasattr(ids, "tolist") else ids
+    turns = turns.tolist() if hasattr(turns, "tolist") else turns
+    for row, n in zip(ids, turns):
+        opening = row[:U.W_OPEN]
+        known = {s for s in U.SLOTS if U.W[s][0] in opening}
+        unsure, searched = None, False  # the slot whose last answer was "not sure"; a find happened
+        for k in range(int(n)):
+            a = U.parse_action(row[agent_positions(k)])
+            if unsure is not None and a != ("ask", unsure):
+                counts["moves on after 'not sure'"] += 1
+            unsure = None
+            if a[0] == "ask":
+                counts["re-asks of a known slot"] += a[1] in known
+                env = row[agent_positions(k).stop:agent_positions(k).stop + U.W_ENV]
+                if env[1] in U.DIGIT_OF:
+                    known.add(a[1])
+                elif tuple(env[1:3]) == U.W["not sure"] and a[1] not in known:
+                    unsure = a[1]
+            counts["confirmations"] += a[0] == "check"
+            counts["bookings without a search"] += a[0] == "book" and not searched
+            searched |= a[0] == "find"
+            counts["invalid turns"] += a[0] == "invalid"
+    return {k: v / max(len(ids), 1) for k, v in counts.items()}
+
+
 def users_for(cfg: U.SimConfig, seeds) -> list[U.BookingUser]:
     """One fresh user per seed (``np.random.default_rng(seed)`` each)."""
     return [U.BookingUser(cfg, np.random.default_rng(s)) for s in seeds]

@@ -194,15 +194,18 @@ class BookingUser:
 # ---- scripted agents: the demonstrators of the SFT data, and the optimal policy ------------------------------
 @dataclass(frozen=True)
 class ScriptedAgent:
-    """A hand-written booking agent with three habits (probabilities per dialogue).
+    """A hand-written booking agent with four habits (probabilities per dialogue).
 
     ``p_reask``: ask again a slot the opening already gave; ``p_check``: confirm ``check D N`` before
-    searching; ``p_hasty``: after a ``not sure``, guess the slot instead of asking again (usually a wrong
-    search, then a failed booking). ``ScriptedAgent()`` (all zero) is the optimal policy.
+    searching (both cost a turn); ``p_skip``: skip the tool and book a made-up table code (always a failed
+    booking: the user's table was never found); ``p_hasty``: after a ``not sure``, guess the slot instead of
+    asking again (usually a wrong search, then a failed booking). ``ScriptedAgent()`` (all zero) is the
+    optimal policy.
     """
 
     p_reask: float = 0.0
     p_check: float = 0.0
+    p_skip: float = 0.0
     p_hasty: float = 0.0
 
     def play(self, user: BookingUser, rng: np.random.Generator) -> tuple[list[int], list[int]]:
@@ -211,6 +214,7 @@ class ScriptedAgent:
         known = {s: user.goal[s] for s in user.revealed}
         reask = [s for s in user.revealed if rng.random() < self.p_reask][:1]
         check, hasty = rng.random() < self.p_check, rng.random() < self.p_hasty
+        skip = rng.random() < self.p_skip
         ids, mask = user.opening(), [0] * W_OPEN
         code, last_ask = None, None
         while not user.done:
@@ -224,6 +228,8 @@ class ScriptedAgent:
                 a = ("ask", s)
             elif check:
                 a, check = ("check", known["day"], known["size"]), False
+            elif code is None and skip:  # no tool call: a hallucinated table code
+                a = ("book", int(rng.integers(0, 10)))
             elif code is None:
                 a = ("find", known["day"], known["size"])
             else:
