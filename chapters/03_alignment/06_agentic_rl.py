@@ -37,7 +37,7 @@
 # [SFT](01_sft.ipynb) (the loss mask); the agents chapters of Part 5 use the same idea of tools in the loop.
 
 # %% tags=["parameters"]
-toy = True  # True: SFT + 10 rounds each of GRPO and PPO on 64 dialogues (CPU, ~1 minute); False: 60 x 256
+toy = True  # True: SFT + 8 rounds each of GRPO and PPO on 64 dialogues (CPU, ~1 minute); False: 60 x 256
 device = "auto"
 seed = 0
 group_size = 4  # GRPO: dialogues per user (PPO rolls out the same number)
@@ -164,11 +164,11 @@ show_source(user_sim.BookingUser.respond)
 # it re-asks a slot the user already volunteered (50 %), confirms before searching (50 %) — both cost a turn —
 # and it skips the tool and books a made-up table code (30 %), which always fails: the agentic version of a
 # hallucinated tool result. After a `not sure` it always asks again. The optimal script has none of the
-# habits. The simulator's statistics under both (2000 dialogues each):
+# habits. The simulator's statistics under both (1000 dialogues each):
 
 # %% tags=["nbval-ignore-output"]
-sim_demo = user_sim.simulator_stats(cfg.sim, cfg.demonstrator(), seed=seed)
-sim_opt = user_sim.simulator_stats(cfg.sim, user_sim.ScriptedAgent(), seed=seed)
+sim_demo = user_sim.simulator_stats(cfg.sim, cfg.demonstrator(), n=1000, seed=seed)
+sim_opt = user_sim.simulator_stats(cfg.sim, user_sim.ScriptedAgent(), n=1000, seed=seed)
 print(f"{'statistic':<32} {'demonstrator':>12} {'optimal':>9}")
 for k in sim_demo:
     print(f"{k:<32} {sim_demo[k]:>12.3f} {sim_opt[k]:>9.3f}")
@@ -221,7 +221,7 @@ show_source(multiturn.logit_grad_by_kind)
 #
 # 1. **SFT start:** the pretrained book LM, 50 AdamW steps on batches of 32 demonstrator dialogues, loss on the
 #    agent's tokens only. It imitates the demonstrator, habits included.
-# 2. **GRPO** and **PPO**, each from that start: 10 rounds of 16 users × $G$ = 4 dialogues at temperature 1,
+# 2. **GRPO** and **PPO**, each from that start: 8 rounds of 16 users × $G$ = 4 dialogues at temperature 1,
 #    one gradient step per round, learning rate $2 \cdot 10^{-4}$, KL coefficient 0.02.
 # 3. **Evaluation:** 512 held-out users (seeds never trained on), sampled at temperature 1 — the policy that
 #    is trained — with the same random stream for every model.
@@ -236,11 +236,12 @@ res = lm_loop.experiment(cfg, dev, seed)
 
 # %%
 print(f"[{'PASS' if res.mask_check['environment'] == 0.0 else 'FAIL'}] largest |gradient| on the logits of "
-      f"{res.mask_check['environment tokens']} environment tokens (opening, user, tool, padding) == 0")
+      "environment tokens (opening, user, tool, padding) == 0")
 assert res.mask_check["environment"] == 0.0 and res.mask_check["agent"] > 0
 
 # %% tags=["nbval-ignore-output"]
-print(f"largest |gradient| on the logits of {res.mask_check['agent tokens']} agent tokens: {res.mask_check['agent']:.2e}")
+print(f"largest |gradient| on the logits of {res.mask_check['agent tokens']} agent tokens: {res.mask_check['agent']:.2e}; "
+      f"on {res.mask_check['environment tokens']} environment tokens: {res.mask_check['environment']:.1f}")
 
 # %% [markdown]
 # ### SFT only vs GRPO vs PPO / 仅 SFT、GRPO 与 PPO
@@ -379,11 +380,11 @@ widgets.interact(show_sim, p_reveal=widgets.FloatSlider(value=0.5, min=0.0, max=
 #
 # ```{admonition} Hardware and cost card · 硬件与成本
 # :class: tip
-# - **Toy (`python run.py --module agentic_rl --toy`):** SFT of the book LM (50 steps × 32 dialogues) + 10 rounds
+# - **Toy (`python run.py --module agentic_rl --toy`):** SFT of the book LM (50 steps × 32 dialogues) + 8 rounds
 #   each of GRPO and PPO on 64 dialogues + 5 evaluations of 512 users: about 50 s wall on one thread of the
 #   2-core CI CPU (SFT ~16 s, about 15 s per RL method), peak RSS under 1 GB. The multi-agent section adds its
 #   own ~25 s.
-# - **Full (`toy=False`):** 300 SFT steps on 8000 dialogues, 60 rounds of 256 dialogues per method, 1024
+# - **Full (`toy=False`):** 300 SFT steps on 8000 dialogues, 60 rounds of 256 dialogues per method, 2048
 #   evaluation users — about 25× the toy's RL dialogues; a GPU run, not yet measured.
 # ```
 #

@@ -60,7 +60,7 @@ class AgenticConfig:
     #                      habits but not perfectly (measured held-out success 0.54-0.68 on seeds 0-2)
     sft_batch: int = 32  # dialogues per SFT step
     sft_lr: float = 1.5e-3
-    rounds: int = 10  # RL rounds per method (each: roll out, score, `inner_epochs` gradient steps)
+    rounds: int = 8  # RL rounds per method (each: roll out, score, `inner_epochs` gradient steps)
     users_per_round: int = 16  # distinct users per round
     group_size: int = 4  # GRPO's G dialogues per user (PPO rolls out the same users_per_round x G dialogues)
     lr: float = 2e-4  # AdamW rate of both RL methods (policy, and PPO's value head)
@@ -74,7 +74,7 @@ class AgenticConfig:
     vf_coef: float = 0.5  # PPO: value-loss weight
     temperature: float = 1.0  # sampling temperature of rollouts and evaluations
     eval_users: int = 512  # held-out users per evaluation
-    eval_every: int = 10  # rounds between held-out evaluations (the plots use the training rollouts per round)
+    eval_every: int = 8  # rounds between held-out evaluations (the plots use the training rollouts per round)
 
     @classmethod
     def for_mode(cls, toy: bool = True) -> AgenticConfig:
@@ -261,8 +261,8 @@ def experiment(cfg: AgenticConfig, device: torch.device = CPU, seed: int = 0,
                methods: tuple[str, ...] = ("grpo", "ppo")) -> AgenticResult:
     """Simulator statistics -> SFT start -> each RL method from the same start -> held-out evaluations."""
     dev = device  # resolved once by the caller, with seed_everything(seed, THREADS)
-    res = AgenticResult(cfg, U.simulator_stats(cfg.sim, cfg.demonstrator(), seed=seed),
-                        U.simulator_stats(cfg.sim, U.ScriptedAgent(), seed=seed), {})
+    res = AgenticResult(cfg, U.simulator_stats(cfg.sim, cfg.demonstrator(), n=1000, seed=seed),
+                        U.simulator_stats(cfg.sim, U.ScriptedAgent(), n=1000, seed=seed), {})
     t0 = time.perf_counter()
     start = sft_start(cfg, dev, seed)
     res.sft_s = time.perf_counter() - t0
