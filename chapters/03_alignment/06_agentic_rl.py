@@ -265,10 +265,10 @@ fig, axes = plt.subplots(1, 4, figsize=(15, 3.4))
 for m in res.history:
     h = res.history[m]
     x = np.arange(1, len(h["success"]) + 1)
-    axes[0].plot(x, h["success"], alpha=0.3)
-    axes[0].plot(x[2:], plots.smooth(h["success"]), lw=2, label=m.upper())
-    axes[1].plot(x, h["turns"], alpha=0.3)
-    axes[1].plot(x[2:], plots.smooth(h["turns"]), lw=2, label=m.upper())
+    for ax, key in ((axes[0], "success"), (axes[1], "turns")):
+        sm = plots.smooth(h[key])  # running mean over 3 rounds
+        ax.plot(x, h[key], alpha=0.3)
+        ax.plot(x[len(x) - len(sm):], sm, lw=2, label=m.upper())
     axes[2].plot(x, h["kl"], label=m.upper())
 names = ["SFT only"] + [m.upper() for m in res.final]
 summ = [res.start] + list(res.final.values())
@@ -280,7 +280,6 @@ axes[0].set(title="success of the training rollouts", xlabel="round")
 axes[1].set(title="turns per dialogue (training rollouts)", xlabel="round")
 axes[2].set(title="KL to the SFT start (k3, per token)", xlabel="round")
 axes[3].set(title="held-out: success (left), turns/success (right)", ylim=(0, 1))
-ax2.set_ylim(0, max(s["turns per success"] for s in summ) * 1.1)
 axes[0].legend(fontsize=8)
 fig.tight_layout()
 plt.show()

@@ -206,3 +206,19 @@ def test_habits_count_the_demonstrators_habits():
                     [x["turns"] for x in U.demo_dialogues(U.ScriptedAgent(), CFG, 50, 0)]) == \
         {"re-asks of a known slot": 0, "confirmations": 0, "bookings without a search": 0,
          "moves on after 'not sure'": 0, "invalid turns": 0}
+
+
+@pytest.mark.parametrize("method", ["grpo", "ppo"])
+def test_full_mode_rounds_run_off_policy_inner_steps(method):
+    """The full config's code path (two inner steps: old log-probs, clipping) on a tiny model, one round."""
+    cfg = L.replace(L.AgenticConfig.for_mode(False), rounds=1, users_per_round=2, group_size=2, eval_users=4)
+    assert cfg.inner_epochs == 2
+    res = L.AgenticResult(cfg, {}, {}, {})
+    model = tiny_lm()
+    before = [p.detach().clone() for p in model.parameters()]
+    policy = L.train_rl(method, model, cfg, seed=0, res=res)
+    assert set(res.history[method]) >= {"success", "turns", "kl", "clip_frac"}
+    assert len(res.curves[method]["success"]) == 1
+    if method == "ppo":  # the value loss moves the shared trunk (GRPO: an untrained model's returns all tie, A = 0)
+        assert any(not torch.equal(a, b) for a, b in zip(before, policy.parameters()))
+    assert all(torch.equal(a, b) for a, b in zip(before, model.parameters()))  # the start is not modified
