@@ -180,6 +180,7 @@ def test_criteria_read_the_result():
     crit = {c[0]: c for c in lm_criteria(res)}
     assert crit["GRPO success gain over SFT start (points)"][1] == pytest.approx(10.0)
     assert crit["GRPO turns per success, cut from SFT start"][1] == pytest.approx(2.0)
+    assert crit["GRPO success gain over SFT start (points)"][2:] == (">=", 10.0)
 
 
 def test_config_modes():

@@ -67,11 +67,12 @@ def lm_criteria(res: AgenticResult) -> list[tuple[str, float, str, float]]:
     """``(name, value, op, threshold)``: the loss mask is exact, and each RL method raises held-out task
     success and lowers turns per success over the SFT start."""
     out = [("loss mask: max |grad| on environment-token logits", res.mask_check["environment"], "==", 0.0)]
+    # measured (toy, seeds 0-4, native / avx2 / default kernels): gains 15-47 points, cuts 2.4-5.2 turns
     for m, s in res.final.items():
         out.append((f"{m.upper()} success gain over SFT start (points)", 100 * (s["success"] - res.start["success"]),
-                    ">=", 5.0))
+                    ">=", 10.0))
         out.append((f"{m.upper()} turns per success, cut from SFT start", res.start["turns per success"]
-                    - s["turns per success"], ">=", 0.5))
+                    - s["turns per success"], ">=", 1.0))
     return out
 
 

@@ -121,6 +121,9 @@ def action_ids(action: tuple) -> list[int]:
 def render(ids) -> str:
     """Readable text of a dialogue's tokens (``<pad>`` dropped)."""
     words = " ".join(T.TOK.decode([int(i)]) for i in ids if i != PAD)
+    for w, wids in W.items():  # a word of two tokens ("book" = "bo" + "ok") shown as the word
+        if len(wids) > 1:
+            words = words.replace(" ".join(T.TOK.decode([i]) for i in wids), w)
     return words.replace(" <|", "\n<|").replace("|> ", "|>  ")
 
 
