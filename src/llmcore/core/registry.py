@@ -207,7 +207,14 @@ MODULES: tuple[Module, ...] = (
            criteria=("held-out accuracy +15 points over a partial SFT start of the book LM (stopped at 60%, "
                      "checked in [50%, 80%))", "advantages equal TRL's formula")),
     Module("agentic_rl", _P3, "06_agentic_rl", "Agentic RL", "智能体强化学习", "智能体强化学习 Agentic RL",
-           "Agentic-RL 训练范式、MARL (MAPPO) 与 User Simulator", prerequisites=("pg_ac",)),
+           "Agentic-RL 训练范式、MARL (MAPPO) 与 User Simulator", prerequisites=("pg_ac", "grpo"),
+           run="llmcore.alignment.agentic_rl:run", package=True,
+           criteria=("loss mask: gradient exactly 0 on environment (user, tool, padding) token logits",
+                     "GRPO over whole dialogues raises held-out task success by >= 10 points over the SFT start "
+                     "and cuts turns per success by >= 1",
+                     "PPO with per-turn credit raises held-out task success by >= 10 points over the SFT start "
+                     "and cuts turns per success by >= 1",
+                     "the user simulator passes gymnasium's check_env and is deterministic per seed")),
     Module("data_eval", _P3, "07_data_eval", "Data & Evaluation", "数据与评估", "数据与评估 Data & evaluation",
            "数据清洗、对抗性测试与 LLM-as-a-Judge", prerequisites=("sft",),
            run="llmcore.alignment.data_eval:run", package=True,

@@ -7,6 +7,9 @@ what was expected and what came back.
     PASS check_gae: 6 hidden cases agree with the book's reference implementation
 """
 
+from llmcore.exercises.agentic_rl import (
+    check_per_turn_gae,
+)
 from llmcore.exercises.agents import (
     check_calculator,
     check_search_score,
@@ -119,6 +122,7 @@ __all__ = [
     "check_masked_sft_loss",
     "check_online_softmax",
     "check_pass_at_k",
+    "check_per_turn_gae",
     "check_pipeline_bubble",
     "check_ppo_clip_loss",
     "check_qformer_mask",
