@@ -265,8 +265,8 @@ def assignment_actions(agents: np.ndarray, landmarks: np.ndarray) -> np.ndarray:
     acts = np.zeros((B, N), dtype=np.int64)
     for b in range(B):
         rows, cols = linear_sum_assignment(d[b])
-        for i, l in zip(rows, cols, strict=True):
-            dx, dy = landmarks[b, l] - agents[b, i]
+        for i, j in zip(rows, cols, strict=True):
+            dx, dy = landmarks[b, j] - agents[b, i]
             acts[b, i] = 4 if dx > 0 else 3 if dx < 0 else 1 if dy > 0 else 2 if dy < 0 else 0
     return acts
 
@@ -316,7 +316,7 @@ def mlp(n_in: int, n_out: int, hidden: int, out_gain: float) -> nn.Sequential:
     """Two tanh hidden layers, orthogonal init (PPO implementations' default); small last layer."""
     net = nn.Sequential(nn.Linear(n_in, hidden), nn.Tanh(), nn.Linear(hidden, hidden), nn.Tanh(),
                         nn.Linear(hidden, n_out))
-    for i, layer in enumerate(l for l in net if isinstance(l, nn.Linear)):
+    for i, layer in enumerate(m for m in net if isinstance(m, nn.Linear)):
         nn.init.orthogonal_(layer.weight, gain=out_gain if i == 2 else np.sqrt(2))
         nn.init.zeros_(layer.bias)
     return net
@@ -391,17 +391,17 @@ def play(cfg: MARLConfig, layouts: tuple[np.ndarray, np.ndarray], policy, rng: n
     """
     agents, lm = layouts[0].copy(), layouts[1]
     H = cfg.horizon
-    O, S, A, R = [], [], [], []
+    Os, S, A, R = [], [], [], []
     for t in range(H):
         o = local_obs(agents, lm, t, H, cfg.size, cfg.view)
-        O.append(o)
+        Os.append(o)
         S.append(global_state(agents, lm, t, H, cfg.size))
         a = policy(agents, lm, o, t)
         agents = move(agents, a, cfg.size)
         A.append(a)
         R.append(team_reward(agents, lm, cfg.collision_penalty, cfg.cover_bonus))
     S.append(global_state(agents, lm, H, H, cfg.size))
-    traj = {"obs": np.stack(O), "state": np.stack(S), "actions": np.stack(A), "rewards": np.stack(R)}
+    traj = {"obs": np.stack(Os), "state": np.stack(S), "actions": np.stack(A), "rewards": np.stack(R)}
     return traj["rewards"].sum(0), traj
 
 
@@ -442,9 +442,9 @@ def train(cfg: MARLConfig, algo: str, seed: int, eval_layouts=None, bar=None) ->
     dones[-1] = 1.0
     for _ in range(cfg.iterations):
         layouts = sample_layout(env_rng, E, cfg.size, N)
-        logps = []
+        logps: list[torch.Tensor] = []
 
-        def pol(ag, lm, o, t):
+        def pol(ag, lm, o, t, logps=logps):
             a, lp = _policy_actions(actor, o, greedy=False)
             logps.append(lp)
             return a
