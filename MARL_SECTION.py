@@ -104,7 +104,7 @@ for r in marl_results:
 #    both critics broadcast the same team advantage to every agent, so neither assigns credit to the
 #    agent that should deviate. Widening the view to the whole grid (IPPO then sees everything MAPPO does),
 #    dropping the collision penalty, more PPO epochs, other learning rates or 3x the budget all left both at
-#    0.40–0.46 (seed 0, measured while building this section).
+#    0.38–0.46 (seed 0, measured while building this section).
 # 3. *Where a centralised critic would help:* when $o_i$ misses what drives the return — sparse or delayed
 #    team rewards, hidden teammates that decide the outcome, or per-agent credit (counterfactual baselines
 #    as in COMA, value decomposition as in QMIX/VDN). That is where the MAPPO paper reports its gains.
