@@ -79,3 +79,12 @@ def test_short_training_beats_random():
     for algo in marl.ALGOS:
         res = marl.train(cfg, algo, 0, layouts)
         assert res.curve.shape == (40,) and res.final_return > rnd + 0.1 * (plan - rnd), (algo, res.final_return, rnd)
+
+
+def test_reference_policies_hand_computed():
+    agents = np.array([[[0, 0], [1, 0]]])
+    lm = np.array([[[0, 2], [4, 0]]])
+    # both landmarks are 3 from agent 1; its nearest is the first, which agent 0 also heads for
+    assert marl.nearest_actions(agents, lm).tolist() == [[1, 3]]  # up, left
+    # the Hungarian assignment (SciPy) sends agent 1 to the other landmark instead
+    assert marl.assignment_actions(agents, lm).tolist() == [[1, 4]]  # up, right

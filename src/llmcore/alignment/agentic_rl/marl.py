@@ -253,6 +253,18 @@ def random_actions(rng: np.random.Generator, batch: int, n_agents: int) -> np.nd
     return rng.integers(0, len(MOVES), size=(batch, n_agents))
 
 
+def toward(agents: np.ndarray, targets: np.ndarray) -> np.ndarray:
+    """``(B, N)`` moves taking each agent one cell toward its target ``(B, N, 2)`` (x first)."""
+    dx, dy = targets[..., 0] - agents[..., 0], targets[..., 1] - agents[..., 1]
+    return np.where(dx > 0, 4, np.where(dx < 0, 3, np.where(dy > 0, 1, np.where(dy < 0, 2, 0))))
+
+
+def nearest_actions(agents: np.ndarray, landmarks: np.ndarray) -> np.ndarray:
+    """``(B, N)`` moves of the uncoordinated heuristic: every agent walks to its own nearest landmark."""
+    d = np.abs(agents[:, :, None, :] - landmarks[:, None, :, :]).sum(-1)  # (B, N, N)
+    return toward(agents, np.take_along_axis(landmarks, d.argmin(-1)[..., None].repeat(2, -1), 1))
+
+
 def assignment_actions(agents: np.ndarray, landmarks: np.ndarray) -> np.ndarray:
     """``(B, N)`` moves of a full-information planner: Hungarian assignment of agents to landmarks.
 
@@ -265,9 +277,7 @@ def assignment_actions(agents: np.ndarray, landmarks: np.ndarray) -> np.ndarray:
     acts = np.zeros((B, N), dtype=np.int64)
     for b in range(B):
         rows, cols = linear_sum_assignment(d[b])
-        for i, j in zip(rows, cols, strict=True):
-            dx, dy = landmarks[b, j] - agents[b, i]
-            acts[b, i] = 4 if dx > 0 else 3 if dx < 0 else 1 if dy > 0 else 2 if dy < 0 else 0
+        acts[b, rows] = toward(agents[b:b + 1, rows], landmarks[b:b + 1, cols])[0]
     return acts
 
 
@@ -406,16 +416,18 @@ def play(cfg: MARLConfig, layouts: tuple[np.ndarray, np.ndarray], policy, rng: n
 
 
 def evaluate(cfg: MARLConfig, layouts, kind: str, actor: nn.Module | None = None, seed: int = 0) -> float:
-    """Mean team return on ``layouts`` of ``kind`` = "greedy" (argmax of ``actor``), "random" or "planner"."""
+    """Mean team return on ``layouts`` of ``kind`` = "greedy" (argmax of ``actor``), "random", "nearest" or "planner"."""
     rng = np.random.default_rng(seed)
     if kind == "greedy":
         pol = lambda ag, lm, o, t: _policy_actions(actor, o, greedy=True)[0]  # noqa: E731
     elif kind == "random":
         pol = lambda ag, lm, o, t: random_actions(rng, ag.shape[0], cfg.n_agents)  # noqa: E731
+    elif kind == "nearest":
+        pol = lambda ag, lm, o, t: nearest_actions(ag, lm)  # noqa: E731
     elif kind == "planner":
         pol = lambda ag, lm, o, t: assignment_actions(ag, lm)  # noqa: E731
     else:
-        raise LLMCoreError(f"kind must be 'greedy', 'random' or 'planner', got {kind!r}")
+        raise LLMCoreError(f"kind must be 'greedy', 'random', 'nearest' or 'planner', got {kind!r}")
     return float(play(cfg, layouts, pol)[0].mean())
 
 
@@ -498,6 +510,7 @@ class MARLResult:
     random_return: float  # uniform random moves on the eval layouts
     planner_return: float  # Hungarian-assignment planner (full information) on the eval layouts
     seconds: dict[str, float]  # algo -> training + eval seconds; "total"
+    nearest_return: float = float("nan")  # every agent to its own nearest landmark (no coordination)
 
     def score(self, algo: str) -> float:
         """Normalised score: 0 = random, 1 = the assignment planner."""
@@ -519,16 +532,18 @@ def compare(cfg: MARLConfig, seed: int, progress_bar: bool = True) -> MARLResult
             runs[algo] = train(cfg, algo, seed, eval_layouts, bar)
     rnd = evaluate(cfg, eval_layouts, "random", seed=seed)
     plan = evaluate(cfg, eval_layouts, "planner")
+    near = evaluate(cfg, eval_layouts, "nearest")
     secs = {a: r.seconds for a, r in runs.items()}
     secs["total"] = time.perf_counter() - t0
     return MARLResult(cfg, seed, {a: r.curve for a, r in runs.items()}, {a: r.critic_ev for a, r in runs.items()},
-                      {a: r.final_return for a, r in runs.items()}, rnd, plan, secs)
+                      {a: r.final_return for a, r in runs.items()}, rnd, plan, secs, near)
 
 
 def metrics(res: MARLResult) -> dict[str, float]:
     """The numbers a report records for one seed."""
     k = max(1, len(res.critic_ev["mappo"]) // 4)
-    out = {"random team return": res.random_return, "planner team return": res.planner_return}
+    out = {"random team return": res.random_return, "planner team return": res.planner_return,
+           "nearest-landmark heuristic team return": res.nearest_return}
     for a in ALGOS:
         out[f"{a.upper()} team return (greedy)"] = res.final[a]
         out[f"{a.upper()} normalised score (0 random, 1 planner)"] = res.score(a)
@@ -565,7 +580,9 @@ def compare_seeds(cfg: MARLConfig, seeds) -> list[MARLResult]:
 def summary_table(results: list[MARLResult]) -> str:
     """Markdown table: mean ± sd over seeds of every policy's team return and normalised score."""
     rows = [("random", [r.random_return for r in results], [0.0 for _ in results]),
-            ("planner (Hungarian, full info)", [r.planner_return for r in results], [1.0 for _ in results])]
+            ("planner (Hungarian, full info)", [r.planner_return for r in results], [1.0 for _ in results]),
+            ("nearest landmark (no coordination)", [r.nearest_return for r in results],
+             [(r.nearest_return - r.random_return) / (r.planner_return - r.random_return) for r in results])]
     rows += [(a.upper(), [r.final[a] for r in results], [r.score(a) for r in results]) for a in ALGOS]
     out = [f"| policy | team return (mean ± sd, {len(results)} seeds) | normalised score |", "|---|---|---|"]
     for name, ret, sc in rows:
