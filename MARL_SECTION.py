@@ -97,8 +97,9 @@ for r in marl_results:
 #    is about the same (≈ 0.8 for both, right panel): every agent sees all landmarks, its own position and
 #    $t/H$, and the dense team reward is dominated by terms it can see. A centralised $V(s)$ then has little
 #    to add over $V(o_i)$ — as MAPPO's own ablations and de Witt et al. found on dense-reward SMAC maps.
-# 2. *The plateau is a coordination failure, not a critic failure.* The learned policies score like a
-#    hand-written "go toward the nearest landmark" policy (team return ≈ −40 vs −38 learned, random −59);
+# 2. *The plateau is a coordination failure, not a critic failure.* The learned policies score like the
+#    uncoordinated heuristic "every agent walks to its own nearest landmark" (its row in the table: team
+#    return ≈ −40 vs ≈ −38 learned, random ≈ −59);
 #    a fixed convention "agent $i$ goes to landmark $i$" — representable by the same actor through the id
 #    one-hot — reaches −11.5, close to the planner (−7). Reaching it needs all agents to change together;
 #    both critics broadcast the same team advantage to every agent, so neither assigns credit to the
