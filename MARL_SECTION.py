@@ -49,6 +49,11 @@ show_source(marl.critic_input, marl.advantages)
 # %% [markdown]
 # ### The environment passes PettingZoo's API checks / 环境通过 PettingZoo API 检查
 #
+# Why an own environment: PettingZoo ≥ 1.25 no longer ships MPE; `simple_spread` lives in the separate
+# `mpe2` package (with a pygame-ce dependency), and its continuous version needs millions of steps, far
+# beyond this section's ~25 s CPU budget. `SpreadGrid` keeps its reward and its partial observability on a
+# 5 x 5 grid, and is held to the same API contract:
+#
 # `parallel_api_test` (spaces, dict keys, agent life-cycle), `parallel_seed_test` (same seed, same trajectory),
 # the state test (`state()` in `state_space`) and the AEC `api_test` after `parallel_to_aec` — PettingZoo's
 # own code is the oracle here; any warning counts as a failure.
