@@ -214,7 +214,10 @@ MODULES: tuple[Module, ...] = (
                      "and cuts turns per success by >= 1",
                      "PPO with per-turn credit raises held-out task success by >= 10 points over the SFT start "
                      "and cuts turns per success by >= 1",
-                     "the user simulator passes gymnasium's check_env and is deterministic per seed")),
+                     "the user simulator passes gymnasium's check_env and is deterministic per seed",
+                     "SpreadGrid passes PettingZoo's parallel/seed/state/AEC API tests",
+                     "MAPPO and IPPO each close > 25% of the random-to-planner gap; MAPPO not worse than IPPO "
+                     "by more than 0.1 (measured: a tie)")),
     Module("data_eval", _P3, "07_data_eval", "Data & Evaluation", "数据与评估", "数据与评估 Data & evaluation",
            "数据清洗、对抗性测试与 LLM-as-a-Judge", prerequisites=("sft",),
            run="llmcore.alignment.data_eval:run", package=True,

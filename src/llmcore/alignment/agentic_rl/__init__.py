@@ -10,10 +10,11 @@ The package (a chapter past ~500 lines becomes one):
 * :mod:`~llmcore.alignment.agentic_rl.lm_loop` -- SFT on mixed demonstrations, then GRPO over whole
   trajectories and PPO with per-turn credit (:class:`~llmcore.alignment.agentic_rl.lm_loop.AgenticConfig`,
   :func:`~llmcore.alignment.agentic_rl.lm_loop.experiment`);
-* ``marl`` -- MAPPO vs IPPO on a cooperative PettingZoo environment (the multi-agent half).
+* :mod:`~llmcore.alignment.agentic_rl.marl` -- MAPPO vs IPPO on a cooperative PettingZoo environment
+  (``SpreadGrid``, the multi-agent half).
 
 :func:`run` is the registry's closed loop. Its criteria are lists of ``(name, value, op, threshold)``
-(:func:`lm_criteria`), so another half's list is appended the same way.
+(:func:`lm_criteria`, :func:`~llmcore.alignment.agentic_rl.marl.criteria`): one report holds both halves.
 """
 
 from __future__ import annotations
@@ -22,12 +23,12 @@ import numpy as np
 import torch
 from gymnasium.utils.env_checker import check_env
 
-from llmcore.alignment.agentic_rl import lm_loop, multiturn, user_sim
+from llmcore.alignment.agentic_rl import lm_loop, marl, multiturn, user_sim
 from llmcore.alignment.agentic_rl.lm_loop import AgenticConfig, AgenticResult, experiment
 from llmcore.core.device import CPU
 from llmcore.core.report import Report
 
-__all__ = ["AgenticConfig", "AgenticResult", "experiment", "lm_loop", "multiturn", "user_sim",
+__all__ = ["AgenticConfig", "AgenticResult", "experiment", "lm_loop", "marl", "multiturn", "user_sim",
            "env_checks", "lm_metrics", "lm_criteria", "make_report", "run", "THREADS"]
 
 #: torch threads for this module's runs (one, as the other RL chapters: results then do not depend on how
@@ -76,7 +77,10 @@ def lm_criteria(res: AgenticResult) -> list[tuple[str, float, str, float]]:
     return out
 
 
-def make_report(res: AgenticResult, toy: bool, device: str, seed: int) -> Report:
+def make_report(res: AgenticResult, toy: bool, device: str, seed: int,
+                marl_res: marl.MARLResult | None = None) -> Report:
+    """Both halves' metrics and criteria: the LM half from ``res``, the multi-agent half from ``marl_res``
+    (its PettingZoo API checks, MAPPO and IPPO above random, MAPPO not worse than IPPO)."""
     rep = Report("agentic_rl", "Agentic RL", toy, device, seed)
     for k, v in lm_metrics(res).items():
         rep.metric(k, v)
@@ -85,11 +89,17 @@ def make_report(res: AgenticResult, toy: bool, device: str, seed: int) -> Report
                                ("simulator deterministic per seed", float(checks["deterministic per seed"]), "==", 1.0)]
     for c in crit:
         rep.check(*c)
+    if marl_res is not None:
+        api = marl.api_checks(marl_res.cfg.env)
+        rep.check("SpreadGrid passes PettingZoo's API tests (parallel, seed, state, AEC)", float(all(api.values())),
+                  "==", 1.0)
+        marl.report_into(rep, marl_res)
     return rep
 
 
 def run(toy: bool = True, device: torch.device = CPU, seed: int = 0) -> Report:
     """Closed loop: simulator -> SFT start of the book LM -> GRPO (trajectory) and PPO (per turn) -> held-out
-    success and turns. (The multi-agent half appends its own criteria to this report.)"""
+    success and turns; then MAPPO vs IPPO on ``SpreadGrid`` (same seed), both in one report."""
     res = experiment(AgenticConfig.for_mode(toy), device, seed)
-    return make_report(res, toy, str(device), seed)
+    marl_res = marl.compare(marl.MARLConfig.for_mode(toy), seed)
+    return make_report(res, toy, str(device), seed, marl_res)
