@@ -55,6 +55,7 @@ from scipy.optimize import linear_sum_assignment
 from torch import nn
 
 from llmcore.core.errors import LLMCoreError, check_range
+from llmcore.core.plotting import PALETTE
 from llmcore.core.progress import progress
 from llmcore.core.seed import seed_everything
 from llmcore.foundation_rl.gae import compute_gae, normalize
@@ -594,8 +595,6 @@ def summary_table(results: list[MARLResult]) -> str:
 
 def plot_curves(ax, results: list[MARLResult], what: str = "return") -> None:
     """Learning curves, mean ± sd over seeds: ``what`` = "return" (team return) or "ev" (critic EV)."""
-    from llmcore.core.plotting import PALETTE
-
     cfg = results[0].cfg
     x = np.arange(1, cfg.iterations + 1) * cfg.envs * cfg.horizon  # env steps
     for k, a in enumerate(ALGOS):
