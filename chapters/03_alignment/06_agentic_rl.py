@@ -349,7 +349,7 @@ for name in ("sft", "grpo", "ppo"):
 # + \beta\,\mathcal H, \qquad \rho = \frac{\pi_\theta(a_i\mid o_i)}{\pi_{\theta_\text{old}}(a_i\mid o_i)},
 # $$
 #
-# and differ only in the advantage's baseline (GAE from the [GAE chapter](../01_foundation_rl/)):
+# and differ only in the advantage's baseline (GAE from the [GAE chapter](../01_foundation_rl/03_gae.ipynb)):
 #
 # | | critic | TD error | shapes |
 # |---|---|---|---|
