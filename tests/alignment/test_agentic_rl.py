@@ -212,7 +212,7 @@ def test_habits_count_the_demonstrators_habits():
 @pytest.mark.parametrize("method", ["grpo", "ppo"])
 def test_full_mode_rounds_run_off_policy_inner_steps(method):
     """The full config's code path (two inner steps: old log-probs, clipping) on a tiny model, one round."""
-    cfg = L.replace(L.AgenticConfig.for_mode(False), rounds=1, users_per_round=2, group_size=2, eval_users=4)
+    cfg = replace(L.AgenticConfig.for_mode(False), rounds=1, users_per_round=2, group_size=2, eval_users=4)
     assert cfg.inner_epochs == 2
     res = L.AgenticResult(cfg, {}, {}, {})
     model = tiny_lm()

@@ -22,7 +22,6 @@ Both see the same number of dialogues and gradient steps. Success and turns are 
 from __future__ import annotations
 
 import copy
-import dataclasses
 import json
 import time
 from dataclasses import dataclass, field
@@ -281,8 +280,3 @@ def experiment(cfg: AgenticConfig, device: torch.device = CPU, seed: int = 0,
         res.habits[method.upper()] = M.habits(ro.ids, ro.turns)
         res.curves[method] = {k: [res.start[k]] + v for k, v in res.curves[method].items()}
     return res
-
-
-def replace(cfg: AgenticConfig, **kw) -> AgenticConfig:
-    """``dataclasses.replace`` for the config (the chapter's knobs)."""
-    return dataclasses.replace(cfg, **kw)

@@ -140,7 +140,10 @@ def rollout(model, users: list[U.BookingUser], temperature: float = 1.0,
 # ---- log-probs, values, the loss mask -------------------------------------------------------------------------
 def token_logprobs(model, ids: torch.Tensor, return_hidden: bool = False):
     r"""``(B, L)``: :math:`\log\pi(x_t\mid x_{<t})` of every token of the dialogues ``ids (B, L)`` (column 0,
-    which nothing predicts, is 0); with ``return_hidden`` also the hidden states ``(B, L, d)``."""
+    which nothing predicts, is 0); with ``return_hidden`` also the hidden states ``(B, L, d)``.
+
+    Not :func:`llmcore.alignment.ppo_dpo.token_logprobs`: that one scores one response after one prompt, while a
+    dialogue interleaves agent and environment segments, so every position is scored and the agent mask selects."""
     h = model.hidden_states(ids)
     logp = torch.log_softmax(model.lm_head(h[:, :-1]).float(), -1).gather(-1, ids[:, 1:, None]).squeeze(-1)
     logp = torch.cat([torch.zeros_like(logp[:, :1]), logp], 1)
