@@ -267,7 +267,6 @@ def test_small_closed_loop_runs_and_reports():
     cfg = replace(X.DataEvalConfig.for_mode(True), n_real=300, n_junk=5, n_near=10, n_leak_docs=3,
                   train=Mo.TrainConfig(buckets=1 << 14, epochs=10), n_boot=50, n_calib=1000, n_samples=5,
                   n_attack=20, n_ppl_docs=5)
-    torch.set_num_threads(1)
     res = X.experiment(cfg, seed=0)
     rep = X.make_report(res, True, "cpu", 0)
     byname = {c.name: c for c in rep.criteria}

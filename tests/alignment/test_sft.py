@@ -146,6 +146,25 @@ def test_fine_tuning_the_book_lm_learns_a_task():
         S.initial_model("random")
 
 
+class _Wrapped(torch.nn.Module):
+    """Not a ``Llama``: ``greedy_answers`` falls back to one batch per prompt length (no padding)."""
+
+    def __init__(self, m: Llama) -> None:
+        super().__init__()
+        self.m = m
+
+    def generate(self, *a, **kw):
+        return self.m.generate(*a, **kw)
+
+
+def test_greedy_answers_of_padded_batches_equal_one_batch_per_prompt_length(model):
+    ex = T.make_examples(["fcall", "fname", "upper"], 48, "test", "first", seed=4)
+    assert len({len(T.prompt_ids(e.prompt)) for e in ex}) > 5  # many lengths: padding is exercised
+    padded = S.greedy_answers(model, ex, 12, batch_size=20)  # 3 batches cut across the lengths
+    assert padded == S.greedy_answers(_Wrapped(model), ex, 12)
+    assert len(set(padded)) > 5  # the answers depend on the prompts (not one constant string)
+
+
 def test_stop_after_runs_a_prefix_of_the_schedule(model):
     """The first k steps of a 10-step run, stopped early, are the full run's first k steps exactly."""
     data = S.pack(T.make_examples(["fname"], 40, seed=1), 48)

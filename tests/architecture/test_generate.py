@@ -121,3 +121,42 @@ def test_generate_accepts_a_cache_object_or_factory_and_rejects_junk():
         gen.generate(m, prompt, 5, cache="paged-by-magic")
     with pytest.raises(LLMCoreError, match="max_seq_len"):
         gen.generate(tiny(max_seq_len=8), prompt, 10)
+
+
+def _left_pad(rows: list[list[int]], pad: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    P = max(map(len, rows))
+    return (torch.tensor([[pad] * (P - len(r)) + r for r in rows]),
+            torch.tensor([[0] * (P - len(r)) + [1] * len(r) for r in rows]))
+
+
+@pytest.mark.parametrize("cache", ["dynamic", None])
+def test_left_padded_rows_decode_as_each_row_alone(cache):
+    m = tiny(seed=4)
+    g = torch.Generator().manual_seed(2)
+    rows = [torch.randint(1, 64, (n,), generator=g).tolist() for n in (3, 7, 5)]
+    idx, mask = _left_pad(rows)
+    out = gen.generate(m, idx, 8, cache=cache, attention_mask=mask).tokens[:, idx.shape[1]:]
+    for r, row in enumerate(rows):  # the reference: the row alone, no padding at all
+        alone = gen.generate(m, torch.tensor([row]), 8, cache=None).tokens[0, len(row):]
+        assert torch.equal(out[r], alone)
+
+
+def test_left_padded_greedy_equals_hf_generate():
+    m = tiny(seed=5)
+    g = torch.Generator().manual_seed(3)
+    idx, mask = _left_pad([torch.randint(1, 64, (n,), generator=g).tolist() for n in (2, 6, 4, 6)])
+    ours = m.generate(idx, 7, attention_mask=mask)
+    hf = m.to_hf().generate(input_ids=idx, attention_mask=mask, max_new_tokens=7, do_sample=False,
+                            pad_token_id=0, eos_token_id=None)
+    assert torch.equal(ours, hf)
+
+
+def test_bad_attention_masks_are_clear_errors():
+    m = tiny()
+    idx, mask = _left_pad([[1, 2, 3], [4, 5]])
+    with pytest.raises(LLMCoreError, match="left padding"):
+        gen.generate(m, idx, 2, attention_mask=mask.flip(-1))  # right padding
+    with pytest.raises(LLMCoreError, match="shape"):
+        gen.generate(m, idx, 2, attention_mask=mask[:, 1:])
+    with pytest.raises(LLMCoreError, match="dynamic"):
+        gen.generate(m, idx, 2, cache="static", attention_mask=mask)

@@ -315,21 +315,33 @@ def greedy_answers(model: torch.nn.Module, examples: Sequence[T.Example], max_ne
                    logits_fn: Callable[[torch.Tensor], torch.Tensor] | None = None,
                    batch_size: int = 256, temperature: float = 0.0,
                    generator: torch.Generator | None = None) -> list[str]:
-    """Greedy responses to each example's prompt (prompts of equal length are batched, so no padding).
+    """Greedy responses to each example's prompt.
 
-    ``temperature > 0`` samples instead (with ``generator``; rejection sampling draws its candidates so).
-
-    Default: ``model.generate`` (the kit's one generator, KV cache). ``logits_fn(idx) -> (B, T, V)``
-    instead re-runs the whole sequence each step: prefix- and prompt-tuned models are wrappers whose
-    forward injects learned keys/values or soft-prompt embeddings, which ``generate`` (a plain
-    ``Llama``'s cached decode) cannot call.
+    A plain :class:`Llama` decodes greedily in batches of ``batch_size`` left-padded prompts
+    (``generate``'s ``attention_mask``: each row decodes as it would alone). Otherwise prompts of equal
+    length are batched, so no padding: ``temperature > 0`` samples (with ``generator``; rejection
+    sampling draws its candidates so, and keeps the draws it made before padding existed), and
+    ``logits_fn(idx) -> (B, T, V)`` re-runs the whole sequence each step: prefix- and prompt-tuned models
+    are wrappers whose forward injects learned keys/values or soft-prompt embeddings, which ``generate``
+    (a plain ``Llama``'s cached decode) cannot call.
     """
     dev = next(model.parameters()).device
     was = model.training
     model.eval()
     out: list[str] = [""] * len(examples)
-    groups: dict[int, list[int]] = {}
     pids = [T.prompt_ids(e.prompt) for e in examples]
+    if temperature == 0 and logits_fn is None and isinstance(model, Llama):
+        for s in range(0, len(pids), batch_size):
+            chunk = pids[s:s + batch_size]
+            P = max(map(len, chunk))
+            idx = torch.tensor([[T.PAD] * (P - len(p)) + p for p in chunk], device=dev)
+            mask = torch.tensor([[0] * (P - len(p)) + [1] * len(p) for p in chunk], device=dev)
+            seq = model.generate(idx, max_new, eos_id=T.EOS, attention_mask=mask)
+            for i, row in enumerate(seq[:, P:].tolist()):
+                out[s + i] = T.decode_response(row)
+        model.train(was)
+        return out
+    groups: dict[int, list[int]] = {}
     for i, p in enumerate(pids):
         groups.setdefault(len(p), []).append(i)
     for _, members in sorted(groups.items()):

@@ -14,6 +14,9 @@ with the older keyword interface). One step, for ``B`` sequences over a vocabula
   (``"dynamic"``, ``"static"``, ``"int8"``), or ``None`` -- recompute the whole prefix every step
   ($O(S^2)$ work per step instead of $O(S)$; the reference the caches are checked against).
 * **End of sequence**: a row that emits ``eos_id`` keeps emitting it; decoding stops when every row has.
+* **Prompts of different lengths**: left-pad them and pass ``attention_mask (B, T)`` (0 = padding). Padding
+  keys are masked and RoPE positions count real tokens only (``position = cumsum(mask) - 1``), so each row
+  decodes as it would alone, up to float rounding: one batch instead of one batch per prompt length.
 * **Randomness**: sampling draws only from ``generator`` (a ``torch.Generator``), so a seeded generator
   gives the same tokens whatever else used the global RNG.
 
@@ -133,6 +136,22 @@ class GenerationResult:
         return float(sum(self.step_s))
 
 
+def _left_padding(mask: torch.Tensor | None, prompt: torch.Tensor, max_new: int, cache):
+    """``(mask, positions)`` over all ``T + max_new`` slots for left-padded prompts, or None without a mask."""
+    if mask is None:
+        return None
+    if mask.shape != prompt.shape:
+        raise LLMCoreError(f"attention_mask must have the prompt's shape {tuple(prompt.shape)}, got {tuple(mask.shape)}")
+    if not bool(mask[:, -1].all()) or bool((mask[:, 1:] < mask[:, :-1]).any()):
+        raise LLMCoreError("attention_mask must be left padding: zeros, then ones up to each row's last position")
+    if not (cache is None or cache == "dynamic"):
+        raise LLMCoreError(f"padded prompts decode with cache='dynamic' or None, got {cache!r}")
+    B, T0 = prompt.shape
+    full = torch.ones(B, T0 + max_new, dtype=torch.long, device=prompt.device)
+    full[:, :T0] = mask.long()
+    return full, (full.cumsum(-1) - 1).clamp(min=0)
+
+
 def _resolve_cache(cache, model, batch: int, max_len: int):
     if cache is None or isinstance(cache, str):
         if cache is None:
@@ -151,12 +170,17 @@ def _resolve_cache(cache, model, batch: int, max_len: int):
 @torch.no_grad()
 def generate(model, prompt: torch.Tensor, max_new_tokens: int, sampler: SamplerConfig | None = None,
              cache: str | object | Callable[..., object] | None = "static", generator: torch.Generator | None = None,
-             eos_id: int | None = None, desc: str | None = None) -> GenerationResult:
+             eos_id: int | None = None, desc: str | None = None,
+             attention_mask: torch.Tensor | None = None) -> GenerationResult:
     """Append up to ``max_new_tokens`` tokens to ``prompt (B, T)``; greedy unless ``sampler`` says otherwise.
 
     ``cache``: a name from :data:`~llmcore.architecture.kv_cache.CACHES` (sized ``T + max_new_tokens``),
     a cache object, a factory ``(model, batch, max_len) -> cache``, or ``None`` (no cache). The model is
     run in eval mode and put back in the mode it was in. ``desc`` shows a progress bar over the steps.
+
+    ``attention_mask (B, T)``: left-padded prompts (1 = token, 0 = padding; every row ends in a token). The
+    model must take ``attention_mask`` and ``position_ids`` keywords (:class:`~llmcore.architecture.llama.Llama`
+    does) and a cache must return exactly the filled positions (``"dynamic"`` or ``None``).
     """
     sampler = sampler or SamplerConfig()
     check_range("max_new_tokens", max_new_tokens, 0)
@@ -170,6 +194,7 @@ def generate(model, prompt: torch.Tensor, max_new_tokens: int, sampler: SamplerC
     out = torch.empty(B, max_len, dtype=prompt.dtype, device=dev)
     out[:, :T0] = prompt
     done = torch.zeros(B, dtype=torch.bool, device=dev)
+    padded = _left_padding(attention_mask, prompt, max_new_tokens, cache)
     n, step_in, times = T0, prompt, []
     steps = range(max_new_tokens)
     for _ in (progress(steps, desc=desc, leave=False) if desc else steps):
@@ -177,7 +202,10 @@ def generate(model, prompt: torch.Tensor, max_new_tokens: int, sampler: SamplerC
             raise LLMCoreError(f"sequence longer than max_seq_len={max_seq}")
         _cuda_sync(dev)
         t0 = time.perf_counter()
-        logits = model(step_in if kv is not None else out[:, :n], kv_cache=kv)[:, -1]
+        x = step_in if kv is not None else out[:, :n]
+        kw = {} if padded is None else {"attention_mask": padded[0][:, :n],
+                                        "position_ids": padded[1][:, n - x.shape[1]:n]}
+        logits = model(x, kv_cache=kv, **kw)[:, -1]
         nxt = next_token(logits, out[:, :n], sampler, generator)
         if eos_id is not None:
             nxt = torch.where(done, torch.full_like(nxt, eos_id), nxt)

@@ -309,17 +309,19 @@ class Llama(nn.Module):
     @torch.no_grad()
     def generate(self, idx: torch.Tensor, max_new_tokens: int, temperature: float = 0.0,
                  top_k: int | None = None, eos_id: int | None = None, use_cache: bool = True,
-                 generator: torch.Generator | None = None) -> torch.Tensor:
+                 generator: torch.Generator | None = None,
+                 attention_mask: torch.Tensor | None = None) -> torch.Tensor:
         """Append ``max_new_tokens`` tokens to ``idx (B, T)``; greedy when ``temperature == 0``.
 
         With ``use_cache`` the prompt is encoded once and each step feeds one token (a
         :class:`~llmcore.architecture.kv_cache.DynamicKVCache`); without it every step re-runs the whole
         sequence. Rows that emit ``eos_id`` keep emitting it; stops early when every row has. The loop is
-        :func:`llmcore.architecture.generate.generate`; this is its older keyword interface.
+        :func:`llmcore.architecture.generate.generate`; this is its older keyword interface
+        (``attention_mask``: left-padded prompts of different lengths).
         """
         sampler = SamplerConfig(greedy=temperature == 0, temperature=temperature or 1.0, top_k=top_k)
         return generate(self, idx, max_new_tokens, sampler, cache="dynamic" if use_cache else None,
-                        generator=generator, eos_id=eos_id).tokens
+                        generator=generator, eos_id=eos_id, attention_mask=attention_mask).tokens
 
     # ---- Hugging Face interop and checkpoints ------------------------------------------------------
     def to_hf(self):
