@@ -47,7 +47,7 @@ from typing import Any
 
 import torch
 
-from llmcore.architecture.kv_cache import DynamicKVCache
+from llmcore.architecture.generate import SamplerConfig, generate
 from llmcore.core.errors import LLMCoreError, check_range
 
 Message = dict[str, Any]  #: an OpenAI chat message
@@ -276,56 +276,25 @@ class ChatLLM:
 
 
 # ---- backends --------------------------------------------------------------------------------------------------
-@torch.no_grad()
 def generate_padded(model, prompts: Sequence[Sequence[int]], max_new_tokens: int, eos_id: int, pad_id: int,
                     temperature: float = 0.0, generator: torch.Generator | None = None) -> list[list[int]]:
-    r"""New tokens for each prompt of a batch of *different* lengths (left-padded, per-row positions).
-
-    Why not the kit's :func:`~llmcore.architecture.generate.generate`: it decodes a ``(B, T)`` batch of
-    equal-length prompts. Agent conversations differ in length at every step, and decoding them one by
-    one costs ~B times more; here rows are left-padded to ``T`` with ``attention_mask (B, T)`` (0 =
-    padding) and RoPE positions $p_{b,t} = \max(0, \sum_{s \le t} m_{b,s} - 1)$, so each row sees
-    exactly its own tokens at its own positions (the model's padding-mask path, with a
-    :class:`~llmcore.architecture.kv_cache.DynamicKVCache`). Greedy unless ``temperature > 0``.
-    Returns per row the new ids up to (without) the first ``eos_id``.
+    """New tokens for each prompt of a batch of *different* lengths: left-padded with ``pad_id`` and decoded by
+    the kit's :func:`~llmcore.architecture.generate.generate` with its ``attention_mask`` (each row sees only
+    its own tokens at its own RoPE positions; dynamic cache). Agent conversations differ in length at every
+    step, and decoding them one by one would cost ~B times more. Greedy unless ``temperature > 0``; the reply
+    budget is cut to what fits the model's context. Returns per row the new ids up to (without) ``eos_id``.
     """
     dev = next(model.parameters()).device
-    was = model.training
-    model.eval()
-    B, T = len(prompts), max(len(p) for p in prompts)
+    T = max(len(p) for p in prompts)
     max_seq = model.config.max_seq_len
     if T + 1 > max_seq:
         raise LLMCoreError(f"a conversation of {T} tokens does not fit the model's context of {max_seq}")
-    max_new_tokens = min(max_new_tokens, max_seq - T)
-    idx = torch.full((B, T), pad_id, dtype=torch.long)
-    mask = torch.zeros((B, T), dtype=torch.long)
-    for b, p in enumerate(prompts):
-        idx[b, T - len(p):] = torch.tensor(list(p))
-        mask[b, T - len(p):] = 1
-    idx, mask = idx.to(dev), mask.to(dev)
-    pos = (mask.cumsum(1) - 1).clamp(min=0)
-    kv = DynamicKVCache(model.config.n_layers)
-    logits = model(idx, attention_mask=mask, position_ids=pos, kv_cache=kv)[:, -1]
-    out, done = [[] for _ in range(B)], torch.zeros(B, dtype=torch.bool, device=dev)
-    nxt_pos = pos[:, -1:] + 1
-    for _ in range(max_new_tokens):
-        if temperature > 0:
-            probs = torch.softmax(logits.float() / temperature, -1)
-            nxt = torch.multinomial(probs.cpu(), 1, generator=generator).to(dev)[:, 0]
-        else:
-            nxt = logits.argmax(-1)
-        nxt = torch.where(done, torch.full_like(nxt, eos_id), nxt)
-        done |= nxt == eos_id
-        for b in range(B):
-            if not done[b]:
-                out[b].append(int(nxt[b]))
-        if bool(done.all()):
-            break
-        mask = torch.cat([mask, torch.ones((B, 1), dtype=mask.dtype, device=dev)], 1)
-        logits = model(nxt[:, None], attention_mask=mask, position_ids=nxt_pos, kv_cache=kv)[:, -1]
-        nxt_pos = nxt_pos + 1
-    model.train(was)
-    return out
+    idx = torch.tensor([[pad_id] * (T - len(p)) + list(p) for p in prompts], device=dev)
+    mask = torch.tensor([[0] * (T - len(p)) + [1] * len(p) for p in prompts], device=dev)
+    sampler = SamplerConfig(greedy=temperature == 0, temperature=temperature or 1.0)
+    new = generate(model, idx, min(max_new_tokens, max_seq - T), sampler, cache="dynamic", generator=generator,
+                   eos_id=eos_id, attention_mask=mask).tokens[:, T:].tolist()
+    return [row[:row.index(eos_id)] if eos_id in row else row for row in new]
 
 
 class LocalLM(ChatLLM):

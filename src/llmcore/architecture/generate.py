@@ -111,7 +111,10 @@ def next_token(logits: torch.Tensor, input_ids: torch.Tensor, cfg: SamplerConfig
     logits = process_logits(logits.float(), input_ids, cfg)
     if cfg.greedy:
         return logits.argmax(-1)
-    return torch.multinomial(torch.softmax(logits, -1), 1, generator=generator)[:, 0]
+    probs = torch.softmax(logits, -1)
+    if generator is not None and generator.device != probs.device:  # e.g. a CPU generator, a model on CUDA
+        return torch.multinomial(probs.to(generator.device), 1, generator=generator)[:, 0].to(probs.device)
+    return torch.multinomial(probs, 1, generator=generator)[:, 0]
 
 
 # =================================================================================================
