@@ -466,10 +466,10 @@ widgets.interact(play, method=widgets.Dropdown(options=["average", "task_arithme
 #
 # ```{admonition} Hardware and cost card · 硬件与成本
 # :class: tip
-# - **Toy (this page):** the whole page executes in 1 min 46 s wall, peak RAM 0.82 GB, on the 2-core CPU with the
-#   SFT base cached in `output/checkpoints` (eight fine-tunes of 60 steps and about thirty greedy evaluations);
-#   measured under the book's shared lock (one heavy job at a time, the machine otherwise busy with light work),
-#   seed 0. With nothing cached the SFT base is trained first (about a minute more).
+# - **Toy (this page):** the whole page executes in 82 s wall, peak RAM 0.81 GB, on the 2-core CPU with the
+#   SFT base cached in `output/checkpoints` (eight fine-tunes of 60 steps, about 49 s, and 33 greedy evaluations,
+#   about 21 s: prompts of different lengths decode as one left-padded batch); seed 0, the machine otherwise
+#   idle. With nothing cached the SFT chapter's model is trained first (about 40 s more).
 # - **Memory of the methods:** AdamW state is $8\times$ the trainable count — 15.7 MB for full fine-tuning of
 #   the 2M-parameter model, 131 kB for rank-4 LoRA (table above); activations, not weights, dominate at this size.
 # - **Full (`toy=False`):** 1000 steps × 32 rows × 128 tokens per adaptation is 40× the toy's tokens for each of
