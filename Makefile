@@ -51,7 +51,7 @@ TESTENV := LLMCORE_NO_PROGRESS=1 $(if $(filter 0,$(JOBS)),,OMP_WAIT_POLICY=PASSI
 SELECT := $(if $(CHAPTERS),$(CHAPTERS),$(if $(MODULES),--modules $(MODULES),))
 
 .PHONY: help prereqs prereqs-book prereqs-execute prereqs-test install torch-cpu book execute html widgets-js \
-        test lint unit nbval check-pages chromium smoke pretrain robust clean
+        test lint unit nbval check check-pages chromium smoke pretrain robust clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN{FS=":.*## "}{printf "  make %-12s %s\n", $$1, $$2}'
@@ -83,14 +83,17 @@ $(STAMP): pyproject.toml constraints.txt
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	@$(MAKE) --no-print-directory torch-cpu
-	$(PY) -m pip install -q -c constraints.txt -e '.[all]'
+	$(PY) -m pip install -q --no-compile -c constraints.txt -e '.[all]'
+	@# bytecode for everything installed, on every core (pip compiles file by file on one: ~45 s of a fresh
+	@# install); files that are not valid Python 3 source (test fixtures of newer Pythons) are skipped as pip does
+	$(PY) -c "import compileall, sysconfig; compileall.compile_dir(sysconfig.get_paths()['purelib'], quiet=2, workers=0)"
 	$(PY) -m ipykernel install --sys-prefix --name python3 --display-name "Python 3" >/dev/null
 	@touch $@
 
 torch-cpu: ## (Linux) install the pinned torch from PyTorch's CPU wheel index, else leave it to pip's configuration
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	@if [ "$$(uname -s)" = Linux ] && [ -n "$(TORCH_INDEX)" ]; then \
-	  $(PY) -m pip install -q --no-deps --retries 0 --timeout 20 -c constraints.txt --index-url $(TORCH_INDEX) torch \
+	  $(PY) -m pip install -q --no-deps --no-compile --retries 0 --timeout 20 -c constraints.txt --index-url $(TORCH_INDEX) torch \
 	    >$(VENV)/torch-cpu.log 2>&1 \
 	  || echo "note: torch not taken from $(TORCH_INDEX) (unreachable?); pip's own configuration provides it, which on Linux is PyPI's CUDA build unless configured otherwise (see $(VENV)/torch-cpu.log)"; \
 	fi
@@ -128,6 +131,11 @@ nbval: install ## re-execute every chapter notebook and compare its checked resu
 	@# mark, and nbval then waits in vain for the cell's last messages ("Timeout ... waiting for output")
 	$(TESTENV) $(VENV)/bin/pytest -q -p no:cacheprovider $(XDIST) --nbval-lax --nbval-current-env --nbval-cell-timeout=900 $(NBVAL_PATHS) --ignore-glob='*.py' --durations=25
 
+check: install ## make unit + make nbval in one pytest session (what make test runs: one pool of workers, no idle tail between the two)
+	@# unit tests first (they train the cached models several notebooks load), then the notebooks; chapter .py
+	@# sources are jupytext twins of the notebooks, not tests
+	$(TESTENV) $(VENV)/bin/pytest -q -p no:cacheprovider $(XDIST) --nbval-lax --nbval-current-env --nbval-cell-timeout=900 tests $(NBVAL_PATHS) --ignore-glob='chapters/*.py' --ignore-glob='book/*.py' --durations=30
+
 check-pages: html chromium ## load every page in headless Chromium: figures present, no errors, no broken links
 	@browser="$$($(FIND_BROWSER))"; \
 	if [ -z "$$browser" ]; then echo "$(NO_BROWSER)"; else CHROMIUM="$$browser" $(PY) tools/check_pages.py; fi
@@ -143,7 +151,7 @@ chromium: ## find Chromium/Chrome; as root on Debian, install chromium + CJK fon
 	  echo "note: no Noto Sans CJK font: Chinese text in the page screenshots may show as boxes (sudo apt-get install fonts-noto-cjk)"; \
 	fi
 
-test: prereqs-test lint unit nbval check-pages ## everything CI runs: ruff, pytest, nbval, HTML build, page checks
+test: prereqs-test lint check check-pages ## everything CI runs: ruff, pytest + nbval (make check), HTML build, page checks
 	@if [ -n "$$($(FIND_BROWSER))" ]; then echo "make test: all checks passed"; \
 	else echo "make test: all checks passed except the page checks (skipped: no browser)"; fi
 
