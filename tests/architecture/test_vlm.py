@@ -19,7 +19,14 @@ from llmcore.architecture.vlm.experiment import (
     experiment,
     small_config,
 )
-from llmcore.architecture.vlm.models import LlavaProjector, QFormer, ViTLite, clip_loss, qformer_mask
+from llmcore.architecture.vlm.models import (
+    GatedCrossAttention,
+    LlavaProjector,
+    QFormer,
+    ViTLite,
+    clip_loss,
+    qformer_mask,
+)
 from llmcore.architecture.vlm.report import (
     clip_crosscheck,
     gate_zero_gap,
@@ -89,6 +96,23 @@ def test_flamingo_gates_at_zero_are_exactly_the_text_only_lm():
     with torch.no_grad():  # an open gate lets the image in
         flam.xattn[0].gate_attn.fill_(0.5)
         assert (flam.text_logits(ss.images, ids) - lm(ids)).abs().max() > 1e-4
+
+
+def test_gate_scale_multiplies_the_gate_parameter_and_its_adam_step():
+    torch.manual_seed(0)
+    x, z = torch.randn(2, 5, 16), torch.randn(2, 3, 8)
+    fast, plain = GatedCrossAttention(16, 8, 2, gate_scale=10.0), GatedCrossAttention(16, 8, 2)
+    plain.load_state_dict(fast.state_dict())
+    with torch.no_grad():  # tanh(10 * 0.01) == tanh(1 * 0.1): the same layer
+        fast.gate_attn.fill_(0.01), fast.gate_ffn.fill_(-0.02)
+        plain.gate_attn.fill_(0.1), plain.gate_ffn.fill_(-0.2)
+        assert torch.allclose(fast(x, z), plain(x, z), atol=1e-6)
+    for layer in (fast, plain):  # one Adam step moves each gate parameter by ~lr: the gate value 10x as far
+        opt = torch.optim.Adam([layer.gate_attn], lr=1e-3)
+        layer(x, z).square().mean().backward()
+        opt.step()
+    moved = 10.0 * (fast.gate_attn.item() - 0.01), 1.0 * (plain.gate_attn.item() - 0.1)  # change of s * alpha
+    assert abs(moved[1]) == pytest.approx(1e-3, rel=1e-3) and moved[0] == pytest.approx(10 * moved[1], rel=1e-3)
 
 
 def test_qformer_masks_by_hand_and_their_effect():

@@ -213,19 +213,24 @@ class GatedCrossAttention(nn.Module):
     with $\alpha = 0$ at initialisation: both branches are multiplied by exactly 0, so the block is
     the identity and the frozen LM's output is unchanged until training opens the gates.
     ``x (B, T, d)``, ``z (B, L, d_v)`` -> ``(B, T, d)``.
+
+    ``gate_scale`` $s$: the gate is $\tanh(s\,\alpha)$ with the parameter $\alpha$. Under Adam a parameter
+    moves about one learning rate per step whatever its gradient's scale, so $s$ is a learning-rate multiplier
+    for the two gates alone ($s = 1$ is the paper's form; $\alpha_0 = 0$ keeps the identity at any $s$).
     """
 
-    def __init__(self, d_lm: int, d_vis: int, heads: int) -> None:
+    def __init__(self, d_lm: int, d_vis: int, heads: int, gate_scale: float = 1.0) -> None:
         super().__init__()
         self.ln_attn, self.ln_ffn = nn.LayerNorm(d_lm), nn.LayerNorm(d_lm)
         self.attn = MHA(d_lm, d_vis, heads, width=d_vis)  # attend at the vision width (cheaper)
         self.ffn = ffn(d_lm, 1)
         self.gate_attn = nn.Parameter(torch.zeros(()))
         self.gate_ffn = nn.Parameter(torch.zeros(()))
+        self.gate_scale = gate_scale
 
     def forward(self, x: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
-        x = x + torch.tanh(self.gate_attn) * self.attn(self.ln_attn(x), z)
-        return x + torch.tanh(self.gate_ffn) * self.ffn(self.ln_ffn(x))
+        x = x + torch.tanh(self.gate_scale * self.gate_attn) * self.attn(self.ln_attn(x), z)
+        return x + torch.tanh(self.gate_scale * self.gate_ffn) * self.ffn(self.ln_ffn(x))
 
 
 def flamingo_hidden(lm: Llama, xattn: nn.ModuleList, ids: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
