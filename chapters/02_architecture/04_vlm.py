@@ -111,7 +111,10 @@ print(f"device={dev}, toy={toy}, seed={seed}")
 #
 # At initialisation both branches are multiplied by exactly $0$: the model **is** the text-only LM, bit for bit,
 # and training opens the gates gradually ($\partial \tanh(\alpha)/\partial\alpha = 1$ at $0$, so the gate gets a
-# gradient although the branch does not). No visual tokens enter the sequence.
+# gradient although the branch does not). No visual tokens enter the sequence. Our 300-step toy run writes the
+# gates as $\tanh(10\alpha)$ (`flamingo_gate_scale`): under Adam that is a 10× learning rate for the two gate
+# scalars alone. At 1× they were still below 0.1 after 300 steps and the held-out accuracy swung with the
+# initialisation (0.68–0.77 over four inits of one seed); at 10× they open to 0.3–0.5 and it stays at 0.73–0.76.
 #
 # **BLIP-2** {cite}`li2023blip2`: a Q-Former holds $L$ learned *queries* that cross-attend to the frozen image
 # features and share their self-attention layers with a text branch. Which objective is trained depends only on
