@@ -51,7 +51,7 @@ TESTENV := LLMCORE_NO_PROGRESS=1 $(if $(filter 0,$(JOBS)),,OMP_WAIT_POLICY=PASSI
 SELECT := $(if $(CHAPTERS),$(CHAPTERS),$(if $(MODULES),--modules $(MODULES),))
 
 .PHONY: help prereqs prereqs-book prereqs-execute prereqs-test install torch-cpu book execute html widgets-js \
-        test lint unit nbval check check-pages chromium smoke pretrain robust clean
+        test lint unit nbval check-pages chromium smoke pretrain robust clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN{FS=":.*## "}{printf "  make %-12s %s\n", $$1, $$2}'
@@ -131,11 +131,6 @@ nbval: install ## re-execute every chapter notebook and compare its checked resu
 	@# mark, and nbval then waits in vain for the cell's last messages ("Timeout ... waiting for output")
 	$(TESTENV) $(VENV)/bin/pytest -q -p no:cacheprovider $(XDIST) --nbval-lax --nbval-current-env --nbval-cell-timeout=900 $(NBVAL_PATHS) --ignore-glob='*.py' --durations=25
 
-check: install ## make unit + make nbval in one pytest session (what make test runs: one pool of workers, no idle tail between the two)
-	@# unit tests first (they train the cached models several notebooks load), then the notebooks; chapter .py
-	@# sources are jupytext twins of the notebooks, not tests
-	$(TESTENV) $(VENV)/bin/pytest -q -p no:cacheprovider $(XDIST) --nbval-lax --nbval-current-env --nbval-cell-timeout=900 tests $(NBVAL_PATHS) --ignore-glob='chapters/*.py' --ignore-glob='book/*.py' --durations=30
-
 check-pages: html chromium ## load every page in headless Chromium: figures present, no errors, no broken links
 	@browser="$$($(FIND_BROWSER))"; \
 	if [ -z "$$browser" ]; then echo "$(NO_BROWSER)"; else CHROMIUM="$$browser" $(PY) tools/check_pages.py; fi
@@ -151,7 +146,7 @@ chromium: ## find Chromium/Chrome; as root on Debian, install chromium + CJK fon
 	  echo "note: no Noto Sans CJK font: Chinese text in the page screenshots may show as boxes (sudo apt-get install fonts-noto-cjk)"; \
 	fi
 
-test: prereqs-test lint check check-pages ## everything CI runs: ruff, pytest + nbval (make check), HTML build, page checks
+test: prereqs-test lint unit nbval check-pages ## everything CI runs: ruff, pytest, nbval, HTML build, page checks
 	@if [ -n "$$($(FIND_BROWSER))" ]; then echo "make test: all checks passed"; \
 	else echo "make test: all checks passed except the page checks (skipped: no browser)"; fi
 
