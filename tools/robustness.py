@@ -226,7 +226,9 @@ def write_page(result: dict) -> Path:
     written = [m.name for m in MODULES if m.written]
     missing = [m for m in written if m not in table]
     if missing:
-        lines += [f"Not in this matrix yet: {', '.join(f'`{m}`' for m in missing)}.", ""]
+        lines += [f"Not in this matrix yet: {', '.join(f'`{m}`' for m in missing)}. The last matrix measured for each "
+                  "of them, at an earlier commit, is listed in the [benchmarks page](benchmarks.md) (section "
+                  "\"Robustness ledger\").", ""]
     for module, rows in table.items():
         mine = [c for c in cells if c["module"] == module]
         ok = sum(c["passed"] for c in mine)
