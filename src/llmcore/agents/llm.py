@@ -47,7 +47,7 @@ from typing import Any
 
 import torch
 
-from llmcore.architecture.generate import SamplerConfig, generate
+from llmcore.architecture.generate import SamplerConfig, generate, left_pad
 from llmcore.core.errors import LLMCoreError, check_range
 
 Message = dict[str, Any]  #: an OpenAI chat message
@@ -289,8 +289,7 @@ def generate_padded(model, prompts: Sequence[Sequence[int]], max_new_tokens: int
     max_seq = model.config.max_seq_len
     if T + 1 > max_seq:
         raise LLMCoreError(f"a conversation of {T} tokens does not fit the model's context of {max_seq}")
-    idx = torch.tensor([[pad_id] * (T - len(p)) + list(p) for p in prompts], device=dev)
-    mask = torch.tensor([[0] * (T - len(p)) + [1] * len(p) for p in prompts], device=dev)
+    idx, mask = left_pad(prompts, pad_id, dev)
     sampler = SamplerConfig(greedy=temperature == 0, temperature=temperature or 1.0)
     new = generate(model, idx, min(max_new_tokens, max_seq - T), sampler, cache="dynamic", generator=generator,
                    eos_id=eos_id, attention_mask=mask).tokens[:, T:].tolist()

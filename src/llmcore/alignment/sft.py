@@ -47,6 +47,7 @@ from safetensors.torch import load_file
 
 from llmcore.alignment import tasks as T
 from llmcore.architecture.book_lm import BOOK_LM_CONFIG, load_book_lm
+from llmcore.architecture.generate import left_pad
 from llmcore.architecture.llama import Llama, ModelConfig, lm_loss, rope_cos_sin
 from llmcore.core.checkpoints import train_once
 from llmcore.core.device import CPU
@@ -333,9 +334,8 @@ def greedy_answers(model: torch.nn.Module, examples: Sequence[T.Example], max_ne
     if temperature == 0 and logits_fn is None and isinstance(model, Llama):
         for s in range(0, len(pids), batch_size):
             chunk = pids[s:s + batch_size]
-            P = max(map(len, chunk))
-            idx = torch.tensor([[T.PAD] * (P - len(p)) + p for p in chunk], device=dev)
-            mask = torch.tensor([[0] * (P - len(p)) + [1] * len(p) for p in chunk], device=dev)
+            idx, mask = left_pad(chunk, T.PAD, dev)
+            P = idx.shape[1]
             seq = model.generate(idx, max_new, eos_id=T.EOS, attention_mask=mask)
             for i, row in enumerate(seq[:, P:].tolist()):
                 out[s + i] = T.decode_response(row)

@@ -27,7 +27,7 @@ algorithms, not variants of this loop, and live there.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import torch
@@ -137,6 +137,16 @@ class GenerationResult:
     @property
     def wall_s(self) -> float:
         return float(sum(self.step_s))
+
+
+def left_pad(prompts: Sequence[Sequence[int]], pad_id: int,
+             device: torch.device | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Prompts of different lengths as one batch for :func:`generate`: ``ids (B, T)`` left-padded with
+    ``pad_id`` to the longest prompt ``T`` and ``attention_mask (B, T)`` (0 = padding, 1 = prompt token)."""
+    T = max(len(p) for p in prompts)
+    ids = torch.tensor([[pad_id] * (T - len(p)) + list(p) for p in prompts], device=device)
+    mask = torch.tensor([[0] * (T - len(p)) + [1] * len(p) for p in prompts], device=device)
+    return ids, mask
 
 
 def _left_padding(mask: torch.Tensor | None, prompt: torch.Tensor, max_new: int, cache):
