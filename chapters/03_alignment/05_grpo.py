@@ -18,7 +18,9 @@
 # 归一化为优势——组本身就是基线，因此不需要价值网络（critic）。目标函数沿用 PPO 的裁剪比率，并用 k3
 # 估计量对参考策略加 KL 惩罚。本章从预训练的本书语言模型（book LM，约 200 万参数）出发，先在两位数
 # 加法上做一次“故意不完整”的 SFT（准确率约 60%，并与同样步数从随机初始化训练的模型对比），再只给
-# “检查器”不给标准答案，用 GRPO 把留出集准确率提高 15 个百分点以上；并与“同样步数继续 SFT”的对照组比较，
+# “检查器”不给标准答案，用 GRPO 显著提高留出集准确率（400 个留出题上的精确 McNemar 配对检验；在随机种子与
+# CPU 内核的 30 个组合上提高 12.5–28 个百分点），并用 pass@1 与 pass@16 说明这是“锐化”：正确答案本来就能
+# 采样到，GRPO 让贪心解码选中它；并与“同样步数继续 SFT”的对照组比较，
 # 讨论什么时候带验证器的强化学习才划算；最后直接调用 TRL 的 GRPOTrainer 代码核对优势与损失，并实测
 # GRPO 与本书自己的 PPO-RLHF（共享主干的价值头）以及独立价值模型的 PPO 各占多少模型状态内存。
 # 理论部分说明组均值为什么是 $V(q)$ 的蒙特卡洛估计、它与 PPO 的逐词元 GAE 优势有何不同，并用图对比两者。
@@ -62,6 +64,7 @@ import numpy as np
 import torch
 
 from llmcore.alignment import grpo, sft, tasks
+from llmcore.alignment.data_eval import metrics
 from llmcore.core import pick_device, seed_everything, show_source, use_style
 
 dev = pick_device(device)
@@ -266,6 +269,41 @@ print(f"groups with zero reward std per round: min {zero.min():.2f}, max {zero.m
       f"(5-round average {smooth.min():.2f}-{smooth.max():.2f}); all right: {zero_right.sum() / zero.sum():.0%} of them")
 
 # %% [markdown]
+# ### Sharpening, measured: greedy accuracy against pass@16 / 锐化的度量：贪心准确率与 pass@16
+#
+# Before and after GRPO the loop also samples 16 answers per held-out prompt at temperature 1. **pass@1** is
+# the share of sampled answers that are right; **pass@16** the share of prompts with at least one right answer
+# among the 16 (`data_eval.metrics.pass_at_k`, the unbiased estimator of the Data & evaluation chapter). And it
+# pairs the greedy verdicts on the same 400 prompts: how many GRPO *fixed* (wrong at the start, right after)
+# and how many it *broke*. Only those discordant prompts carry evidence, which is what the exact McNemar test
+# weighs: under "GRPO is no better" each of them is a fair coin.
+
+# %% tags=["nbval-ignore-output"]
+fixed, broke, p_value = metrics.mcnemar_exact(res.correct_start, res.correct_grpo)
+n = cfg.eval_samples
+print(f"{'':<10} {'greedy':>7} {'pass@1':>7} {f'pass@{n}':>8}")
+for when, acc in (("SFT start", res.acc_start), ("GRPO", res.acc_grpo)):
+    key = "start" if when == "SFT start" else "grpo"
+    print(f"{when:<10} {acc:7.3f} {res.sampled[key]['pass@1']:7.3f} {res.sampled[key]['pass@n']:8.3f}")
+print(f"held-out prompts fixed by GRPO: {fixed}, broken: {broke}; exact McNemar p (one-sided) = {p_value:.1e}")
+
+# %% [markdown]
+# Read the three columns together. pass@16 is high before GRPO starts (0.97 on the seed-2 warm start under the
+# `default` kernels, 0.98 after): the right sum is almost always *reachable*. What GRPO changes is which
+# answer the policy prefers — greedy accuracy and pass@1 rise while pass@16 barely moves. RL with a verifier
+# here **sharpens** the distribution towards answers the model could already produce; it does not teach sums
+# the model never samples (the same observation that recent studies make on large reasoning models).
+#
+# That also explains why the *size* of the gain is not a property of GRPO alone. Over 30 toy runs (seeds 0–4 ×
+# three CPU kernel sets × two warm-start stopping rules) the gain was 12.5–28 points, median about 20.5, and it
+# is set mostly by the warm start: on the weakest start (0.6775) every variant we tried ended near 0.80 — a
+# learning rate anywhere from $3.5\cdot10^{-5}$ to $3\cdot10^{-4}$, 60 rounds instead of 40, 48 prompts per
+# round, groups of 8, temperature 0.7, no KL term, four inner steps, gradient clipping and warm-up (all in
+# `book/benchmarks.md`). So the report's criterion is the *evidence* that GRPO improved the model — the exact
+# McNemar p-value on the 400 paired held-out verdicts must be below $10^{-4}$ (the weakest run measured:
+# 65 fixed, 15 broken, $p = 7\cdot10^{-9}$) — and the gain itself is reported, not gated.
+
+# %% [markdown]
 # ### What the pretraining bought / 预训练带来了什么
 #
 # The warm start fine-tunes the book LM, which already knows digits and how text continues, so it
@@ -351,7 +389,6 @@ for name, value in report.metrics.items():  # trained numbers: they move with th
 for c in report.criteria:
     print(f"[{'PASS' if c.passed else 'FAIL'}] {c.name} {c.op} {c.threshold:g}")
 assert report.passed, report.failures()
-assert res.acc_grpo - res.acc_start >= 0.15
 
 # %% [markdown]
 # ## Play: what the group advantage gives a right answer / 动手：组优势给正确答案多少推力
@@ -419,6 +456,8 @@ widgets.interact(show_advantages, p=widgets.FloatSlider(value=0.3, min=0.05, max
 #   · Every token of a response shares one advantage; a group with equal rewards gives no policy-gradient signal.
 # - 目标沿用 PPO 的裁剪概率比，KL 用 k3 估计量直接放进损失：无偏且逐样本非负。
 #   · The objective keeps PPO's clipped ratio and puts a k3 KL estimate, unbiased and non-negative, into the loss.
+# - 在这里 GRPO 主要是“锐化”：pass@16 几乎不变，贪心准确率与 pass@1 上升——它把已经能采样到的正确答案变成首选。
+#   · Here GRPO sharpens: pass@16 barely moves while greedy accuracy and pass@1 rise — reachable answers become the preferred ones.
 # - 可验证奖励由程序给出，没有奖励模型可被“钻空子”；只要有检查器、无需标注答案。
 #   · A verifier is the reward: no reward model to over-optimise, and no labelled answers needed.
 # - 与本书共享主干的 PPO 相比，GRPO 省下的约 1/6 内存来自奖励模型而非评论家；与独立价值模型的 PPO 相比省一半。

@@ -11,6 +11,7 @@ from dataclasses import replace
 import matplotlib.pyplot as plt
 import numpy as np
 import pytest
+import scipy.stats
 import torch
 from datasketch import MinHash, MinHashLSH
 from sklearn.calibration import calibration_curve
@@ -189,6 +190,23 @@ def test_bootstrap_and_paired_test():
     diff, p = E.paired_bootstrap(a, b, 2000, 0)
     assert diff > 0 and p < 0.01
     assert E.paired_bootstrap(a, a, 500, 0)[1] == 1.0  # no difference: every resample is <= 0
+
+
+def test_mcnemar_exact_by_hand_and_equals_scipy_binomtest():
+    """Hand case: 3 items only B gets right, 1 only A: p = P(X >= 3), X ~ Bin(4, 1/2) = (4 + 1) / 16."""
+    a = np.array([0, 0, 0, 1, 1, 1, 0], bool)
+    b = np.array([1, 1, 1, 0, 1, 1, 0], bool)
+    assert E.mcnemar_exact(a, b) == (3, 1, 5 / 16)
+    assert E.mcnemar_exact(a, a) == (0, 0, 1.0)  # no discordant item: no evidence
+    rng = np.random.default_rng(0)
+    for n_fixed, n_broke in [(65, 15), (20, 18), (0, 9), (150, 0)]:
+        x = np.r_[np.zeros(n_fixed, bool), np.ones(n_broke, bool), rng.random(100) < 0.5]
+        y = np.r_[np.ones(n_fixed, bool), np.zeros(n_broke, bool), x[n_fixed + n_broke:]]
+        fixed, broke, p = E.mcnemar_exact(x, y)
+        ref = scipy.stats.binomtest(n_fixed, n_fixed + n_broke, 0.5, alternative="greater").pvalue
+        assert (fixed, broke) == (n_fixed, n_broke) and p == pytest.approx(ref, rel=1e-9)
+    with pytest.raises(LLMCoreError, match="paired verdicts"):
+        E.mcnemar_exact(a, b[:3])
 
 
 def test_perplexity_and_exact_match():

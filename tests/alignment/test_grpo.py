@@ -126,6 +126,25 @@ def test_grpo_round_runs_on_policy_and_memory_accounting():
     assert G.model_state_bytes([policy, policy], [ref, ref]) == 10 * n
 
 
+def test_sampled_pass_at_temperature_zero_is_greedy_accuracy():
+    """With temperature 0 every one of the n samples is the greedy answer: pass@1 = pass@n = greedy accuracy
+    per problem (the verdicts of ``arith_verdicts``), whatever the generator."""
+    torch.manual_seed(0)
+    task = S.ArithConfig(init="scratch", d_model=32, n_layers=1, n_heads=2)
+    model = Llama(task.model_config()).eval()
+    probs = np.random.default_rng(0).integers(0, 100, (50, 2))
+    # make some answers right: teach the untrained model a few sums with a handful of SFT steps
+    S.train_packed(model, S.arith_batches(probs, task, np.random.default_rng(0)), 150,
+                   opt=torch.optim.AdamW(model.parameters(), lr=3e-3), warmup=None, grad_clip=None,
+                   logits_fn=S.causal_logits, desc=None)
+    greedy = S.arith_verdicts(model, probs, task)["correct"]
+    assert 0 < greedy.mean() < 1
+    out = G.sampled_pass(model, probs, task, n=3, temperature=0.0, gen=torch.Generator().manual_seed(5), batch=40)
+    assert out == {"pass@1": pytest.approx(greedy.mean()), "pass@n": pytest.approx(greedy.mean())}
+    sampled = G.sampled_pass(model, probs, task, n=8, temperature=1.0, gen=torch.Generator().manual_seed(5))
+    assert 0 <= sampled["pass@1"] <= sampled["pass@n"] <= 1
+
+
 def test_warm_start_records_its_steps(tmp_path, monkeypatch):
     """The warm start stops at the first check that reaches the target and says how many steps it took
     (trained and loaded from the cache alike): the from-scratch comparison trains that many steps."""

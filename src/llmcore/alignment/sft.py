@@ -501,19 +501,26 @@ def sample(model: Llama, prompts: torch.Tensor, max_new_tokens: int, temperature
 
 
 @torch.no_grad()
-def arith_accuracy(model: Llama, problems: np.ndarray, task: T.ArithTask, batch: int = 400) -> dict[str, float]:
-    """Greedy decoding on ``problems``: fraction correct, fraction in the terse/verbose format, mean length."""
+def arith_verdicts(model: Llama, problems: np.ndarray, task: T.ArithTask, batch: int = 400) -> dict[str, np.ndarray]:
+    """Greedy decoding on ``problems (N, 2)``, one verdict per problem: bool arrays ``correct``, ``terse``,
+    ``verbose`` and the int array ``length`` (tokens up to and including ``<eos>``), each ``(N,)``."""
     dev = next(model.parameters()).device
-    stats = {"correct": 0.0, "terse": 0.0, "verbose": 0.0, "length": 0.0}
+    parts: dict[str, list[np.ndarray]] = {"correct": [], "terse": [], "verbose": [], "length": []}
     for i in range(0, len(problems), batch):
         probs = problems[i:i + batch]
         resp = sample(model, T.encode_arith_prompts(probs, task.n_digits).to(dev), task.max_new_tokens,
-                      temperature=0.0)
-        v = T.verify_arith(probs, resp.cpu())
+                      temperature=0.0).cpu()
+        v = T.verify_arith(probs, resp)
         for k in ("correct", "terse", "verbose"):
-            stats[k] += float(v[k].sum())
-        stats["length"] += float(T.response_mask(resp).sum())
-    return {k: v / len(problems) for k, v in stats.items()}
+            parts[k].append(v[k].numpy())
+        parts["length"].append(T.response_mask(resp).sum(1).long().numpy())
+    return {k: np.concatenate(v) for k, v in parts.items()}
+
+
+def arith_accuracy(model: Llama, problems: np.ndarray, task: T.ArithTask, batch: int = 400) -> dict[str, float]:
+    """Greedy decoding on ``problems``: fraction correct, fraction in the terse/verbose format, mean length
+    (the means of :func:`arith_verdicts`)."""
+    return {k: float(v.mean()) for k, v in arith_verdicts(model, problems, task, batch).items()}
 
 
 def arith_sft_model(cfg: ArithConfig, device: str | torch.device = "cpu", seed: int = 0, cache: bool = True) -> Llama:

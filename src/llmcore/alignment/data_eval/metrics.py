@@ -17,13 +17,21 @@ acc against conf per bin. A model whose stated probabilities are the true ones h
 the resampled means are a 95% interval. For two models on the *same* items, resample item indices once per
 draw for both (paired) and report the share of draws where the difference is $\le 0$ (a one-sided p-value).
 
+**Exact McNemar test.** Two models graded right/wrong on the *same* $N$ items: only the discordant items carry
+evidence, $b$ = wrong under A and right under B, $c$ = right under A and wrong under B. Under H0 (B is no
+better than A) each discordant item is a fair coin, so the one-sided p-value is the binomial tail
+$p = \Pr[X \ge b],\ X \sim \mathrm{Bin}(b + c, \tfrac12) = 2^{-(b+c)} \sum_{i=b}^{b+c} \binom{b+c}{i}$ — exact,
+and unlike the bootstrap not limited to a resolution of $1/B$.
+
 **Cohen's kappa.** Agreement beyond chance: $\kappa = (p_o - p_e)/(1 - p_e)$ with observed agreement $p_o$
 and $p_e = \sum_c p_1(c)\,p_2(c)$ from the two raters' marginals.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
+from fractions import Fraction
 
 import numpy as np
 
@@ -93,6 +101,18 @@ def paired_bootstrap(scores_a: np.ndarray, scores_b: np.ndarray, n_boot: int = 2
     d = a - b
     idx = np.random.default_rng(seed).integers(0, len(d), (n_boot, len(d)))
     return float(d.mean()), float(np.mean(d[idx].mean(1) <= 0))
+
+
+def mcnemar_exact(correct_a: np.ndarray, correct_b: np.ndarray) -> tuple[int, int, float]:
+    """``(b, c, p)``: items only B gets right, items only A gets right, and the exact one-sided McNemar
+    p-value of "B is better than A" (the binomial tail above) for bool arrays ``(N,)`` on the same items."""
+    a, b_ = np.asarray(correct_a, dtype=bool), np.asarray(correct_b, dtype=bool)
+    if a.shape != b_.shape or a.ndim != 1:
+        raise LLMCoreError(f"paired verdicts need one (N,) shape, got {a.shape} and {b_.shape}")
+    b, c = int((~a & b_).sum()), int((a & ~b_).sum())
+    n = b + c
+    tail = sum(math.comb(n, i) for i in range(b, n + 1))  # exact integers: no overflow, no rounding
+    return b, c, float(Fraction(tail, 2 ** n))
 
 
 def cohen_kappa(r1: Sequence, r2: Sequence) -> float:
