@@ -19,7 +19,7 @@
 # 估计量对参考策略加 KL 惩罚。本章从预训练的本书语言模型（book LM，约 200 万参数）出发，先在两位数
 # 加法上做一次“故意不完整”的 SFT（准确率约 60%，并与同样步数从随机初始化训练的模型对比），再只给
 # “检查器”不给标准答案，用 GRPO 显著提高留出集准确率（400 个留出题上的精确 McNemar 配对检验；在随机种子与
-# CPU 内核的 30 个组合上提高 12.5–28 个百分点），并用 pass@1 与 pass@16 说明这是“锐化”：正确答案本来就能
+# CPU 内核的 30 个组合上提高 12.5–28 个百分点），并用 pass@1 与 pass@8 说明这是“锐化”：正确答案本来就能
 # 采样到，GRPO 让贪心解码选中它；并与“同样步数继续 SFT”的对照组比较，
 # 讨论什么时候带验证器的强化学习才划算；最后直接调用 TRL 的 GRPOTrainer 代码核对优势与损失，并实测
 # GRPO 与本书自己的 PPO-RLHF（共享主干的价值头）以及独立价值模型的 PPO 各占多少模型状态内存。
@@ -269,11 +269,11 @@ print(f"groups with zero reward std per round: min {zero.min():.2f}, max {zero.m
       f"(5-round average {smooth.min():.2f}-{smooth.max():.2f}); all right: {zero_right.sum() / zero.sum():.0%} of them")
 
 # %% [markdown]
-# ### Sharpening, measured: greedy accuracy against pass@16 / 锐化的度量：贪心准确率与 pass@16
+# ### Sharpening, measured: greedy accuracy against pass@8 / 锐化的度量：贪心准确率与 pass@8
 #
-# Before and after GRPO the loop also samples 16 answers per held-out prompt at temperature 1. **pass@1** is
-# the share of sampled answers that are right; **pass@16** the share of prompts with at least one right answer
-# among the 16 (`data_eval.metrics.pass_at_k`, the unbiased estimator of the Data & evaluation chapter). And it
+# Before and after GRPO the loop also samples 8 answers per held-out prompt at temperature 1. **pass@1** is
+# the share of sampled answers that are right; **pass@8** the share of prompts with at least one right answer
+# among the 8 (`data_eval.metrics.pass_at_k`, the unbiased estimator of the Data & evaluation chapter). And it
 # pairs the greedy verdicts on the same 400 prompts: how many GRPO *fixed* (wrong at the start, right after)
 # and how many it *broke*. Only those discordant prompts carry evidence, which is what the exact McNemar test
 # weighs: under "GRPO is no better" each of them is a fair coin.
@@ -456,8 +456,8 @@ widgets.interact(show_advantages, p=widgets.FloatSlider(value=0.3, min=0.05, max
 #   · Every token of a response shares one advantage; a group with equal rewards gives no policy-gradient signal.
 # - 目标沿用 PPO 的裁剪概率比，KL 用 k3 估计量直接放进损失：无偏且逐样本非负。
 #   · The objective keeps PPO's clipped ratio and puts a k3 KL estimate, unbiased and non-negative, into the loss.
-# - 在这里 GRPO 主要是“锐化”：pass@16 几乎不变，贪心准确率与 pass@1 上升——它把已经能采样到的正确答案变成首选。
-#   · Here GRPO sharpens: pass@16 barely moves while greedy accuracy and pass@1 rise — reachable answers become the preferred ones.
+# - 在这里 GRPO 主要是“锐化”：pass@8 几乎不变，贪心准确率与 pass@1 上升——它把已经能采样到的正确答案变成首选。
+#   · Here GRPO sharpens: pass@8 barely moves while greedy accuracy and pass@1 rise — reachable answers become the preferred ones.
 # - 可验证奖励由程序给出，没有奖励模型可被“钻空子”；只要有检查器、无需标注答案。
 #   · A verifier is the reward: no reward model to over-optimise, and no labelled answers needed.
 # - 与本书共享主干的 PPO 相比，GRPO 省下的约 1/6 内存来自奖励模型而非评论家；与独立价值模型的 PPO 相比省一半。

@@ -133,7 +133,7 @@ class GRPOConfig:
     format_weight: float = 0.1  # reward = correct + format_weight * [terse format]
     scale_rewards: str = "group"  # advantage normalisation, as TRL's `scale_rewards`
     eval_every: int = 10  # rounds between held-out evaluations
-    eval_samples: int = 16  # n sampled responses per held-out prompt for pass@1 / pass@n, before and after GRPO
+    eval_samples: int = 8  # n sampled responses per held-out prompt for pass@1 / pass@n, before and after GRPO
     sft_target_acc: float = 0.6  # SFT warm start stops once greedy accuracy on training problems >= this
     sft_check_every: int = 5  # ... checked every this many steps (the book LM gains ~10 points per 10 steps there)
     sft_max_steps: int = 300  # ... or after this many steps
