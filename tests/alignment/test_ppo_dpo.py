@@ -172,6 +172,10 @@ def test_train_reward_model_standardises_and_ranks():
     rm, losses = P.train_reward_model(lm, pairs, task, P.RMConfig(steps=200), seed=0)
     assert math.isclose(losses[0], math.log(2), rel_tol=1e-6) and losses[-1] < 0.1  # zero head: log 2
     assert P.pair_accuracy(rm, pairs, task) == 1.0
+    wins = P.pair_wins(rm, pairs, task)
+    half = torch.arange(len(probs)) % 2 == 0
+    assert wins.dtype == torch.bool and wins.all()
+    assert P.pair_accuracy(rm, pairs, task, half, wins) == P.pair_accuracy(rm, pairs, task, half) == 1.0
     prompts = T.encode_arith_prompts(probs)
     with torch.no_grad():
         r = torch.cat([rm(prompts, chosen), rm(prompts, rejected)])

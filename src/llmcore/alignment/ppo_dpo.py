@@ -545,11 +545,18 @@ def pair_kinds(pairs: Pairs) -> dict[str, torch.Tensor]:
 
 
 @torch.no_grad()
-def pair_accuracy(rm: RewardModel, pairs: Pairs, task: S.ArithConfig, subset: torch.Tensor | None = None) -> float:
-    """Fraction of pairs (of the ``subset`` mask ``(B,)``, if given) where ``r(chosen) > r(rejected)``."""
+def pair_wins(rm: RewardModel, pairs: Pairs, task: S.ArithConfig) -> torch.Tensor:
+    """``(B,)`` bool: ``r(chosen) > r(rejected)`` for each pair (one scoring pass over the pairs)."""
     dev = next(rm.parameters()).device
     prompts = T.encode_arith_prompts(pairs.problems, task.n_digits).to(dev)
-    ok = (rm(prompts, pairs.chosen.to(dev)) > rm(prompts, pairs.rejected.to(dev))).cpu()
+    return (rm(prompts, pairs.chosen.to(dev)) > rm(prompts, pairs.rejected.to(dev))).cpu()
+
+
+def pair_accuracy(rm: RewardModel, pairs: Pairs, task: S.ArithConfig, subset: torch.Tensor | None = None,
+                  wins: torch.Tensor | None = None) -> float:
+    """Fraction of pairs (of the ``subset`` mask ``(B,)``, if given) where ``r(chosen) > r(rejected)``;
+    ``wins``: :func:`pair_wins` already computed for these pairs (several subsets, one scoring pass)."""
+    ok = pair_wins(rm, pairs, task) if wins is None else wins
     return float(ok[subset].float().mean() if subset is not None else ok.float().mean())
 
 
@@ -702,10 +709,11 @@ def rlhf_experiment(toy: bool = True, device: torch.device = CPU, seed: int = 0,
     def heldout_kl(model) -> float:
         return sampled_kl(model, sft, ev, task, 4, torch.Generator(device=dev).manual_seed(8))
 
-    return RLHFResult(losses, pair_accuracy(rm, tr_pairs, task), pair_accuracy(rm, ho_pairs, task),
-                      {k: pair_accuracy(rm, ho_pairs, task, m) for k, m in kinds.items()},
-                      pair_accuracy(weak, ho_pairs, task),
-                      {k: pair_accuracy(weak, ho_pairs, task, m) for k, m in kinds.items()},
+    wins, weak_wins = pair_wins(rm, ho_pairs, task), pair_wins(weak, ho_pairs, task)
+    return RLHFResult(losses, pair_accuracy(rm, tr_pairs, task), pair_accuracy(rm, ho_pairs, task, wins=wins),
+                      {k: pair_accuracy(rm, ho_pairs, task, m, wins) for k, m in kinds.items()},
+                      pair_accuracy(weak, ho_pairs, task, wins=weak_wins),
+                      {k: pair_accuracy(weak, ho_pairs, task, m, weak_wins) for k, m in kinds.items()},
                       len(tr_pairs.problems), ppo, nokl, heldout_reward(sft), heldout_reward(ppo.policy),
                       heldout_reward(nokl.policy), heldout_kl(ppo.policy), heldout_kl(nokl.policy), rm_s,
                       sft.num_params())
