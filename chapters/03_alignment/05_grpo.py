@@ -441,8 +441,9 @@ widgets.interact(show_advantages, p=widgets.FloatSlider(value=0.3, min=0.05, max
 # ```{admonition} Hardware and cost card · 硬件与成本
 # :class: tip
 # - **Toy (`python run.py --module grpo --toy`, no SFT cache):** SFT warm start of the book LM + 40 GRPO rounds
-#   of 32 prompts × 4: **61 s wall, 60 s CPU, peak RSS 0.66 GB** on the 2-core CI CPU, measured with
-#   `/usr/bin/time -v` while other jobs ran (load average about 2). It uses one torch thread (`grpo.THREADS`), so
+#   of 32 prompts × 4, and 8 samples per held-out prompt before and after (pass@1 / pass@8): **67 s wall, 65 s CPU,
+#   peak RSS 0.96 GB** on the 2-core CI CPU, measured with `/usr/bin/time -v` while other jobs ran (load average
+#   1.4–2). It uses one torch thread (`grpo.THREADS`), so
 #   the numbers do not depend on the number of cores. The page adds the more-SFT control, the from-scratch warm start and the
 #   TRL cross-check (wall-clock of GRPO and of the control printed above).
 # - **Full (`toy=False`):** 300 rounds of 64 prompts × $G$ = 8 — about 30× the toy's sampled tokens; a GPU run,
