@@ -550,10 +550,11 @@ widgets.interact(play_beta, b=widgets.FloatLogSlider(value=0.5, base=10, min=-2,
 #
 # ```{admonition} Hardware and cost card · 硬件与成本
 # :class: tip
-# - **Toy (this page):** the page executes in 85–98 s with peak RAM 1.1–1.2 GB on the 2-core CPU, one torch
-#   thread (measured under load, the two SFT warm starts — book LM and scratch — already cached): two reward
-#   models, two 25-iteration PPO runs, 60 DPO steps, the TRL cross-check and the evaluations. Training the
-#   warm starts the first time adds 500 steps each.
+# - **Toy (this page):** the page executes in 88–90 s (papermill, kernel start included; 2026-12-01, another
+#   session's job on the second core) with peak RAM 1.1–1.2 GB on the 2-core CPU, one torch thread, the two SFT
+#   warm starts — book LM and scratch — already cached: two reward models, two 25-iteration PPO runs (48 s for
+#   the whole RLHF cell), 60 DPO steps with the TRL cross-check and the evaluations (25 s). Training the warm
+#   starts the first time adds 500 steps each (184 s for the page from empty caches).
 # - **Full (`toy=False`):** PPO 200 iterations of 128 prompts (16× the toy's rollouts, for each of the two PPO
 #   runs) and DPO on the pairs of 4096 prompts: by the toy's rate (about 19 s per 25 × 64 rollouts) some 5
 #   minutes per PPO run on this CPU, and a fraction of that on one GPU (an estimate: no GPU figures are recorded
