@@ -133,7 +133,7 @@ class GRPOConfig:
     format_weight: float = 0.1  # reward = correct + format_weight * [terse format]
     scale_rewards: str = "group"  # advantage normalisation, as TRL's `scale_rewards`
     eval_every: int = 10  # rounds between held-out evaluations
-    eval_samples: int = 8  # n sampled responses per held-out prompt for pass@1 / pass@n, before and after GRPO
+    eval_samples: int = 8  # n sampled (T=1) responses per held-out prompt for pass@1 / pass@n, before and after
     sft_target_acc: float = 0.6  # SFT warm start stops once greedy accuracy on training problems >= this
     sft_check_every: int = 5  # ... checked every this many steps (the book LM gains ~10 points per 10 steps there)
     sft_max_steps: int = 300  # ... or after this many steps
@@ -172,21 +172,15 @@ def reward_fn(problems: np.ndarray, responses: torch.Tensor, format_weight: floa
     return v["correct"].float() + format_weight * v["terse"].float(), v
 
 
-def sampled_pass(model, problems: np.ndarray, task: S.ArithConfig, n: int, temperature: float,
-                 gen: torch.Generator, batch: int = 1600) -> dict[str, float]:
-    """Sample ``n`` responses per problem at ``temperature``: ``{"pass@1", "pass@n"}`` averaged over the problems,
-    with :func:`~llmcore.alignment.data_eval.metrics.pass_at_k` on each problem's ``c`` correct of ``n``.
+def sampled_pass(model, problems: np.ndarray, task: S.ArithConfig, n: int, gen: torch.Generator) -> dict[str, float]:
+    """Sample ``n`` responses per problem at T=1 (:func:`~llmcore.alignment.ppo_dpo.sampled_stats`): ``{"pass@1",
+    "pass@n"}`` averaged over the problems, with :func:`~llmcore.alignment.data_eval.metrics.pass_at_k` on each
+    problem's ``c`` correct of ``n``.
 
     Greedy accuracy asks whether the *most likely* answer is right; pass@n whether the right answer is
     *reachable* in n tries. Their gap is what RL with a verifier can convert by sharpening the policy.
     """
-    dev = next(model.parameters()).device
-    prompts = T.encode_arith_prompts(problems, task.n_digits).repeat_interleave(n, 0)
-    verdicts = []
-    for i in range(0, len(prompts), batch):
-        resp = S.sample(model, prompts[i:i + batch].to(dev), task.max_new_tokens, temperature, generator=gen)
-        verdicts.append(T.verify_arith(np.repeat(problems, n, 0)[i:i + batch], resp.cpu())["correct"].numpy())
-    c = np.concatenate(verdicts).reshape(len(problems), n).sum(1)
+    c = np.rint(P.sampled_stats(model, problems, task, n, gen)["correct"] * n).astype(int)
     return {"pass@1": float(np.mean([M.pass_at_k(n, int(ci), 1) for ci in c])),
             "pass@n": float(np.mean([M.pass_at_k(n, int(ci), n) for ci in c]))}
 
@@ -515,7 +509,7 @@ def experiment(toy: bool = True, device: torch.device = CPU, seed: int = 0, cfg:
     res.eval_steps, res.eval_acc = [0], [acc0]
     res.correct_start = verdicts0
     gen_eval = torch.Generator(device=dev).manual_seed(seed + 3)  # its own stream: GRPO's samples are unaffected
-    res.sampled["start"] = sampled_pass(start, heldout, task, cfg.eval_samples, cfg.temperature, gen_eval)
+    res.sampled["start"] = sampled_pass(start, heldout, task, cfg.eval_samples, gen_eval)
     t0 = time.perf_counter()
     for step in progress(range(1, cfg.steps + 1), desc="GRPO"):
         for g in opt.param_groups:
@@ -529,7 +523,7 @@ def experiment(toy: bool = True, device: torch.device = CPU, seed: int = 0, cfg:
             res.eval_acc.append(float(res.correct_grpo.mean()))
     res.grpo_s = time.perf_counter() - t0
     res.acc_grpo = res.eval_acc[-1]
-    res.sampled["grpo"] = sampled_pass(policy, heldout, task, cfg.eval_samples, cfg.temperature, gen_eval)
+    res.sampled["grpo"] = sampled_pass(policy, heldout, task, cfg.eval_samples, gen_eval)
     # memory held, measured: GRPO vs the book's PPO-RLHF (shared trunk) and PPO with a separate value model
     res.memory_parts = memory_setups(start)
     res.memory = {k: v["total"] for k, v in res.memory_parts.items()}
