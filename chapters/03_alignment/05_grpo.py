@@ -288,10 +288,10 @@ for when, acc in (("SFT start", res.acc_start), ("GRPO", res.acc_grpo)):
 print(f"held-out prompts fixed by GRPO: {fixed}, broken: {broke}; exact McNemar p (one-sided) = {p_value:.1e}")
 
 # %% [markdown]
-# Read the three columns together. pass@8 is already high before GRPO starts (0.885 for seed 0 on this page;
-# 0.84–0.945 over seeds 0–4 × three CPU kernel sets): the right sum is *reachable* for most prompts. What GRPO
+# Read the three columns together. pass@8 is already high before GRPO starts (0.90 for seed 0 on this page;
+# 0.825–0.93 over seeds 0–4 × three CPU kernel sets): the right sum is *reachable* for most prompts. What GRPO
 # changes is which answer the policy prefers — greedy accuracy (+12.5 to +28 points over those 15 runs) and
-# pass@1 (+11 to +21) rise far more than pass@8 (+2 to +10). RL with a verifier here mostly **sharpens** the
+# pass@1 (+11 to +21) rise far more than pass@8 (+3 to +11). RL with a verifier here mostly **sharpens** the
 # distribution towards answers the model could already produce; it teaches little the model never samples
 # (the same observation recent studies make on large reasoning models).
 #
