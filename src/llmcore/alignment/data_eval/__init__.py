@@ -6,6 +6,14 @@ Submodules: :mod:`.clean` (normalisation, quality rules, PII, exact dedup, the r
 :mod:`.experiment` (the closed loop: ``run``), :mod:`.plots` (the diagrams).
 """
 
-from llmcore.alignment.data_eval.experiment import THREADS, DataEvalConfig, make_report, run
+import importlib
 
 __all__ = ["THREADS", "DataEvalConfig", "make_report", "run"]
+
+
+def __getattr__(name: str):
+    """The closed loop's names load on first use (PEP 562): other chapters import :mod:`.metrics` alone (GRPO's
+    McNemar test and pass@k) and must not need this chapter's optional dependencies (datasketch, scikit-learn)."""
+    if name in __all__:
+        return getattr(importlib.import_module("llmcore.alignment.data_eval.experiment"), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
