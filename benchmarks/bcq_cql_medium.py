@@ -27,8 +27,10 @@ from dataclasses import fields, replace
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tools"))
 
 import numpy as np  # noqa: E402
+from robustness import parse_seeds  # noqa: E402
 
 from llmcore.alignment.pg_ac import run_jobs  # noqa: E402
 from llmcore.core.errors import LLMCoreError  # noqa: E402
@@ -41,15 +43,6 @@ from llmcore.offline_rl.bcq_cql import (  # noqa: E402
     cartpole_datasets,
     train_offline,
 )
-
-
-def parse_range(text: str) -> list[int]:
-    """``"0-5"`` -> [0, 1, 2, 3, 4, 5]; ``"0,3"`` -> [0, 3]."""
-    out: list[int] = []
-    for part in text.split(","):
-        lo, _, hi = part.partition("-")
-        out += list(range(int(lo), int(hi or lo) + 1))
-    return out
 
 
 def parse_overrides(items: list[str]) -> dict:
@@ -73,7 +66,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE", help="NeuralConfig override")
     p.add_argument("--workers", type=int, default=1, help="processes (results do not depend on it)")
     args = p.parse_args(argv)
-    seeds, algos = parse_range(args.seeds), args.algos.split(",")
+    seeds, algos = parse_seeds(args.seeds), args.algos.split(",")
     cfg = BCQCQLConfig.for_mode(True)
     cfg = replace(cfg, transitions=args.transitions or cfg.transitions,
                   neural=replace(cfg.neural, **parse_overrides(args.set)))
