@@ -1,8 +1,9 @@
 #!/usr/bin/env python
-"""KV cache vs recomputation, and INT8 vs fp32 weights: greedy decode, same model and prompt, side by side.
+"""KV cache vs recomputation, and each weight / cache format (fp32, INT8 KV cache, bf16, torch's INT8
+weight-only kernel, simulated INT8): greedy decode, same model and prompt, side by side.
 
     python benchmarks/kv_cache.py                      # 512 new tokens, CPU
-    python benchmarks/kv_cache.py --device cuda        # on a GPU: adds torch.cuda.max_memory_allocated
+    python benchmarks/kv_cache.py --device cuda        # on a GPU: adds fp16 and the allocator's growth per model
 
 The model is a randomly initialised LLaMA-style decoder (weights do not change timings); the prompt is
 fixed (``decoding.cache_speedup``, which the Decoding chapter also calls). Prints tokens/s for each side,
@@ -22,7 +23,6 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import torch  # noqa: E402
 
 from llmcore.architecture import decoding as D  # noqa: E402
-from llmcore.architecture import quantization as Q  # noqa: E402
 from llmcore.core import pick_device  # noqa: E402
 
 
@@ -47,13 +47,14 @@ def main() -> None:
     print(f"static cache {r['cache_bytes'] / 2**10:.1f} KiB")
     print(f"speed-up with cache: {r['ratio']:.1f}x (goal >= 5x); identical tokens: {r['same_tokens']}")
 
-    print("\nweights: fp32 vs INT8 per-channel (dequantized on the fly), both with the static cache")
-    for name, m in (("fp32 weights", model), ("int8 weights", Q.quantize_model(model, "int8_channel"))):
-        r = D.measure_decode(m, prompt, a.new_tokens)
-        mem = (f"peak {r['peak_mem'] / 2**20:.1f} MiB (torch.cuda.max_memory_allocated)" if "peak_mem" in r
-               else f"param+buffer bytes {r['weights_bytes'] / 2**20:.2f} MiB (byte accounting)")
-        print(f"{name:<24} {r['tokens_per_s']:9.1f} tok/s   {mem}")
-
+    print("\nweight / cache formats, each model loaded and decoded alone (decoding.precision_report)")
+    rows, skipped = D.precision_report(model, prompt, a.new_tokens)
+    for r in rows:
+        mem = (f"weights {r.weights_mem / 2**20:.1f} MiB, decode peak +{r.decode_mem / 2**20:.1f} MiB (allocator)"
+               if r.weights_mem is not None else f"weights {r.weights_bytes / 2**20:.2f} MiB (byte accounting)")
+        print(f"{r.name:<40} {r.tokens_per_s:9.1f} tok/s   {mem}   KV {r.cache_bytes / 2**10:.1f} KiB   [{r.path}]")
+    for name, why in skipped.items():
+        print(f"{name:<40} not run here: {why}")
 
 if __name__ == "__main__":
     main()

@@ -1,5 +1,5 @@
 """Decoding: beam search vs Hugging Face, speculative decoding, the CUDA path (samplers: test_generate.py;
-caches: test_kv_cache.py)."""
+caches: test_kv_cache.py; the per-format decode: test_lowbit.py)."""
 
 from __future__ import annotations
 
@@ -37,15 +37,10 @@ def test_speculative_equals_target_greedy(k):
     assert self_res.acceptance_rate == 1.0 and torch.equal(self_res.tokens, res.tokens)
 
 
-def test_cuda_path_runs_on_a_gpu_or_fails_clearly_without_one():
-    with pytest.raises(LLMCoreError, match="CUDA"):  # CPU tensors are refused in either case
-        D.cuda_report(tiny(), torch.tensor([[1, 2]]))
-    if torch.cuda.is_available():
-        rows = D.cuda_report(tiny().cuda(), torch.tensor([[1, 2]], device="cuda"), max_new_tokens=8)
-        assert all(r["peak_mem"] >= r["weights_mem"] > 0 and r["tokens_per_s"] > 0 for r in rows.values())
-    else:
-        with pytest.raises(LLMCoreError, match="no CUDA"):
-            D.experiment(toy=True, device="cuda")
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message a machine without a GPU gives")
+def test_cuda_without_a_gpu_fails_clearly():
+    with pytest.raises(LLMCoreError, match="no CUDA"):
+        D.experiment(toy=True, device="cuda")
 
 
 def test_plot_kv_cache_growth_draws_one_square_per_position_and_step():

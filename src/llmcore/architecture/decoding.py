@@ -13,13 +13,18 @@ the samplers and the one generation loop in :mod:`llmcore.architecture.generate`
   output is *exactly* the target's greedy output. Both caches are cropped back after a rejection.
 * **Measurements**: cache size $2 \cdot L \cdot K \cdot D \cdot \text{bytes} \cdot S \cdot B$ against
   :func:`kv_cache_bytes`, tokens/s, and (on CUDA) allocator peaks; weight/KV quantization perplexity.
+* **Precision, real and simulated**: :func:`precision_report` decodes each format alone -- fp32, an INT8 KV
+  cache, bf16 (fp16 on CUDA) weights and torch's INT8 weight-only kernel (:mod:`~llmcore.architecture.lowbit`)
+  beside the simulated INT8 of :mod:`~llmcore.architecture.quantization` -- and labels which is which.
 """
 
 from __future__ import annotations
 
 import copy
+import gc
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
@@ -46,6 +51,7 @@ from llmcore.architecture.kv_cache import (  # noqa: F401  (re-exported for the 
     kv_cache_bytes,
 )
 from llmcore.architecture.llama import Llama, ModelConfig
+from llmcore.architecture.lowbit import cast_model, has_int8pack_mm, int8_weight_only
 from llmcore.architecture.pretrained import corpus_ids, tiny_lm
 from llmcore.architecture.speculative import (  # noqa: F401  (re-exported for the chapter)
     SpeculativeResult,
@@ -157,11 +163,12 @@ def param_bytes(model: torch.nn.Module) -> int:
 
 
 def measure_decode(model, prompt: torch.Tensor, max_new_tokens: int, cache: str | object | None = "static") -> dict:
-    """Greedy-decode and report tokens/s, cache bytes and (on CUDA) ``torch.cuda.max_memory_allocated``.
+    """Greedy-decode and report tokens/s, the model's and the cache's bytes, and on CUDA the allocator's growth.
 
-    On CUDA: ``weights_mem`` is the allocator's count after loading the model, ``peak_mem`` the peak
-    during decoding, ``kv_mem`` the growth attributable to the cache (peak minus weights minus the
-    prompt). On CPU the same keys hold byte-accounted numbers (parameter/buffer and cache tensors).
+    ``weights_bytes`` and ``cache_bytes`` are byte-accounted (this model's parameters and buffers; the filled
+    cache's tensors) on every device. On CUDA, ``decode_mem`` is the peak of ``torch.cuda.max_memory_allocated``
+    during the decode minus the allocation before it: the KV cache *plus* the activations, and nothing of any
+    other model that happens to be loaded (the allocator's absolute count would include them).
     """
     dev = prompt.device
     if dev.type == "cuda":
@@ -171,25 +178,81 @@ def measure_decode(model, prompt: torch.Tensor, max_new_tokens: int, cache: str 
         base = torch.cuda.memory_allocated(dev)
     res = generate(model, prompt, max_new_tokens, cache=cache)
     out = {"tokens_per_s": max_new_tokens / res.wall_s, "wall_s": res.wall_s, "cache_bytes": res.cache_bytes,
-           "weights_bytes": param_bytes(model), "memory_source": "byte accounting (CPU)"}
+           "weights_bytes": param_bytes(model), "memory_source": "byte accounting", "tokens": res.tokens}
     if dev.type == "cuda":
-        peak = torch.cuda.max_memory_allocated(dev)
-        out.update(weights_mem=base, peak_mem=peak, kv_mem=peak - base,
-                   memory_source="torch.cuda.max_memory_allocated")
+        out.update(decode_mem=torch.cuda.max_memory_allocated(dev) - base,
+                   memory_source="byte accounting + torch.cuda.max_memory_allocated")
     return out
 
 
-def cuda_report(model, prompt: torch.Tensor, max_new_tokens: int = 256) -> dict:
-    """The GPU-backed numbers: fp32 vs INT8-weight model, static cache vs INT8 cache (needs CUDA)."""
-    if prompt.device.type != "cuda":
-        raise LLMCoreError("cuda_report needs a model and prompt on a CUDA device (device='cuda'); "
-                           "no GPU is available here")
-    max_new_tokens = min(max_new_tokens, model.config.max_seq_len + 1 - prompt.shape[1])  # stay within RoPE's range
-    rows = {"fp32 weights, fp32 cache": measure_decode(model, prompt, max_new_tokens)}
-    rows["fp32 weights, int8 cache"] = measure_decode(model, prompt, max_new_tokens, cache="int8")
-    qm = Q.quantize_model(copy.deepcopy(model), "int8_channel")
-    rows["int8 weights, fp32 cache"] = measure_decode(qm, prompt, max_new_tokens)
+@dataclass
+class PrecisionRow:
+    """One weight / cache format, loaded and decoded alone (:func:`precision_report`)."""
+
+    name: str
+    path: str  # "real": torch kernels compute in this format; otherwise what is real and what is simulated
+    weights_bytes: int  # this model's parameters + buffers (byte accounting)
+    cache_bytes: int  # the filled KV cache's tensors
+    tokens_per_s: float
+    agreement: float  # share of the greedy tokens equal to the fp32 model's
+    weights_mem: int | None = None  # CUDA: allocator growth when this model alone was moved to the GPU
+    decode_mem: int | None = None  # CUDA: peak growth during the decode = KV cache + activations
+
+
+def precision_formats(device: torch.device) -> list[tuple[str, str, Callable, str]]:
+    """``(name, path, build(model) -> model, cache)`` for each format :func:`precision_report` decodes."""
+    rows = [("fp32 weights, fp32 cache", "real", copy.deepcopy, "static"),
+            ("fp32 weights, int8 KV cache", "int8 cache storage is real; dequantized to fp32 on read", copy.deepcopy,
+             "int8"),
+            ("bf16 weights, bf16 cache", "real", lambda m: cast_model(m, torch.bfloat16), "static")]
+    if device.type == "cuda":  # fp16 matmuls on a CPU are slow emulations
+        rows.append(("fp16 weights, fp16 cache", "real", lambda m: cast_model(m, torch.float16), "static"))
+    if has_int8pack_mm():
+        rows.append(("int8 weight-only (W8A16 kernel)", "real: aten._weight_int8pack_mm", int8_weight_only, "static"))
+    rows.append(("int8 weights, dequantized per forward", "simulated: int8 storage, whole matrix dequantized to fp32 "
+                 "each forward", lambda m: Q.quantize_model(m, "int8_channel"), "static"))
     return rows
+
+
+def precision_report(model, prompt: torch.Tensor, max_new_tokens: int) -> tuple[list[PrecisionRow], dict[str, str]]:
+    """Decode ``max_new_tokens`` greedily in each format of :func:`precision_formats`, one model at a time.
+
+    Each variant is built from a CPU copy of ``model``, moved to ``prompt``'s device, warmed up (two tokens,
+    untimed), measured and freed before the next, so on CUDA its ``weights_mem`` (allocator growth on loading) and ``decode_mem`` (peak
+    growth while decoding) count that model alone. Returns the rows and ``{name: reason}`` for formats that
+    this device / torch build cannot run (skipped with that one-line reason, not an error).
+    """
+    dev = prompt.device
+    max_new_tokens = min(max_new_tokens, model.config.max_seq_len + 1 - prompt.shape[1])  # stay within RoPE's range
+    master = copy.deepcopy(model).cpu().eval()
+    rows, skipped, ref = [], {}, None
+    for name, path, build, cache in precision_formats(dev):
+        if dev.type == "cuda":
+            gc.collect()
+            torch.cuda.empty_cache()
+            before = torch.cuda.memory_allocated(dev)
+        try:
+            m = build(master).to(dev).eval()
+            loaded = torch.cuda.memory_allocated(dev) - before if dev.type == "cuda" else None
+            generate(m, prompt, 2, cache=cache)  # warm-up: first-call allocations and kernel selection untimed
+            r = measure_decode(m, prompt, max_new_tokens, cache=cache)
+        except (RuntimeError, NotImplementedError) as e:  # a kernel this device / build lacks
+            skipped[name] = f"{type(e).__name__}: {str(e).splitlines()[0][:160]}"
+            continue
+        ref = r["tokens"] if ref is None else ref
+        agree = float((r["tokens"][0, prompt.shape[1]:] == ref[0, prompt.shape[1]:]).float().mean())
+        rows.append(PrecisionRow(name, path, r["weights_bytes"], r["cache_bytes"], r["tokens_per_s"], agree,
+                                 loaded, r.get("decode_mem")))
+        del m
+    return rows, skipped
+
+
+def w8a16_vs_simulated(model, ids: torch.Tensor) -> float:
+    """max |logits(W8A16 kernel) - logits(simulated int8_channel)| / max |logits|, on ``ids`` (same q and s)."""
+    with torch.no_grad():
+        sim = Q.quantize_model(model, "int8_channel")(ids).float()
+        real = int8_weight_only(model)(ids).float()
+    return float((real - sim).abs().max() / sim.abs().max())
 
 
 def timing_curve(model, prompt: torch.Tensor, max_new_tokens: int, cache: str | None) -> list[float]:
@@ -303,7 +366,9 @@ class DecodingResults:
     quant: dict[str, dict]  # scheme -> {ppl, bytes..., err}
     kv_int8: dict[str, float]
     fp8_equal: dict[str, bool]
-    cuda: dict | None = None
+    precision: list[PrecisionRow] = field(default_factory=list)  # every weight / cache format decoded alone
+    precision_skipped: dict[str, str] = field(default_factory=dict)  # format -> why this device cannot run it
+    w8a16_rel_diff: float | None = None  # W8A16 kernel vs the simulated INT8 model (None: no kernel in this torch)
     stage_s: dict[str, float] = field(default_factory=dict)  # wall seconds per stage (machine-dependent)
 
 
@@ -399,10 +464,14 @@ def experiment(toy: bool = True, device: str = "auto", seed: int = 0) -> Decodin
         fp8_equal[fmt] = torch.equal(Q.fp8_round(xc, fmt), xc.to(dtype).float())
 
     lap("int8 KV cache + fp8")
-    cuda = cuda_report(target, prompt, 256 if toy else 1024) if dev.type == "cuda" else None
-    lap("cuda")
+    # every weight / cache format decoded alone: real bf16 / fp16 / W8A16 kernels beside the simulated INT8
+    precision, skipped = precision_report(target, prompt, 128 if toy else 1024)
+    w8a16 = w8a16_vs_simulated(target, val_ids[: target.config.max_seq_len][None].to(dev)) if has_int8pack_mm() \
+        else None
+    lap("precision")
     return DecodingResults(toy, str(dev), sdiff, beam_equal, ours, cache_equal, cache_bytes, timing, spec,
-                           base.wall_s, spec_equal, spec_sampling, quant, kv_int8, fp8_equal, cuda, stage_s)
+                           base.wall_s, spec_equal, spec_sampling, quant, kv_int8, fp8_equal, precision, skipped,
+                           w8a16, stage_s)
 
 
 def make_report(res: DecodingResults, toy: bool, device: str, seed: int):
@@ -456,10 +525,15 @@ def make_report(res: DecodingResults, toy: bool, device: str, seed: int):
     rep.check("same test on draft samples rejects them (chi-square p)", ss["chi2_p_draft_samples"], "<=", 1e-6)
     rep.check("first-position acceptance vs sum(min(p, q)) (standard errors)",
               abs(ss["acceptance_1"] - ss["acceptance_1_closed_form"]) / ss["acceptance_1_se"], "<=", 4.0)
-    if res.cuda:
-        for name, row in res.cuda.items():
-            rep.notes.append(f"CUDA {name}: {row['tokens_per_s']:.0f} tok/s, peak {row['peak_mem'] / 2**20:.2f} MiB, "
-                             f"weights {row['weights_mem'] / 2**20:.2f} MiB")
+    fp32_bytes = res.precision[0].weights_bytes if res.precision else 0
+    for row in res.precision:
+        rep.metric(f"{row.name}: weight bytes / fp32", row.weights_bytes / fp32_bytes)
+        rep.metric(f"{row.name}: greedy agreement with fp32", row.agreement)
+    if res.w8a16_rel_diff is not None:  # a kernel-vs-simulation equality (the chapter asserts it), not a criterion
+        rep.metric("INT8 weight-only kernel (W8A16) vs the simulated INT8 model: max rel. logit diff",
+                   res.w8a16_rel_diff)
+    for name, why in res.precision_skipped.items():
+        rep.notes.append(f"{name}: not run on this device ({why})")
     return rep
 
 

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 
 import torch
 
+from llmcore.architecture.lowbit import has_int8pack_mm
 from llmcore.architecture.quantization import int8_matmul, quantize_absmax
 from llmcore.core.device import CPU
 from llmcore.core.errors import LLMCoreError
@@ -30,10 +31,6 @@ from llmcore.engineering.cuda_precision.roofline import time_fn
 
 def has_int_mm() -> bool:
     return hasattr(torch, "_int_mm")
-
-
-def has_int8pack_mm() -> bool:
-    return hasattr(torch.ops.aten, "_weight_int8pack_mm")
 
 
 def int8_gemm(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
