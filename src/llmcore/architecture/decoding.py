@@ -218,9 +218,10 @@ def precision_report(model, prompt: torch.Tensor, max_new_tokens: int) -> tuple[
     """Decode ``max_new_tokens`` greedily in each format of :func:`precision_formats`, one model at a time.
 
     Each variant is built from a CPU copy of ``model``, moved to ``prompt``'s device, warmed up (two tokens,
-    untimed), measured and freed before the next, so on CUDA its ``weights_mem`` (allocator growth on loading) and ``decode_mem`` (peak
-    growth while decoding) count that model alone. Returns the rows and ``{name: reason}`` for formats that
-    this device / torch build cannot run (skipped with that one-line reason, not an error).
+    untimed), measured and freed before the next, so on CUDA its ``weights_mem`` (allocator growth on
+    loading) and ``decode_mem`` (peak growth while decoding) count that model alone. Returns the rows and
+    ``{name: reason}`` for formats that this device / torch build cannot run (skipped with that one-line
+    reason, not an error).
     """
     dev = prompt.device
     max_new_tokens = min(max_new_tokens, model.config.max_seq_len + 1 - prompt.shape[1])  # stay within RoPE's range
