@@ -593,6 +593,10 @@ widgets.interact(show_distribution,
 #   distributed exactly as the target's.
 # - INT8 逐通道量化使权重字节减半且困惑度几乎不变；分组 INT4 减到约四分之一，困惑度略升。 · Per-channel
 #   INT8 halves weight bytes at almost no perplexity cost; group-wise INT4 quarters them for a small rise.
+# - 模拟量化（先反量化再做 fp32 乘法）能测误差与存储；速度与内存要用真实内核（bf16、W8A16 的
+#   `_weight_int8pack_mm`）测，并且每个模型单独测。 · A simulated format (dequantize, then multiply in fp32)
+#   measures error and storage; speed and memory need the real kernels (bf16, torch's W8A16
+#   `_weight_int8pack_mm`), each model measured alone.
 # ```
 #
 # ## Exercises / 练习
