@@ -31,6 +31,7 @@ from matplotlib.patches import FancyBboxPatch
 
 from llmcore.core.device import CPU
 from llmcore.core.errors import LLMCoreError, check_range
+from llmcore.core.jobs import run_jobs
 from llmcore.core.progress import progress
 from llmcore.core.report import Report
 from llmcore.foundation_rl.gae import bootstrap_truncation, compute_gae, discounted_returns, normalize
@@ -268,31 +269,9 @@ def train(cfg: PGConfig, seed: int = 0, device: str = "cpu", show_progress: bool
     return res
 
 
-def _call(job: tuple):
-    fn, args = job
-    return fn(*args)
-
-
-def run_jobs(jobs: list[tuple], workers: int | None = None, parallel: bool = True) -> list:
-    """Call each ``(fn, args)`` of ``jobs`` and return the results in order, in up to ``workers`` processes
-    (default: up to 2 CPUs). ``fn`` must be importable (module level) and seed itself.
-
-    Each job is seeded inside and uses one thread, so the results are identical to calling the jobs one
-    after another — only the wall-clock changes. Uses the ``spawn`` start method, safe from a notebook kernel.
-    """
-    import multiprocessing as mp
-    import os
-    from concurrent.futures import ProcessPoolExecutor
-
-    workers = workers or min(2, os.cpu_count() or 1, len(jobs))
-    if workers <= 1 or not parallel:
-        return [_call(j) for j in jobs]
-    with ProcessPoolExecutor(max_workers=workers, mp_context=mp.get_context("spawn")) as ex:
-        return list(ex.map(_call, jobs))
-
-
 def train_many(jobs: list[tuple[PGConfig, int]], device: str = "cpu", workers: int | None = None) -> list[TrainResult]:
-    """Run independent ``(config, seed)`` training jobs with :func:`run_jobs` (in processes unless on cuda)."""
+    """Run independent ``(config, seed)`` training jobs with :func:`~llmcore.core.jobs.run_jobs` (in processes unless
+    on cuda): each job seeds itself and uses one thread, so the results equal a run one after another."""
     return run_jobs([(train, (cfg, seed, device)) for cfg, seed in jobs], workers,
                     parallel=not str(device).startswith("cuda"))
 
