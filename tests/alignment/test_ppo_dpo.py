@@ -1,7 +1,10 @@
 """Preference losses: Bradley–Terry, PPO clipping by hand, DPO/IPO against TRL's DPOTrainer on the same model."""
 
 import copy
+import dataclasses
+import json
 import math
+import shutil
 
 import numpy as np
 import pytest
@@ -9,11 +12,13 @@ import torch
 import torch.nn.functional as F
 from matplotlib.figure import Figure
 from matplotlib.text import Annotation
+from transformers import LlamaForCausalLM
 
 from llmcore.alignment import ppo_dpo as P
 from llmcore.alignment import sft as S
 from llmcore.alignment import tasks as T
 from llmcore.architecture.llama import Llama
+from llmcore.core.device import CPU
 from llmcore.core.errors import LLMCoreError
 
 
@@ -216,3 +221,63 @@ def test_rlhf_pipeline_diagram_has_every_box_and_arrow():
     # the PPO loop (rollout <-> policy) and DPO fed by the pairs and the reference, not by the reward model
     assert {("policy", "rollout"), ("rollout", "policy"), ("label", "dpo"), ("ref", "dpo")} <= set(P.RLHF_ARROWS)
     assert not any(b == "dpo" and a == "rm" for a, b in P.RLHF_ARROWS)
+
+
+# ---- the shipped SFT warm start ----------------------------------------------------------------------------
+def test_recipe_trains_what_arith_sft_model_trains():
+    """The recipe (which keeps the losses) and the cached warm start are one loop: equal weights, bit for bit."""
+    tiny = S.ArithConfig(init="scratch", d_model=32, n_layers=1, n_heads=2, sft_batch=8, sft_steps=5)
+    ours, losses = P.recipe_warm_start(tiny, 3, desc=None)
+    theirs = S.arith_sft_model(tiny, "cpu", 3, cache=False)
+    assert len(losses) == 5
+    for name, value in theirs.state_dict().items():
+        assert torch.equal(ours.state_dict()[name], value), name
+    with pytest.raises(LLMCoreError, match="fixed step budget"):
+        P.recipe_warm_start(dataclasses.replace(tiny, sft_target_acc=0.5))
+
+
+@pytest.mark.parametrize("init", S.INITS)
+def test_shipped_warm_start_is_the_recipes(init):
+    """Each log belongs to the default task and seed, and the recipe's first 6 steps reproduce its losses
+    (the tolerance covers other CPUs' float kernels)."""
+    _, log = P.read_shipped_warm_start(init)
+    task = P.dpo_task(P.DPOConfig(init=init))
+    assert P.is_shipped(task, P.WARM_START_SEED) and not P.is_shipped(task, 1)
+    assert log["steps"] == task.sft_steps == len(log["loss"]) and log["seed"] == P.WARM_START_SEED
+    assert log["task"] == json.loads(json.dumps(dataclasses.asdict(task)))
+    _, first = P.recipe_warm_start(task, P.WARM_START_SEED, stop_after=6, desc=None)
+    assert first == pytest.approx(log["loss"][:6], abs=2e-3)
+    assert log["loss"][-1] < 1.0 < log["loss"][0]  # it learned
+
+
+def test_warm_start_model_loads_the_shipped_weights_and_leaves_the_rng_as_training_would():
+    model = P.warm_start_model(P.DPOConfig(beta=0.1), CPU, P.WARM_START_SEED)  # beta does not change the warm start
+    after = torch.get_rng_state()
+    sd, log = P.read_shipped_warm_start()
+    assert model.warm_start_steps == log["steps"]
+    assert all(torch.equal(sd[name], value) for name, value in model.state_dict().items())
+    torch.manual_seed(P.WARM_START_SEED)  # the trained path: seed, then build the task's initial model
+    P.dpo_task(P.DPOConfig()).initial_model()
+    assert torch.equal(torch.get_rng_state(), after)
+
+
+def test_hf_loads_the_shipped_warm_start():
+    ours = P.warm_start_model(P.DPOConfig(), CPU, P.WARM_START_SEED).eval()
+    hf = LlamaForCausalLM.from_pretrained(P.shipped_warm_start_path()).eval()
+    x = torch.tensor([T.encode(T.arith_prompt_text(12, 34, 2), add_bos=True)])
+    with torch.no_grad():
+        assert torch.allclose(ours(x), hf(x).logits, atol=1e-4)
+
+
+def test_missing_or_corrupt_warm_start_is_one_clear_error(tmp_path):
+    bad = tmp_path / "arith_sft"
+    shutil.copytree(P.shipped_warm_start_path(), bad)
+    data = (bad / "model.safetensors").read_bytes()
+    (bad / "model.safetensors").write_bytes(data[: len(data) // 2])  # a truncated copy
+    with pytest.raises(LLMCoreError, match="corrupt.*python -m llmcore.alignment.ppo_dpo"):
+        P.warm_start_model(P.DPOConfig(), CPU, P.WARM_START_SEED, path=bad)
+    (bad / "training_log.json").unlink()
+    with pytest.raises(LLMCoreError, match="lacks training_log.json"):
+        P.read_shipped_warm_start(path=bad)
+    with pytest.raises(LLMCoreError, match="init must be one of"):
+        P.shipped_warm_start_path("random")

@@ -32,17 +32,23 @@ Shapes: ``B`` pairs, ``P`` prompt length, ``L`` response length.
 
 from __future__ import annotations
 
+import argparse
 import copy
 import dataclasses
 import json
 import os
+import platform
 import tempfile
 import time
 from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+from safetensors import SafetensorError
+from safetensors.torch import load_file
 
 from llmcore.alignment import sft as S
 from llmcore.alignment import tasks as T
@@ -51,6 +57,7 @@ from llmcore.core.device import CPU
 from llmcore.core.errors import LLMCoreError
 from llmcore.core.progress import progress
 from llmcore.core.report import Report
+from llmcore.core.seed import seed_everything
 
 TERSE_BONUS = 0.5  #: weight of the style preference in the true reward
 STYLE_GAIN = 0.5  #: DPO must remove at least this share of the SFT's non-terse answers (sampled) ...
@@ -342,9 +349,107 @@ def our_dpo_loss(policy, ref, pairs: Pairs, task: S.ArithConfig, beta: float, lo
         return float(dpo_loss(lc, lr, rc, rr, beta, loss_type, nc, nr))
 
 
+# ---- the SFT warm starts, shipped with the package -----------------------------------------------------------
+#: The seed of the shipped warm starts (``src/llmcore/data/arith_sft/<init>``): :func:`dpo_task` of the default
+#: :class:`DPOConfig` -- 500 AdamW steps of 32 problems -- from the book LM (``book_lm``: PPO-RLHF and DPO start
+#: from it) and from random weights (``scratch``: the comparison at equal steps); about 42 s of one CPU core
+#: each. The chapter's 90 s budget cannot hold their training beside the closed loops, so they ship the way
+#: the book LM does: weights, the recipe (:func:`train_warm_start_recipe`, ``python -m
+#: llmcore.alignment.ppo_dpo``) and the loss logs. Any other configuration or seed is trained and cached by
+#: :func:`~llmcore.alignment.sft.arith_sft_model`, as before.
+WARM_START_SEED = 0
+WARM_START_FILES = ("config.json", "model.safetensors", "training_log.json")
+
+
+def shipped_warm_start_path(init: str = "book_lm") -> Path:
+    """Where the shipped warm start of ``init`` (``"book_lm"`` or ``"scratch"``) lives in the installed package."""
+    if init not in S.INITS:
+        raise LLMCoreError(f"init must be one of {S.INITS}, got {init!r}")
+    return Path(str(resources.files("llmcore") / "data" / "arith_sft" / init))
+
+
+def is_shipped(task: S.ArithConfig, seed: int) -> bool:
+    """Whether ``(task, seed)`` is one of the shipped warm starts (the default task from either init, seed 0)."""
+    return seed == WARM_START_SEED and dataclasses.replace(task, init="book_lm") == dpo_task(DPOConfig())
+
+
+def recipe_warm_start(task: S.ArithConfig, seed: int = 0, device: str | torch.device = "cpu",
+                      stop_after: int | None = None, desc: str | None = "SFT warm start (recipe)",
+                      ) -> tuple[Llama, list[float]]:
+    """The warm start of ``task`` trained as :func:`~llmcore.alignment.sft.arith_sft_model` trains it (same seed,
+    initial model, batches, optimiser and loop; a fixed step budget), returning the loss per step too, which
+    that cached function does not keep. ``stop_after``: only the first steps (the test of the shipped logs)."""
+    if task.sft_target_acc is not None:
+        raise LLMCoreError("the shipped warm start has a fixed step budget; sft_target_acc must be None")
+    torch.manual_seed(seed)
+    model = task.initial_model().to(device)
+    train_set, _ = T.arith_split(task)
+    losses = S.train_packed(model, S.arith_batches(train_set, task, np.random.default_rng(seed)), task.sft_steps,
+                            opt=S.arith_optimizer(model, task.sft_lr), warmup=None, grad_clip=task.sft_grad_clip,
+                            logits_fn=S.causal_logits, desc=desc, stop_after=stop_after)
+    return model, losses
+
+
+def train_warm_start_recipe(out: str | Path | None = None, device: str | torch.device = "cpu") -> Path:
+    """Train the shipped warm starts (:func:`dpo_task` of the default :class:`DPOConfig` from each init, seed
+    :data:`WARM_START_SEED`) and write each in HF layout, with its loss log, to ``out/<init>`` (default: the
+    package's ``data/arith_sft``)."""
+    out = Path(out) if out is not None else shipped_warm_start_path().parent
+    for init in S.INITS:
+        task = dpo_task(DPOConfig(init=init))
+        t0 = time.perf_counter()
+        model, losses = recipe_warm_start(task, WARM_START_SEED, device, desc=f"SFT warm start from {init} (recipe)")
+        model.save_pretrained(out / init)  # a tied lm_head is stored once
+        log = {"loss": losses, "steps": task.sft_steps, "seed": WARM_START_SEED, "task": dataclasses.asdict(task),
+               "train_s": round(time.perf_counter() - t0, 1), "torch": torch.__version__,
+               "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, {torch.backends.cpu.get_cpu_capability()}"}
+        (out / init / "training_log.json").write_text(json.dumps(log))
+    return out
+
+
+def read_shipped_warm_start(init: str = "book_lm", path: str | Path | None = None) -> tuple[dict[str, torch.Tensor], dict]:
+    """The shipped warm start's state dict (tied head filled in) and its training log; a missing or corrupt
+    file is one clear :class:`LLMCoreError` naming the fix."""
+    path = Path(path) if path is not None else shipped_warm_start_path(init)
+    fix = ("restore it with `git checkout -- src/llmcore/data/arith_sft` or retrain it with "
+           "`python -m llmcore.alignment.ppo_dpo` (about a minute per warm start on one CPU core)")
+    missing = [f for f in WARM_START_FILES if not (path / f).is_file()]
+    if missing:
+        raise LLMCoreError(f"SFT warm start {path} lacks {', '.join(missing)}; {fix}")
+    try:
+        log = json.loads((path / "training_log.json").read_text())
+        sd = load_file(str(path / "model.safetensors"))
+        sd.setdefault("lm_head.weight", sd["model.embed_tokens.weight"])
+    except (SafetensorError, ValueError, KeyError, OSError) as e:
+        raise LLMCoreError(f"SFT warm start {path} is corrupt ({type(e).__name__}: "
+                           f"{str(e).splitlines()[0][:120]}); {fix}") from None
+    return sd, log
+
+
+def warm_start_model(cfg: DPOConfig, device: torch.device = CPU, seed: int = 0, path: str | Path | None = None) -> Llama:
+    """The SFT warm start of ``cfg`` (``cfg.init`` says from where): the shipped one when ``(task, seed)`` is
+    (:func:`is_shipped`), otherwise :func:`~llmcore.alignment.sft.arith_sft_model` (trained once, then cached).
+    Either way the model is built after ``torch.manual_seed(seed)`` from the task's initial model, so the
+    global RNG ends in the same state and the runs that follow are the same whether the weights were
+    shipped, trained or loaded. ``path``: another copy of the shipped folder (tests)."""
+    task = dpo_task(cfg)
+    if not is_shipped(task, seed):
+        return S.arith_sft_model(task, device, seed)
+    torch.manual_seed(seed)
+    model = task.initial_model()
+    sd, log = read_shipped_warm_start(task.init, path)
+    try:
+        model.load_state_dict(sd)
+    except RuntimeError as e:
+        raise LLMCoreError(f"SFT warm start does not fit the model ({str(e).splitlines()[0][:120]}); retrain it "
+                           "with `python -m llmcore.alignment.ppo_dpo`") from None
+    model.warm_start_steps = log["steps"]
+    return model.to(device)
+
+
 def _frozen_sft_start(cfg: DPOConfig, device: torch.device, seed: int):
-    """Build the task and its train / held-out split, and load the cached SFT model frozen. Shared by
-    DPO and PPO-RLHF. ``device`` and the seeding (``seed_everything(seed, THREADS)``) are resolved once
+    """Build the task and its train / held-out split, and load the SFT warm start (shipped or cached)
+    frozen. Shared by DPO and PPO-RLHF. ``device`` and the seeding (``seed_everything(seed, THREADS)``) are resolved once
     by the caller (registry or chapter).
 
     Returns ``(device, task, train, heldout, sft_model)``.
@@ -352,7 +457,7 @@ def _frozen_sft_start(cfg: DPOConfig, device: torch.device, seed: int):
     dev = device
     task = dpo_task(cfg)
     train, heldout = T.arith_split(task)
-    sft = S.arith_sft_model(task, dev, seed).eval()
+    sft = warm_start_model(cfg, dev, seed).eval()
     for p in sft.parameters():
         p.requires_grad_(False)
     return dev, task, train, heldout, sft
@@ -367,11 +472,24 @@ def warm_start_comparison(cfg: DPOConfig, device: torch.device = CPU, seed: int 
     for init in ("book_lm", "scratch"):
         task = dpo_task(dataclasses.replace(cfg, init=init))
         heldout = T.arith_split(task)[1]
-        model = S.arith_sft_model(task, device, seed).eval()
+        model = warm_start_model(dataclasses.replace(cfg, init=init), device, seed).eval()
         out[init] = S.arith_accuracy(model, heldout, task)
         out[init]["reward"] = float(prompt_rewards(model, heldout[:n_eval], task, 4,
                                                    torch.Generator(device=device).manual_seed(7)).mean())
     return out
+
+
+def dpo_with_comparison(toy: bool = True, device: torch.device = CPU, seed: int = 0, cfg: DPOConfig | None = None,
+                        ) -> tuple[DPOResult, dict[str, dict[str, float]]]:
+    """:func:`dpo_experiment`, then :func:`warm_start_comparison`, as one job that seeds itself
+    (``seed_everything(seed, THREADS)``), so that the chapter can run it in a worker process
+    (:func:`llmcore.core.jobs.background`) beside PPO-RLHF. Each call seeds its own generators, so the
+    numbers are those of the two calls made one after another in one process."""
+    seed_everything(seed, THREADS)
+    cfg_ws = cfg or DPOConfig()
+    # a seed without shipped warm starts: train the scratch one first, while the caller trains the book LM's
+    warm_start_model(dataclasses.replace(cfg_ws, init="scratch"), device, seed)
+    return dpo_experiment(toy, device, seed, cfg), warm_start_comparison(cfg_ws, device, seed)
 
 
 def dpo_experiment(toy: bool = True, device: torch.device = CPU, seed: int = 0, cfg: DPOConfig | None = None,
@@ -799,3 +917,21 @@ def plot_rlhf_pipeline(ax):
     ax.set_title("RLHF: SFT → reward model → PPO with a KL penalty to the reference; DPO: the same pairs, "
                  "no reward model, no sampling", fontsize=8.5)
     return ax
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description="Train the shipped SFT warm start of the PPO / DPO chapter (the recipe; "
+                                             "about a minute on one CPU core).")
+    ap.add_argument("--out", default=None, help="folder (default: the package's data/arith_sft)")
+    ap.add_argument("--device", default="cpu")
+    args = ap.parse_args(argv)
+    try:
+        print(f"wrote {train_warm_start_recipe(args.out, args.device)}")
+    except LLMCoreError as e:
+        print(f"error: {e}")
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
