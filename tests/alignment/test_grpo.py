@@ -163,6 +163,20 @@ def test_warm_start_records_its_steps(tmp_path, monkeypatch):
     assert all(torch.equal(a, b) for a, b in zip(trained.state_dict().values(), loaded.state_dict().values()))
 
 
+def test_comparisons_job_equals_the_experiments_own(tmp_path, monkeypatch):
+    """The chapter runs the scratch start and the SFT control as a separate job (in a worker process): its
+    numbers are those experiment(scratch=True, control=True) computes, and the GRPO run does not change."""
+    monkeypatch.setenv("LLMCORE_OUTPUT", str(tmp_path))
+    task = S.ArithConfig(init="scratch", d_model=32, n_layers=1, n_heads=2, sft_batch=8, sft_steps=6)
+    cfg = G.GRPOConfig(steps=2, prompts_per_step=4, group_size=2, eval_every=1, eval_samples=2)
+    both = G.experiment(cfg=cfg, task=task, seed=1)
+    alone = G.experiment(cfg=cfg, task=task, seed=1, scratch=False, control=False)
+    acc_scratch, (accs, final, _) = G.comparisons(cfg, seed=1, task=task)
+    assert (acc_scratch, accs, final) == (both.acc_scratch, both.control_acc, both.acc_sft_control)
+    assert len(accs) == 1 + cfg.steps // cfg.eval_every
+    assert alone.eval_acc == both.eval_acc and alone.history == both.history
+
+
 def test_round_lr_linear_equals_hf_schedule():
     """Linear decay to 0 by hand and as transformers' get_linear_schedule_with_warmup (no warmup)."""
     from transformers import get_linear_schedule_with_warmup

@@ -42,10 +42,12 @@ from llmcore.alignment import ppo_dpo as P
 from llmcore.alignment import sft as S
 from llmcore.alignment import tasks as T
 from llmcore.alignment.data_eval import metrics as M
+from llmcore.architecture.llama import Llama
 from llmcore.core.device import CPU
 from llmcore.core.errors import LLMCoreError, check_range
 from llmcore.core.progress import progress
 from llmcore.core.report import Report
+from llmcore.core.seed import seed_everything
 
 
 # ---- the math ---------------------------------------------------------------------------------------
@@ -474,6 +476,61 @@ def warm_start_task(cfg: GRPOConfig) -> S.ArithConfig:
                          sft_check_every=cfg.sft_check_every)
 
 
+def scratch_accuracy(task: S.ArithConfig, steps: int, device: torch.device, seed: int) -> float:
+    """Held-out greedy accuracy of ``task``'s warm start trained from random weights for exactly ``steps``
+    steps (same architecture, data and optimiser; no early stop): the comparison that gives the pretrained
+    start's gain."""
+    scr = S.arith_sft_model(dataclasses.replace(task, init="scratch", sft_steps=steps, sft_target_acc=None),
+                            device, seed)
+    return S.arith_accuracy(scr, T.arith_split(task)[1], task)["correct"]
+
+
+def sft_control(start: Llama, task: S.ArithConfig, cfg: GRPOConfig, seed: int = 0,
+                acc0: float | None = None) -> tuple[list[float], float, float]:
+    """The control: SFT on labelled answers from ``start`` with as many optimiser steps as GRPO takes and as
+    many sequences in total as it samples (GRPO's ``inner_epochs`` steps reuse each batch of samples; the
+    control sees new ones), at GRPO's peak learning rate held constant. ``start`` is not changed.
+
+    Returns ``(held-out accuracy at GRPO's evaluation points, the first being acc0 = the start's;
+    final held-out accuracy; seconds of training)``."""
+    train, heldout = T.arith_split(task)
+    if acc0 is None:
+        acc0 = float(S.arith_verdicts(start, heldout, task)["correct"].mean())
+    ctl_task = dataclasses.replace(task, sft_batch=cfg.prompts_per_step * cfg.group_size // cfg.inner_epochs)
+    ctl = copy.deepcopy(start)
+    opt = torch.optim.AdamW(ctl.parameters(), lr=cfg.lr, weight_decay=0.0)
+    accs = [acc0]
+    t0 = time.perf_counter()
+
+    def _eval(i: int) -> None:
+        if (i + 1) % (cfg.eval_every * cfg.inner_epochs) == 0:
+            accs.append(S.arith_accuracy(ctl, heldout, task)["correct"])
+
+    batches = S.arith_batches(train, ctl_task, np.random.default_rng(seed + 2))
+    S.train_packed(ctl, batches, cfg.steps * cfg.inner_epochs, opt=opt, warmup=None, grad_clip=None,
+                   logits_fn=S.causal_logits, desc="SFT control", callback=_eval)
+    seconds = time.perf_counter() - t0
+    return accs, S.arith_accuracy(ctl, heldout, task)["correct"], seconds
+
+
+def comparisons(cfg: GRPOConfig, device: torch.device = CPU, seed: int = 0, task: S.ArithConfig | None = None,
+                ) -> tuple[float, tuple[list[float], float, float]]:
+    """The two comparisons that do not depend on the GRPO run -- the warm start from random weights at the book
+    LM warm start's step count (:func:`scratch_accuracy`) and the more-SFT control (:func:`sft_control`) -- as
+    one job that seeds itself, so that it can run in a worker process (:func:`llmcore.core.jobs.background`)
+    beside :func:`experiment` with ``scratch=False, control=False``; the chapter does, to keep its page within
+    budget. The numbers equal those ``experiment(scratch=True, control=True)`` reports. The warm start's step
+    count is known once it has trained: if another process is training it, this one waits on the checkpoint
+    cache's lock, then loads it.
+
+    ``task``: the warm start (default :func:`warm_start_task`). Returns ``(scratch accuracy, sft_control(...))``."""
+    seed_everything(seed, THREADS)
+    task = task or warm_start_task(cfg)
+    start = S.arith_sft_model(task, device, seed)
+    control = sft_control(start, task, cfg, seed)
+    return scratch_accuracy(task, start.warm_start_steps, device, seed), control
+
+
 def experiment(toy: bool = True, device: torch.device = CPU, seed: int = 0, cfg: GRPOConfig | None = None,
                task: S.ArithConfig | None = None, control: bool = True, scratch: bool = True) -> GRPOResult:
     """SFT warm start -> GRPO on the verifier's reward, and (control) the same budget of more SFT.
@@ -491,11 +548,9 @@ def experiment(toy: bool = True, device: torch.device = CPU, seed: int = 0, cfg:
     acc0 = float(verdicts0.mean())
     n_warm = start.warm_start_steps
     acc_scratch = float("nan")
-    if scratch:  # equal steps, no early stop; its own seeded init, so the GRPO run below is unaffected
+    if scratch:  # its own seeded init: the RNG is restored, so the GRPO run below is unaffected
         rng_state = torch.get_rng_state()
-        scr = S.arith_sft_model(dataclasses.replace(task, init="scratch", sft_steps=n_warm, sft_target_acc=None),
-                                dev, seed)
-        acc_scratch = S.arith_accuracy(scr, heldout, task)["correct"]
+        acc_scratch = scratch_accuracy(task, n_warm, dev, seed)
         torch.set_rng_state(rng_state)
 
     policy, ref = copy.deepcopy(start), copy.deepcopy(start).eval()
@@ -528,23 +583,8 @@ def experiment(toy: bool = True, device: torch.device = CPU, seed: int = 0, cfg:
     res.memory_parts = memory_setups(start)
     res.memory = {k: v["total"] for k, v in res.memory_parts.items()}
 
-    if control:  # SFT on labelled answers: as many optimiser steps as GRPO takes and as many sequences in
-        # total as it samples (GRPO's `inner_epochs` steps reuse each batch of samples; the control sees new ones)
-        ctl_task = dataclasses.replace(task, sft_batch=cfg.prompts_per_step * cfg.group_size // cfg.inner_epochs)
-        ctl = copy.deepcopy(start)
-        opt_c = torch.optim.AdamW(ctl.parameters(), lr=cfg.lr, weight_decay=0.0)
-        rng_c = np.random.default_rng(seed + 2)
-        res.control_acc = [acc0]
-        t0 = time.perf_counter()
-
-        def _eval(i: int) -> None:
-            if (i + 1) % (cfg.eval_every * cfg.inner_epochs) == 0:
-                res.control_acc.append(S.arith_accuracy(ctl, heldout, task)["correct"])
-
-        S.train_packed(ctl, S.arith_batches(train, ctl_task, rng_c), cfg.steps * cfg.inner_epochs, opt=opt_c,
-                       warmup=None, grad_clip=None, logits_fn=S.causal_logits, desc="SFT control", callback=_eval)
-        res.control_s = time.perf_counter() - t0
-        res.acc_sft_control = S.arith_accuracy(ctl, heldout, task)["correct"]
+    if control:
+        res.control_acc, res.acc_sft_control, res.control_s = sft_control(start, task, cfg, seed, acc0)
     return res
 
 
