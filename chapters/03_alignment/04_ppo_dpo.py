@@ -66,7 +66,7 @@ import numpy as np
 import torch
 
 from llmcore.alignment import ppo_dpo, sft, tasks
-from llmcore.core import pick_device, seed_everything, show_source, use_style
+from llmcore.core import jobs, pick_device, seed_everything, show_source, use_style
 
 dev = pick_device(device)
 seed_everything(seed, threads=ppo_dpo.THREADS)  # one torch thread: see ppo_dpo.THREADS
@@ -262,6 +262,10 @@ show_source(ppo_dpo.ppo_policy_loss, ppo_dpo.ppo_value_loss)
 #
 # 1. **SFT**: the book LM fine-tuned on both styles for 500 steps of 32 problems (seed 0: greedy held-out
 #    accuracy 0.77; sampled, it answers wordily a third of the time, so the true reward has room to grow).
+#    For seed 0 this warm start ships with the package (`llmcore/data/arith_sft`, HF layout), like the book
+#    LM: its training is 42 s of CPU that would not fit this page's budget beside the closed loops. The
+#    recipe `python -m llmcore.alignment.ppo_dpo` remakes it, bit for bit on the CPU that made it, and the
+#    unit tests re-run its first steps against the logged losses. Any other seed trains it here.
 # 2. **Pairs:** for ~1000 training prompts sample 4 responses from the SFT model (T=1), score them with
 #    the true reward, keep the best as *chosen* and the worst as *rejected* (ties dropped). Held-out
 #    pairs come from the 400 held-out prompts.
@@ -286,6 +290,12 @@ show_source(ppo_dpo.ppo_policy_loss, ppo_dpo.ppo_value_loss)
 show_source(ppo_dpo.RewardModel, ppo_dpo.ppo_rlhf)
 
 # %%
+cfg = ppo_dpo.DPOConfig(beta=beta)
+if not toy:
+    cfg = dataclasses.replace(cfg, steps=90, batch_pairs=64, n_pair_prompts=4096, n_eval_prompts=400)
+# Closed loop 2 (DPO) and the warm-start comparison do not depend on this loop: they run in a worker process
+# on the second core meanwhile. Each job seeds itself, so the numbers equal those of a run one after another.
+dpo_job = jobs.background(ppo_dpo.dpo_with_comparison, toy, dev, seed, cfg, parallel=dev.type == "cpu")
 rl = ppo_dpo.rlhf_experiment(toy=toy, device=dev, seed=seed)
 print(f"reward model: {rl.n_pairs} training pairs, pair accuracy train {rl.rm_acc_train:.3f}, "
       f"held-out {rl.rm_acc_heldout:.3f} (correctness-only pairs {rl.rm_acc_kinds['correctness']:.3f}, "
@@ -329,7 +339,7 @@ plt.show()
 # %% [markdown]
 # ## Closed loop 2: SFT → preference pairs → DPO / 闭环二：SFT → 偏好对 → DPO
 #
-# 1. **SFT** with both styles as above (the same cached model).
+# 1. **SFT** with both styles as above (the same warm start).
 # 2. **Pairs:** built the same way (best-of-4 vs worst-of-4 by the true reward); no reward model.
 # 3. **DPO** from the SFT weights, the SFT model frozen as the reference.
 # 4. **Evaluate** on 200 held-out prompts: 8 sampled responses each from SFT and from DPO, mean true
@@ -340,10 +350,7 @@ plt.show()
 #    sampled or greedy.
 
 # %%
-cfg = ppo_dpo.DPOConfig(beta=beta)
-if not toy:
-    cfg = dataclasses.replace(cfg, steps=90, batch_pairs=64, n_pair_prompts=4096, n_eval_prompts=400)
-res = ppo_dpo.dpo_experiment(toy=toy, device=dev, seed=seed, cfg=cfg)
+res, ws = dpo_job.result()  # started beside PPO-RLHF above: ppo_dpo.dpo_experiment, then the comparison
 win = float(np.mean(res.dpo_prompt_reward > res.sft_prompt_reward))
 print(f"{res.n_pairs} preference pairs; DPO beats SFT on {win:.1%} of held-out prompts")
 for key in ("correct", "terse"):
@@ -461,10 +468,10 @@ print(f"  reward model {rl.rm_s:.1f} s; PPO (KL on) {rl.ppo.wall_s:.1f} s, PPO (
 # ### The pretrained start against a random one, at equal steps / 同样步数下：预训练起点与随机起点
 #
 # The same warm start from random weights (same architecture, same 500 steps, same data): how well it
-# adds, and what true reward PPO and DPO would start from.
+# adds, and what true reward PPO and DPO would start from. For seed 0 both warm starts ship with the package
+# (the same recipe, `init="scratch"`); the worker process above evaluated them.
 
 # %% tags=["nbval-ignore-output"]
-ws = ppo_dpo.warm_start_comparison(cfg, dev, seed)
 for init, st in ws.items():
     print(f"{init:>8}: greedy held-out accuracy {st['correct']:.3f}, terse {st['terse']:.3f}, "
           f"sampled true reward {st['reward']:.3f}")
@@ -550,11 +557,14 @@ widgets.interact(play_beta, b=widgets.FloatLogSlider(value=0.5, base=10, min=-2,
 #
 # ```{admonition} Hardware and cost card · 硬件与成本
 # :class: tip
-# - **Toy (this page):** the page executes in 88–90 s (papermill, kernel start included; 2026-12-01, another
-#   session's job on the second core) with peak RAM 1.1–1.2 GB on the 2-core CPU, one torch thread, the two SFT
-#   warm starts — book LM and scratch — already cached: two reward models, two 25-iteration PPO runs (48 s for
-#   the whole RLHF cell), 60 DPO steps with the TRL cross-check and the evaluations (25 s). Training the warm
-#   starts the first time adds 500 steps each (184 s for the page from empty caches).
+# - **Toy (this page):** the page executes in **56–63 s from empty caches** (papermill, kernel start included;
+#   idle 2-core CPU, 2026-12-01) with peak RAM 1.1–1.2 GB per process, one torch thread each. The seed-0 SFT
+#   warm starts, book LM and scratch, ship with the package (500 steps, about 42 s of one core each, made by
+#   the recipe `python -m llmcore.alignment.ppo_dpo`). This process runs PPO-RLHF: two reward models and two
+#   25-iteration PPO runs, 44 s. A worker process on the second core meanwhile runs DPO, 60 steps with the
+#   TRL cross-check and the evaluations (27 s), and evaluates the two warm starts (`jobs.background`). The
+#   same page in one process with the warm starts trained took 184 s. Another seed trains its two warm starts
+#   first, one on each core (about 40 s more).
 # - **Full (`toy=False`):** PPO 200 iterations of 128 prompts (16× the toy's rollouts, for each of the two PPO
 #   runs) and DPO on the pairs of 4096 prompts: by the toy's rate (about 19 s per 25 × 64 rollouts) some 5
 #   minutes per PPO run on this CPU, and a fraction of that on one GPU (an estimate: no GPU figures are recorded
