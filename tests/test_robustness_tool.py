@@ -38,3 +38,13 @@ def test_a_cell_stays_valid_until_a_file_it_read_changes(mdp_cell):
     assert R.fingerprint(mdp_cell["files"] + ["src/llmcore/alignment/grpo.py"], "mdp") != mdp_cell["fingerprint"]
     assert not R.still_valid({**mdp_cell, "fingerprint": "0" * 16})
     assert not R.still_valid({k: v for k, v in mdp_cell.items() if k != "files"})  # older cells: re-run
+
+
+def test_a_cell_covers_the_package_data_it_had(mdp_cell):
+    """A data file added later (a new shipped checkpoint) cannot have changed what an earlier run read, so it
+    does not make the cell stale; a change to a data file the cell had does."""
+    assert mdp_cell["data"] == R.data_files()
+    assert R.fingerprint(mdp_cell["files"], "mdp", mdp_cell["data"][:-1]) != mdp_cell["fingerprint"]
+    legacy = {k: v for k, v in mdp_cell.items() if k != "data"}  # recorded before the list was stored
+    assert R.cell_data(legacy) == [f for f in R.data_files() if R._added_in(f)]  # the data files its commit had
+    assert R.cell_data({**legacy, "commit": "0000000"}) == []

@@ -111,11 +111,39 @@ runpy.run_path(sys.argv[0], run_name="__main__")
 REGISTRY = "src/llmcore/core/registry.py"
 
 
-def fingerprint(files: list[str], module: str) -> str:
-    """sha256 over ``files`` (repository-relative), ``run.py``, the package data, torch's and Python's
-    versions: what a cell's result depends on besides the machine. Of the registry, which every run imports
-    and every new chapter edits, only ``module``'s own row counts."""
-    data = sorted(str(p.relative_to(ROOT)) for p in (ROOT / "src" / "llmcore" / "data").rglob("*") if p.is_file())
+def data_files() -> list[str]:
+    """The package data files present now (repository-relative, sorted)."""
+    return sorted(str(p.relative_to(ROOT)) for p in (ROOT / "src" / "llmcore" / "data").rglob("*") if p.is_file())
+
+
+@functools.cache
+def _added_in(rel: str) -> str | None:
+    """The commit that added ``rel`` (None: not committed)."""
+    out = subprocess.run(["git", "log", "--diff-filter=A", "--format=%H", "--", rel], cwd=ROOT, capture_output=True,
+                         text=True).stdout.split()
+    return out[-1] if out else None
+
+
+@functools.cache
+def _is_ancestor(a: str, b: str) -> bool:
+    return subprocess.run(["git", "merge-base", "--is-ancestor", a, b], cwd=ROOT, capture_output=True).returncode == 0
+
+
+def cell_data(cell: dict) -> list[str]:
+    """The package data files a cell's fingerprint covers: those present when it ran. Cells recorded before
+    the list was stored cover the data files their commit already had (a file added later cannot have
+    changed what that run read)."""
+    if "data" in cell:
+        return cell["data"]
+    return [f for f in data_files() if (a := _added_in(f)) is not None and _is_ancestor(a, cell.get("commit", ""))]
+
+
+def fingerprint(files: list[str], module: str, data: list[str] | None = None) -> str:
+    """sha256 over ``files`` (repository-relative), ``run.py``, the package data present when the cell ran
+    (``data``; default: all of it now), torch's and Python's versions: what a cell's result depends on
+    besides the machine. Of the registry, which every run imports and every new chapter edits, only
+    ``module``'s own row counts."""
+    data = data_files() if data is None else data
     rows = {m.name: m for m in MODULES}
     h = hashlib.sha256(f"{_torch_version()} {platform.python_version()}".encode())
     for rel in sorted(set(files) | set(data) | {"run.py"}):
@@ -129,8 +157,10 @@ def fingerprint(files: list[str], module: str) -> str:
 
 
 def still_valid(cell: dict) -> bool:
-    """A recorded cell is kept while every file its run read is unchanged (and torch, Python)."""
-    return bool(cell.get("files")) and cell.get("fingerprint") == fingerprint(cell["files"], cell["module"])
+    """A recorded cell is kept while every file its run read, and the package data it had, are unchanged
+    (and torch, Python)."""
+    return bool(cell.get("files")) and cell.get("fingerprint") == fingerprint(cell["files"], cell["module"],
+                                                                              cell_data(cell))
 
 
 def run_cell(module: str, seed: int, kernel: str, timeout: int) -> dict:
@@ -151,7 +181,8 @@ def run_cell(module: str, seed: int, kernel: str, timeout: int) -> dict:
             "commit": git_commit()}
     if listing.is_file():
         cell["files"] = json.loads(listing.read_text())
-        cell["fingerprint"] = fingerprint(cell["files"], module)
+        cell["data"] = data_files()
+        cell["fingerprint"] = fingerprint(cell["files"], module, cell["data"])
     report = folder / f"{module}.json"
     if rc in (0, 1) and report.is_file():
         d = json.loads(report.read_text())
