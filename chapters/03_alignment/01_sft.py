@@ -403,8 +403,9 @@ widgets.interact(ask, prompt=widgets.Text(value="name of: def read_file(path, mo
 # :class: tip
 # - **Toy (this page):** the page executes in 48–60 s with peak RAM 0.79 GB on the 2-core CPU (measured under
 #   load, with the seed-0 SFT checkpoint already cached: the scratch comparison, the four 60-step data arms
-#   and the evaluations). Training that checkpoint the first time adds 300 steps of 16 × 64 tokens; it took
-#   365 s when this notebook's checkpoint was made, on a heavily shared machine.
+#   and the evaluations). Training that checkpoint the first time adds 300 steps of 16 × 64 tokens: from empty
+#   caches the page executes in 82 s on the idle 2-core CPU (2026-12-01; 365 s when this notebook's checkpoint
+#   was first made, on a heavily shared machine).
 # - **Full (`toy=False`):** seven task families, 6000 steps of 32 rows × 128 tokens: 80× the toy's training
 #   tokens on the same 2M-parameter model — roughly an hour on this CPU, minutes on one GPU (an estimate: no
 #   GPU figures are recorded for this chapter in the [benchmarks page](../../book/benchmarks.md)).
