@@ -154,7 +154,9 @@ pretrain: install ## re-run the book LM's pretraining recipe (resumable; ~45 min
 	$(PY) -m llmcore.architecture.book_lm --device $(if $(filter auto,$(DEVICE)),cpu,$(DEVICE))
 
 robust: install ## every written module x seeds 0-4 x CPU kernel sets (native, default, avx2) -> book/robustness.md (hours; resumable)
-	$(PY) tools/robustness.py $(if $(MODULES),--modules $(MODULES),)
+	@# JOBS cells side by side (the page's runs used 2 on 2 cores); results do not depend on it: each cell fixes its
+	@# own thread count, and idle OpenMP threads sleep instead of spinning on the core the other cell computes on
+	OMP_WAIT_POLICY=PASSIVE $(PY) tools/robustness.py --jobs $(if $(filter 0,$(JOBS)),1,$(JOBS)) $(if $(MODULES),--modules $(MODULES),)
 
 smoke: install ## every written module's toy closed loop -> output/smoke_reports/
 	$(PY) tools/smoke_test.py
