@@ -56,7 +56,11 @@ def timed(step, dev) -> float:
 
 
 def bootstrap_median(xs: list[float], n: int = 2000, seed: int = 0) -> tuple[float, float]:
-    """95 % percentile-bootstrap interval of the median of ``xs``."""
+    """95 % percentile-bootstrap interval of the median of ``xs``.
+
+    Not ``data_eval.metrics.bootstrap_ci``: that one bootstraps the mean, which one slow step (a page fault, a
+    scheduler hiccup) drags along; the median of the per-pair ratios ignores it.
+    """
     rng = random.Random(seed)
     meds = sorted(statistics.median(rng.choices(xs, k=len(xs))) for _ in range(n))
     return meds[int(0.025 * n)], meds[int(0.975 * n) - 1]
