@@ -136,7 +136,8 @@ def main() -> None:
     print(f"median per-pair ratio ours/{other}: {r:.3f} (95 % bootstrap interval {lo:.3f}-{hi:.3f}, {a.steps} pairs; "
           f"ours first {statistics.median(ratios[0::2]):.3f}, ours second {statistics.median(ratios[1::2]):.3f})")
     if a.baseline == "hf":
-        verdict = ("MET" if hi <= 1.0 else "NOT MET" if lo > 1.0 else
+        verdict = ("no verdict from fewer than 10 pairs" if a.steps < 10 else
+                   "MET" if hi <= 1.0 else "NOT MET" if lo > 1.0 else
                    "not resolved: the 95 % interval contains 1.0 (compare with --baseline ours)")
         print(f"goal ours/HF <= 1.0: {verdict}")
     if a.profile:
